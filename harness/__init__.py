@@ -1,0 +1,1 @@
+"""Running experiments: config, CLI, Ray launcher, training loop, measurement, results."""

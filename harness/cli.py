@@ -1,0 +1,152 @@
+"""``harness``: run, validate, list methods, rebuild a report.
+
+Every error is one line on stderr and a non-zero exit: 2 for a bad experiment file or
+arguments, 1 for a run that could not start or whose trials failed, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _err(message: str) -> None:
+    for line in message.splitlines() or [message]:
+        print(f"harness: error: {line}", file=sys.stderr)
+
+
+def _load(path: str, name: str | None = None):
+    from harness.config import load_config
+
+    return load_config(path, overrides={"name": name} if name else None)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(
+        f"{args.config}: ok ({cfg.trial_count} trials: {len(cfg.grid.methods)} methods x "
+        f"{len(cfg.grid.seeds)} seeds x {len(cfg.grid.backbones)} backbones, "
+        f"data {cfg.data.dataset}, {len(cfg.data.task_names())} tasks, {cfg.train.epochs} epochs)"
+    )
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import methods
+
+    table = Table(title="Registered task-weighting methods", title_justify="left")
+    for col in ("method", "level", "hyperparameters (defaults)", "summary"):
+        table.add_column(col)
+    for info in methods.describe():
+        params = ", ".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
+        table.add_row(info.name, info.level, params, info.summary)
+    Console().print(table)
+    return 0
+
+
+def _print_summary(run_dir: Path, title: str) -> None:
+    import reports
+
+    results = reports.load_run(run_dir)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for every column
+        console = Console(width=140)
+    console.print(reports.leaderboard_table(reports.leaderboard(results.trials), title))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import reports
+
+    run_dir = Path(args.run_dir)
+    path = reports.write_report(run_dir)
+    _print_summary(run_dir, f"{run_dir.name}: test mean AUROC over seeds")
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.launch import run_experiment
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cfg = _load(args.config, args.name)
+    outcome = run_experiment(
+        cfg, address=args.address, resume=args.resume, overwrite=args.overwrite
+    )
+    _print_summary(outcome.run_dir, f"{cfg.name}: test mean AUROC over seeds")
+    print(f"report: {outcome.report}")
+    failed = outcome.failed
+    diverged = [r for r in outcome.records if r.status == "diverged"]
+    if diverged:
+        print(f"{len(diverged)} trial(s) diverged (non-finite loss); see the report", file=sys.stderr)
+    if failed:
+        for record in failed:
+            _err(f"trial {record.data['identity']['trial_id']} failed: {record.data['error']}")
+        _err(f"{len(failed)} of {len(outcome.records)} trials failed; results of the others "
+             f"are in {outcome.run_dir}")
+        return EXIT_FAILED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark multi-task task-weighting methods on chest X-ray classification.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train the grid of an experiment file on Ray")
+    run.add_argument("config", help="experiment YAML file")
+    run.add_argument("--address", help="Ray cluster address (default: cluster.address, "
+                     "RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--name", help="run name (overrides the file's `name`)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run: keep finished trials, run the others")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete an existing run directory of the same name first")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check an experiment file without starting Ray")
+    validate.add_argument("config")
+    validate.set_defaults(func=cmd_validate)
+
+    methods_ = sub.add_parser("methods", help="list the registered task-weighting methods")
+    methods_.set_defaults(func=cmd_methods)
+
+    report = sub.add_parser("report", help="rebuild report.html of a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.config import ConfigError
+    from harness.launch import RunError
+
+    args = build_parser().parse_args(argv)
+    try:
+        from reports import ReportError
+    except ImportError:  # pragma: no cover - reports is part of this distribution
+        ReportError = RunError  # noqa: N806
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            _err(line)
+        return EXIT_BAD_INPUT
+    except (RunError, ReportError) as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err("interrupted; finished trials are kept: run again with --resume to continue")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

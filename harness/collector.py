@@ -1,0 +1,84 @@
+"""The driver-side Tune callback that records each trial's reports in the run directory.
+
+Every report carries that epoch's per-task rows; they are stored by epoch, so a retried
+trial that reports an epoch again replaces it. The Parquet tables are built from these
+records, never from Ray's internal result files. The callback also drives the progress view.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ray import tune
+
+from harness.progress import Progress
+from harness.results import TrialRecord
+
+
+class ResultsCollector(tune.Callback):
+    def __init__(self, records: dict[str, TrialRecord], progress: Progress):
+        self.records = records
+        self.progress = progress
+
+    # Tune pickles its run config (callbacks included) into its experiment state; the live
+    # records and the progress view belong to this driver process and are not saved.
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.records, self.progress = {}, None
+
+    def _record(self, trial) -> tuple[str, TrialRecord]:
+        trial_id = trial.config["trial_id"]
+        return trial_id, self.records[trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        trial_id, record = self._record(trial)
+        record.set(status="running", error=None)
+        record.save()
+        self.progress.update(trial_id, status="running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id, record = self._record(trial)
+        rows = json.loads(result.get("rows_json", "[]"))
+        if result.get("done"):
+            summary = json.loads(result["summary_json"])
+            record.add_rows("test", rows)
+            record.set(summary=summary, status=summary["status"], error=summary["error"])
+            self.progress.update(
+                trial_id, status=summary["status"], test_auroc=summary["test_mean_auroc"],
+                error=summary["error"],
+            )
+        else:
+            record.add_rows(f"epoch:{result['epoch']}", rows)
+            self.progress.update(
+                trial_id,
+                epoch=result["epoch"],
+                val_auroc=result["val_mean_auroc"],
+                loss=result["train_mean_loss"],
+            )
+        record.save()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        trial_id, record = self._record(trial)
+        if record.status == "running":  # returned without its final report
+            record.set(status="failed", error="trial ended without a final report")
+            record.save()
+            self.progress.update(trial_id, status="failed", error=record.data["error"])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        trial_id, record = self._record(trial)
+        record.set(status="failed", error=error_line(trial))
+        record.save()
+        self.progress.update(trial_id, status="failed", error=record.data["error"])
+
+
+def error_line(trial) -> str:
+    """The last meaningful line of a trial's error (e.g. ``ValueError: ...``)."""
+    try:
+        err = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # the error file may be missing or unreadable
+        err = None
+    text = str(err or "unknown error").strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "unknown error"

@@ -1,0 +1,404 @@
+"""Spread a method x seed x backbone grid over a Ray cluster with Ray Tune.
+
+One Tune trial per grid point. A single-worker trial runs the training loop directly inside
+its Tune function trial (actors are reused across trials: starting a nested ``TorchTrainer``
+costs ~25 s per trial). A multi-worker trial builds a ``TorchTrainer`` inside its Tune trial
+and runs the same loop under DDP; ``TuneReportCallback`` passes rank 0's reports up to Tune.
+
+The driver's ``ResultsCollector`` callback keeps every reported row in the run directory (so
+the Parquet tables never depend on Ray's internal result files) and drives the progress view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import IMPLEMENTED_DATASETS, ExperimentConfig
+from harness.progress import Progress
+from harness.results import TrialRecord, write_manifest, write_tables
+
+__version__ = "0.1.0"
+
+
+class RunError(Exception):
+    """A run that cannot start or go on; the message is one line for the user."""
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    records: list[TrialRecord]
+    report: Path | None
+
+    @property
+    def failed(self) -> list[TrialRecord]:
+        return [r for r in self.records if r.status not in ("completed", "diverged")]
+
+
+def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """Grid points in a stable order: method, then backbone, then seed."""
+    return [
+        {"trial_id": f"{m}-{b}-s{s}", "method": m, "backbone": b, "seed": s}
+        for m in cfg.grid.methods
+        for b in cfg.grid.backbones
+        for s in cfg.grid.seeds
+    ]
+
+
+def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> dict[str, Any]:
+    """The plain dict that the training loop takes (see ``trainloop``)."""
+    d = cfg.to_dict()
+    return {
+        **identity,
+        "data": d["data"],
+        "train": d["train"],
+        "method_params": d["method_params"].get(identity["method"], {}),
+        "device": "cuda" if gpus > 0 else "cpu",
+        "threads": max(1, int(cfg.resources.cpus_per_worker)),
+        "workers": cfg.resources.workers_per_trial,
+        "gpus_per_worker": gpus,
+        "cpus_per_worker": cfg.resources.cpus_per_worker,
+    }
+
+
+def check_data_source(cfg: ExperimentConfig) -> None:
+    """Fail before Ray starts when the data cannot be read here."""
+    data = cfg.data
+    if data.dataset == "synthetic":
+        return
+    if not data.root or not Path(data.root).exists():
+        raise RunError(f"data.root: {data.root} does not exist (data set {data.dataset!r})")
+    if data.dataset not in IMPLEMENTED_DATASETS:
+        raise RunError(
+            f"data.dataset: reading {data.dataset!r} from files is not supported by this "
+            f"version; available: {', '.join(IMPLEMENTED_DATASETS)}"
+        )
+
+
+# ---- Ray ---------------------------------------------------------------------------------
+
+
+def connect(address: str | None) -> bool:
+    """Start a local Ray, or join the cluster at ``address`` / ``RAY_ADDRESS``. Returns True
+    when this call started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    except Exception as exc:  # ConnectionError, AuthenticationError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        hint = ""
+        if "auth" in first.lower() or "token" in first.lower():
+            hint = " (token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH)"
+        raise RunError(f"could not connect to {where}: {first}{hint}") from None
+    return True
+
+
+def resolve_gpus(cfg: ExperimentConfig, cluster: dict[str, float]) -> float:
+    gpus = cfg.resources.gpus_per_worker
+    if gpus == "auto":
+        return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
+    return float(gpus)
+
+
+def max_concurrent(cfg: ExperimentConfig, cluster: dict[str, float], gpus: float) -> int:
+    """How many trials fit at once. Computed here, not left to Tune: with nested
+    ``TorchTrainer`` trials, Tune would otherwise start drivers that take every CPU and
+    leave none for their Train workers (a deadlock seen with Ray 2.60)."""
+    r = cfg.resources
+    need_cpu = r.workers_per_trial * r.cpus_per_worker
+    need_gpu = r.workers_per_trial * gpus
+    have_cpu, have_gpu = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise RunError(
+            f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU "
+            f"({r.workers_per_trial} worker(s)) but the cluster has {have_cpu:g} CPU and "
+            f"{have_gpu:g} GPU"
+        )
+    fits = math.floor(have_cpu / need_cpu)
+    if need_gpu:
+        fits = min(fits, math.floor(have_gpu / need_gpu))
+    if r.max_concurrent_trials:
+        fits = min(fits, r.max_concurrent_trials)
+    return max(1, fits)
+
+
+class TuneReporter:
+    """The loop's reporter inside a Tune function trial."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        from ray import tune
+
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    def restore(self) -> str | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        return ckpt.to_directory() if ckpt else None
+
+
+class TrainReporter:
+    """The loop's reporter inside a Ray Train worker (multi-worker trials)."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def restore(self) -> str | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.to_directory() if ckpt else None
+
+
+def _train_worker(spec: dict[str, Any]) -> None:
+    import ray.train.torch
+
+    from harness.trainloop import TorchCollective, train_trial
+
+    device = ray.train.torch.get_device()
+    train_trial({**spec, "device": str(device)}, TrainReporter(), TorchCollective())
+
+
+def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storage: str) -> None:
+    spec = specs[config["trial_id"]]
+    if spec["workers"] == 1:
+        from harness.trainloop import train_trial
+
+        train_trial(spec, TuneReporter())
+        return
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    gpus = spec["gpus_per_worker"]
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=spec,
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec["workers"],
+            use_gpu=gpus > 0,
+            resources_per_worker={
+                "CPU": spec["cpus_per_worker"],
+                **({"GPU": gpus} if gpus else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            # a deterministic name: a retried Tune trial finds this run's checkpoints
+            name=spec["trial_id"],
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=spec["train"]["max_failures"]),
+        ),
+    )
+    trainer.fit()
+
+
+# ---- provenance --------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "harness": __version__}
+    for pkg in ("torch", "torchvision", "ray", "numpy", "pandas", "pyarrow", "plotly"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _hardware() -> dict[str, Any]:
+    import psutil
+    import torch
+
+    hw = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return hw
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+def prepare_run_dir(cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(cfg.output.dir).resolve() / cfg.name
+    manifest = run_dir / "manifest.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            finished = False
+            if manifest.is_file():
+                finished = json.loads(manifest.read_text()).get("finished_at") is not None
+            state = "a finished run" if finished else "an unfinished run"
+            raise RunError(
+                f"{run_dir} already holds {state}; pass --resume to continue it, "
+                "--overwrite to replace it, or --name to start another"
+            )
+    elif resume:
+        raise RunError(f"{run_dir}: nothing to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "trials").mkdir(exist_ok=True)
+    return run_dir
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> RunOutcome:
+    check_data_source(cfg)
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    identities = trial_identities(cfg)
+    records = {i["trial_id"]: TrialRecord(run_dir / "trials", i) for i in identities}
+    for record in records.values():
+        if record.status not in ("completed", "diverged"):
+            record.set(status="pending")
+        record.save()
+
+    import ray
+
+    # Per-epoch checkpoints with num_to_keep=1 make Tune snapshot its state often, and it
+    # warns about that on every epoch; the snapshots are small here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started_ray = connect(address or cfg.cluster.address)
+    try:
+        cluster = ray.cluster_resources()
+        gpus = resolve_gpus(cfg, cluster)
+        concurrency = max_concurrent(cfg, cluster, gpus)
+        manifest = {
+            "name": cfg.name,
+            "harness_version": __version__,
+            "started_at": _now(),
+            "finished_at": None,
+            "command": " ".join(sys.argv),
+            "git_commit": _git_commit(),
+            "versions": _versions(),
+            "hardware": _hardware(),
+            "cluster_resources": {k: v for k, v in cluster.items() if "node:" not in k},
+            "max_concurrent_trials": concurrency,
+            "tasks": cfg.data.task_names(),
+            "trials": {},
+        }
+        write_manifest(run_dir, manifest)
+
+        todo = [i for i in identities if records[i["trial_id"]].status == "pending"]
+        progress = progress or Progress.create(cfg.train.epochs)
+        progress.start(identities, {t: r.status for t, r in records.items()})
+        try:
+            if todo:
+                _fit(cfg, run_dir, todo, records, progress, gpus, concurrency)
+        finally:
+            progress.stop()
+
+        write_tables(run_dir, list(records.values()))
+        manifest["finished_at"] = _now()
+        manifest["trials"] = {
+            t: {"status": r.status, "error": r.data["error"]} for t, r in records.items()
+        }
+        write_manifest(run_dir, manifest)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    from reports import write_report
+
+    report = write_report(run_dir)
+    return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
+
+
+def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:
+    from ray import tune
+
+    from harness.collector import ResultsCollector
+
+    storage = str(run_dir / "ray")
+    specs = {i["trial_id"]: trial_spec(cfg, i, gpus) for i in todo}
+    single = cfg.resources.workers_per_trial == 1
+    if single:
+        resources = {"cpu": cfg.resources.cpus_per_worker, "gpu": gpus}
+    else:
+        # the trial itself only drives a TorchTrainer, whose workers ask for the real resources
+        resources = {"cpu": 0}
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trial, specs=specs, storage=storage), resources
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search([i["trial_id"] for i in todo])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            reuse_actors=single,
+            trial_name_creator=lambda trial: trial.config["trial_id"],
+            trial_dirname_creator=lambda trial: trial.config["trial_id"],
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=storage,
+            verbose=0,
+            callbacks=[ResultsCollector(records, progress)],
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    # Tune prints its own banner on stdout even when silent; keep it in the run directory so
+    # the terminal shows only our progress view.
+    log = Path(storage) / "tune_stdout.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out, contextlib.redirect_stdout(out):
+        tuner.fit()

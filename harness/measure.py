@@ -1,0 +1,78 @@
+"""Per-step timing split into phases, throughput and peak memory.
+
+On CUDA the device is synchronised before each timestamp, so a phase's time is the work it
+queued, not the launch; that costs a little throughput and is the price of honest numbers.
+Peak memory is the CUDA allocator's peak on GPU and the process's resident set size, sampled
+at every step, on CPU (so a reused worker process does not carry an earlier trial's peak).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+
+import psutil
+import torch
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+class StepTimer:
+    """Collects ``{phase: [seconds per step]}`` and the images seen."""
+
+    def __init__(self, device: torch.device, history: dict | None = None):
+        self.device = device
+        self.times: dict[str, list[float]] = {p: [] for p in PHASES}
+        self.images = 0
+        self.peak_rss = 0
+        self._process = psutil.Process()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if history:  # resumed from a checkpoint
+            self.times = {p: list(history["times"][p]) for p in PHASES}
+            self.images = int(history["images"])
+            self.peak_rss = int(history["peak_rss"])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def phase(self, name: str):
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.times[name].append(time.perf_counter() - start)
+
+    def end_step(self, batch_size: int) -> None:
+        self.images += batch_size
+        if self.device.type != "cuda":
+            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+
+    def state(self) -> dict:
+        return {"times": self.times, "images": self.images, "peak_rss": self.peak_rss}
+
+    def train_seconds(self) -> float:
+        return sum(sum(v) for v in self.times.values())
+
+    def summary(self) -> dict[str, float]:
+        """Medians per phase and per step in ms, images/s over all train steps, peak MB."""
+        # zip stops at the shortest phase: a step cut short (a diverged loss) is left out
+        steps = [sum(parts) for parts in zip(*self.times.values(), strict=False)]
+        out = {f"{p}_time_ms": _median_ms(self.times[p]) for p in PHASES}
+        out["step_time_ms"] = _median_ms(steps)
+        total = self.train_seconds()
+        out["images_per_second"] = self.images / total if total > 0 else float("nan")
+        out["peak_memory_mb"] = self.peak_memory_bytes() / 2**20
+        return out
+
+    def peak_memory_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return max(self.peak_rss, self._process.memory_info().rss)
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1000 * statistics.median(values) if values else float("nan")

@@ -1,0 +1,422 @@
+"""The one training loop, for every method, backbone and data set.
+
+It knows nothing of Ray: the launcher hands it a ``Reporter`` (Tune, Train, or the plain
+``MemoryReporter`` of tests) and a ``Collective`` (single process, or torch.distributed under
+Ray Train's ``TorchTrainer``). Per step: forward, per-task losses ``[T]``, ``engine.backward``
+(the method turns T losses into one update), optimizer step. Per epoch: evaluate train and val
+without augmentation, ``method.on_epoch_end``, report metrics and a checkpoint. At the end:
+evaluate test with the weights of the best epoch by mean val AUROC.
+
+A trial is described by a plain dict (see ``launch.trial_spec``) so that it crosses process
+boundaries unchanged:
+``{trial_id, method, backbone, seed, data: {...}, train: {...}, method_params: {...},
+device: "cpu" | "cuda", threads: int}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import methods
+from deepchest.data import LabeledImages, load_splits, to_model_input
+from deepchest.metrics import TaskMetrics, masked_task_losses, task_metrics
+from deepchest.models import MultiTaskNet
+from harness.measure import StepTimer
+from methods import engine
+
+CHECKPOINT_FILE = "trial_state.pt"
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None: ...
+
+    def restore(self) -> str | None:
+        """A directory holding the latest checkpoint of this trial, or None."""
+
+
+class MemoryReporter:
+    """Keeps reports in a list and the latest checkpoint in ``checkpoint_root``: for tests and
+    for running the loop in one process without Ray."""
+
+    def __init__(self, checkpoint_root: str | Path | None = None, resume: bool = False):
+        self.reports: list[dict[str, Any]] = []
+        self.root = Path(checkpoint_root) if checkpoint_root else None
+        self.resume = resume
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        self.reports.append(metrics)
+        if checkpoint_dir and self.root:
+            target = self.root / "latest"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, target)
+
+    def restore(self) -> str | None:
+        latest = self.root / "latest" if self.root else None
+        return str(latest) if self.resume and latest and latest.is_dir() else None
+
+
+class Collective:
+    """Collectives of a single process: each is the identity."""
+
+    rank = 0
+    world_size = 1
+
+    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def all_gather_cat(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        return model
+
+
+class TorchCollective(Collective):
+    """Collectives over an initialised ``torch.distributed`` process group (gloo or NCCL)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
+        out = tensor.clone()
+        self._dist.all_reduce(out)
+        return out / self.world_size
+
+    def all_gather_cat(self, tensor: Tensor) -> Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        self._dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch; called at every trial start since worker processes are reused."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on a CUDA device that supports it, fp16 on an older one, off on CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def build_optimizer(train: dict[str, Any], params) -> torch.optim.Optimizer:
+    name, lr, wd = train["optimizer"], train["lr"], train["weight_decay"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=train["momentum"])
+
+
+class Diverged(Exception):
+    pass
+
+
+class _Trial:
+    """State of one running trial; ``run`` is the loop."""
+
+    def __init__(self, spec: dict[str, Any], reporter: Reporter, collective: Collective):
+        self.spec, self.reporter, self.coll = spec, reporter, collective
+        self.started = time.perf_counter()
+        self.device = torch.device(spec.get("device", "cpu"))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+        seed_everything(spec["seed"])
+
+        self.splits = load_splits(spec["data"])
+        self.train_set = self.splits["train"]
+        self.tasks = list(self.train_set.task_names)
+        train = spec["train"]
+        self.batch_size = train["batch_size"]
+        pretrained = train.get("pretrained") or None
+        self.net = MultiTaskNet(
+            spec["backbone"],
+            len(self.tasks),
+            in_channels=self.train_set.images.shape[1],
+            pretrained=pretrained,
+        ).to(self.device)
+        self.model = collective.wrap(self.net, self.device)
+        self.method = methods.create(
+            spec["method"],
+            num_tasks=len(self.tasks),
+            task_names=self.tasks,
+            **spec.get("method_params", {}),
+        )
+        self.optimizer = build_optimizer(train, self.net.parameters())
+        self.amp_dtype = resolve_amp(train.get("amp", "auto"), self.device)
+        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+        self.epoch = 0
+        self.rows: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": None, "val_mean_auroc": -math.inf, "model": None}
+        self.train_time_s = 0.0
+        self.prior_wall_s = 0.0
+        self.timer = StepTimer(self.device)
+        self._restore()
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "method": self.method.state_dict(),
+            "rows": self.rows,
+            "best": self.best,
+            "timer": self.timer.state(),
+            "train_time_s": self.train_time_s,
+            "wall_time_s": self.prior_wall_s + time.perf_counter() - self.started,
+        }
+
+    def _restore(self) -> None:
+        directory = self.reporter.restore()
+        if not directory:
+            return
+        state = torch.load(
+            Path(directory) / CHECKPOINT_FILE, map_location=self.device, weights_only=True
+        )
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        self.epoch, self.rows, self.best = state["epoch"], state["rows"], state["best"]
+        self.timer = StepTimer(self.device, history=state["timer"])
+        self.train_time_s, self.prior_wall_s = state["train_time_s"], state["wall_time_s"]
+
+    def _report(self, metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        if not with_checkpoint:
+            self.reporter.report(metrics)
+            return
+        directory = tempfile.mkdtemp(prefix="harness-ckpt-")
+        try:
+            if self.coll.rank == 0:
+                torch.save(self._state(), Path(directory) / CHECKPOINT_FILE)
+            self.reporter.report(metrics, checkpoint_dir=directory if self.coll.rank == 0 else None)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # ---- evaluation --------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @torch.inference_mode()
+    def evaluate(self, data: LabeledImages) -> TaskMetrics:
+        """Metrics on a whole split; under DDP each rank predicts a contiguous shard and every
+        rank then holds all predictions, so every rank computes the same metrics."""
+        n, world = len(data), self.coll.world_size
+        per_rank = -(-n // world)
+        start = min(n, self.coll.rank * per_rank)
+        stop = min(n, start + per_rank)
+        self.model.eval()
+        logits = torch.zeros(per_rank, data.num_tasks, device=self.device)
+        step = 2 * self.batch_size
+        for i in range(start, stop, step):
+            j = min(stop, i + step)
+            x = to_model_input(data.images[i:j].to(self.device))
+            with self._autocast():
+                logits[i - start : j - start] = self.net(x)[1].float()
+        logits = self.coll.all_gather_cat(logits)[:n].cpu()
+        self.model.train()
+        return task_metrics(logits, data.labels, data.mask)
+
+    # ---- training ----------------------------------------------------------------------
+    def _train_epoch(self) -> tuple[Tensor, Tensor]:
+        """One pass over the training split; returns the mean weights and mean losses."""
+        data, bs, world, rank = (
+            self.train_set,
+            self.batch_size,
+            self.coll.world_size,
+            self.coll.rank,
+        )
+        global_batch = bs * world
+        order = torch.Generator().manual_seed(self.spec["seed"] * 100_003 + self.epoch)
+        perm = torch.randperm(len(data), generator=order)
+        steps = max(1, len(data) // global_batch)  # drop the ragged last batch (BatchNorm)
+        weight_sum = torch.zeros(data.num_tasks, device=self.device)
+        loss_sum = torch.zeros(data.num_tasks, device=self.device)
+        timer, started = self.timer, time.perf_counter()
+        self.model.train()
+        for step in range(steps):
+            with timer.phase("data"):
+                idx = perm[step * global_batch + rank * bs : step * global_batch + (rank + 1) * bs]
+                x = to_model_input(data.images[idx].to(self.device, non_blocking=True))
+                y = data.labels[idx].to(self.device, non_blocking=True)
+                m = data.mask[idx].to(self.device, non_blocking=True)
+            with timer.phase("forward"):
+                with self._autocast():
+                    _, logits = self.model(x)
+                losses = masked_task_losses(logits, y, m)
+                shared = self.coll.all_reduce_mean(losses.detach())
+            if not bool(torch.isfinite(shared).all()):
+                bad = [self.tasks[t] for t in torch.nonzero(~torch.isfinite(shared)).flatten()]
+                raise Diverged(
+                    f"non-finite loss at epoch {self.epoch + 1}, step {step + 1} "
+                    f"(tasks: {', '.join(bad)})"
+                )
+            with timer.phase("backward"):
+                weights = engine.backward(
+                    self.method,
+                    losses,
+                    reduce=lambda _losses, shared=shared: shared,
+                    scale=self.scaler.scale if self.scaler else None,
+                )
+            with timer.phase("optimizer"):
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.method.on_step_end()
+            timer.end_step(len(idx) * world)
+            weight_sum += weights.detach().float()
+            loss_sum += shared.float()
+        self.train_time_s += time.perf_counter() - started
+        return (weight_sum / steps).cpu(), (loss_sum / steps).cpu()
+
+    def _rows(self, split: str, metrics: TaskMetrics, epoch: int, weights: Tensor) -> list[dict]:
+        total = float(weights.sum())
+        return [
+            {
+                "epoch": epoch,
+                "split": split,
+                "task": task,
+                "loss": float(metrics.loss[t]),
+                "accuracy": float(metrics.accuracy[t]),
+                "auroc": float(metrics.auroc[t]),
+                "weight": float(weights[t]),
+                "weight_normalized": float(weights[t]) / total if total else math.nan,
+                "n_labeled": int(metrics.n_labeled[t]),
+                "train_time_s": self.train_time_s,
+            }
+            for t, task in enumerate(self.tasks)
+        ]
+
+    def run(self) -> dict[str, Any]:
+        epochs = self.spec["train"]["epochs"]
+        status, error = "completed", None
+        try:
+            while self.epoch < epochs:
+                weights, train_loss = self._train_epoch()
+                self.epoch += 1
+                train_m = self.evaluate(self.train_set)
+                val_m = self.evaluate(self.splits["val"])
+                self.method.on_epoch_end(
+                    methods.EpochStats(
+                        train_accuracy=train_m.accuracy.float(),
+                        val_accuracy=val_m.accuracy.float(),
+                        train_loss=train_m.loss.float(),
+                        val_loss=val_m.loss.float(),
+                    )
+                )
+                if val_m.mean_auroc > self.best["val_mean_auroc"] or self.best["epoch"] is None:
+                    self.best = {
+                        "epoch": self.epoch,
+                        "val_mean_auroc": val_m.mean_auroc,
+                        "model": copy.deepcopy(self.net.state_dict()),
+                    }
+                rows = self._rows("train", train_m, self.epoch, weights)
+                rows += self._rows("val", val_m, self.epoch, weights)
+                self.rows += rows
+                self._report(
+                    {
+                        "epoch": self.epoch,
+                        "done": False,
+                        "train_mean_loss": float(train_loss.mean()),
+                        "val_mean_auroc": val_m.mean_auroc,
+                        "val_mean_accuracy": val_m.mean_accuracy,
+                        "val_mean_loss": val_m.mean_loss,
+                        "rows_json": json.dumps(rows),
+                    },
+                    with_checkpoint=True,
+                )
+        except Diverged as exc:
+            status, error = "diverged", str(exc)
+
+        test_rows: list[dict[str, Any]] = []
+        test_m = None
+        if status == "completed":
+            self.net.load_state_dict(self.best["model"])
+            test_m = self.evaluate(self.splits["test"])
+            best_weights = torch.tensor(
+                [
+                    r["weight"]
+                    for r in self.rows
+                    if r["epoch"] == self.best["epoch"] and r["split"] == "train"
+                ]
+            )
+            test_rows = self._rows("test", test_m, self.best["epoch"], best_weights)
+        summary = {
+            "status": status,
+            "error": error,
+            "epochs_completed": self.epoch,
+            "best_epoch": self.best["epoch"],
+            "val_mean_auroc": self.best["val_mean_auroc"] if self.best["epoch"] else math.nan,
+            "test_mean_auroc": test_m.mean_auroc if test_m else math.nan,
+            "test_mean_accuracy": test_m.mean_accuracy if test_m else math.nan,
+            "wall_time_s": self.prior_wall_s + time.perf_counter() - self.started,
+            "train_time_s": self.train_time_s,
+            "device": _device_name(self.device),
+            "workers": self.coll.world_size,
+            **self.timer.summary(),
+        }
+        self._report(
+            {
+                "epoch": self.epoch,
+                "done": True,
+                "status": status,
+                "test_mean_auroc": summary["test_mean_auroc"],
+                "summary_json": json.dumps(summary),
+                "rows_json": json.dumps(test_rows),
+            },
+            with_checkpoint=False,
+        )
+        return {**summary, "rows": self.rows + test_rows}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return "cpu"
+
+
+def train_trial(
+    spec: dict[str, Any], reporter: Reporter, collective: Collective | None = None
+) -> dict[str, Any]:
+    """Run one trial to the end; returns its summary and every per-task row."""
+    return _Trial(spec, reporter, collective or Collective()).run()

@@ -1,0 +1,81 @@
+"""Task-weighting methods for multi-task learning (registry and public API).
+
+``methods`` depends on torch and the standard library only. Adding a method is one new module
+plus one line in ``_CLASSES`` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from methods import engine
+from methods.base import LEVELS, EpochStats, LossWeighting, Method
+from methods.deepchest import DeepChest
+from methods.equal import Equal
+
+__all__ = [
+    "LEVELS",
+    "DeepChest",
+    "EpochStats",
+    "Equal",
+    "LossWeighting",
+    "Method",
+    "MethodInfo",
+    "available",
+    "create",
+    "describe",
+    "engine",
+]
+
+_CLASSES: tuple[type[Method], ...] = (
+    Equal,
+    DeepChest,
+)
+
+_REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One row of the methods table: name, level, one-line summary, hyperparameter defaults."""
+
+    name: str
+    level: str
+    summary: str
+    hyperparameters: dict[str, Any]
+
+
+def available() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> type[Method]:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}") from None
+
+
+def create(name: str, num_tasks: int, task_names: Sequence[str] | None = None, **hp: Any) -> Method:
+    """Construct method ``name`` for ``num_tasks`` tasks with hyperparameters ``hp``.
+
+    Raises ``ValueError`` for an unknown name, an unknown hyperparameter or a bad value; each
+    message lists what is allowed.
+    """
+    return _lookup(name)(num_tasks, task_names, **hp)
+
+
+def describe() -> list[MethodInfo]:
+    """Name, level, summary and hyperparameter defaults of every method, sorted by name."""
+    return [
+        MethodInfo(
+            name=cls.name,
+            level=cls.level,
+            summary=cls.summary,
+            hyperparameters=cls.hyperparameter_defaults(),
+        )
+        for cls in (_REGISTRY[n] for n in available())
+    ]

@@ -1,0 +1,259 @@
+"""Base classes shared by every task-weighting method.
+
+Conventions (see docs/methods.md):
+
+* A method is constructed once per training run for ``num_tasks`` tasks (``T``).
+* Hyperparameters are declared once per method, as a nested dataclass ``Hyperparameters`` whose
+  fields carry the defaults. ``methods.create``, ``methods.describe`` and validation all read that
+  declaration, so adding a hyperparameter is one field (plus its check in ``__post_init__``).
+* ``level`` says where a method acts. ``"loss"`` methods (``LossWeighting``) turn the detached
+  per-task losses of a step into task weights; the gradient levels (``"representation"``,
+  ``"parameters"``, ``"last_shared_layer"``) are reserved for methods that aggregate per-task
+  gradients (later issue); they will subclass ``Method`` the same way.
+* Methods never call autograd: ``methods.engine`` does.
+* Weights are not normalised unless the method says so; equal weighting SUMS the losses (w = 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+#: Where a method acts. Only "loss" is supported by ``methods.engine`` for now.
+LEVELS: tuple[str, ...] = ("loss", "representation", "parameters", "last_shared_layer")
+
+
+# --------------------------------------------------------------------------------------------
+# Epoch statistics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Per-task statistics of one epoch, each a 1-D tensor of length ``T``.
+
+    ``val_accuracy`` / ``val_loss`` are ``None`` when the run has no validation split. A task with
+    no labels in a split has ``NaN`` there.
+    """
+
+    train_accuracy: Tensor
+    train_loss: Tensor
+    val_accuracy: Tensor | None = None
+    val_loss: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        length = None
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                if field.name.startswith("train_"):
+                    raise ValueError(f"EpochStats.{field.name} is required, got None")
+                continue
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"EpochStats.{field.name} must be a torch.Tensor, got {type(value).__name__}"
+                )
+            if value.ndim != 1:
+                raise ValueError(
+                    f"EpochStats.{field.name} must be 1-D (one value per task), "
+                    f"got shape {tuple(value.shape)}"
+                )
+            if length is None:
+                length = value.shape[0]
+            elif value.shape[0] != length:
+                raise ValueError(
+                    f"EpochStats fields have different lengths: {field.name} has "
+                    f"{value.shape[0]}, expected {length}"
+                )
+
+    @property
+    def num_tasks(self) -> int:
+        return self.train_accuracy.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter checks (raise ValueError without the "method 'x': " prefix; Method adds it)
+# --------------------------------------------------------------------------------------------
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter value is not allowed. ``Method`` prefixes the message with its name."""
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+) -> float:
+    """Return ``value`` as a finite float, or raise ``HyperparameterError`` naming the bounds."""
+    bounds = []
+    if gt is not None:
+        bounds.append(f"> {gt:g}")
+    if ge is not None:
+        bounds.append(f">= {ge:g}")
+    if le is not None:
+        bounds.append(f"<= {le:g}")
+    allowed = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HyperparameterError(f"{name} must be {allowed}, got {value!r}")
+    number = float(value)
+    if (
+        not math.isfinite(number)
+        or (gt is not None and not number > gt)
+        or (ge is not None and not number >= ge)
+        or (le is not None and not number <= le)
+    ):
+        raise HyperparameterError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``HyperparameterError``."""
+    if not isinstance(value, str) or value not in choices:
+        raise HyperparameterError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def set_field(hp: Any, name: str, value: Any) -> None:
+    """Store a normalised value on a frozen hyperparameter dataclass (from ``__post_init__``)."""
+    object.__setattr__(hp, name, value)
+
+
+@dataclass(frozen=True)
+class NoHyperparameters:
+    """The hyperparameter declaration of a method that has none."""
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+
+
+class Method:
+    """A task-weighting method for ``num_tasks`` tasks.
+
+    Subclasses set the class attributes ``name``, ``level`` and ``summary`` (one line), declare
+    ``Hyperparameters`` (a frozen dataclass whose field defaults are the method's defaults) and
+    override ``_state`` / ``_load_state`` if they carry state across steps.
+    """
+
+    name: ClassVar[str]
+    level: ClassVar[str]
+    summary: ClassVar[str]
+    Hyperparameters: ClassVar[type] = NoHyperparameters
+
+    def __init__(
+        self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
+    ) -> None:
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise self._error(f"num_tasks must be a positive int, got {num_tasks!r}")
+        if task_names is not None:
+            if isinstance(task_names, str) or not all(isinstance(n, str) for n in task_names):
+                raise self._error(f"task_names must be a sequence of str, got {task_names!r}")
+            task_names = list(task_names)
+            if len(task_names) != num_tasks:
+                raise self._error(
+                    f"task_names has {len(task_names)} names but num_tasks is {num_tasks}"
+                )
+            if len(set(task_names)) != len(task_names):
+                raise self._error(f"task_names must be unique, got {task_names}")
+        self.num_tasks: int = num_tasks
+        self.task_names: list[str] | None = task_names
+        self.hp = self._resolve(hyperparameters)
+
+    # ---- hyperparameters ------------------------------------------------------------------
+
+    @classmethod
+    def hyperparameter_defaults(cls) -> dict[str, Any]:
+        """The declared hyperparameters and their defaults, in declaration order."""
+        return {f.name: f.default for f in dataclasses.fields(cls.Hyperparameters)}
+
+    def _resolve(self, given: dict[str, Any]) -> Any:
+        valid = self.hyperparameter_defaults()
+        for key in given:
+            if key not in valid:
+                listed = ", ".join(sorted(valid)) if valid else "(none)"
+                raise self._error(f"unknown hyperparameter {key!r}; valid: {listed}")
+        try:
+            return self.Hyperparameters(**given)
+        except HyperparameterError as exc:
+            raise self._error(str(exc)) from None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The resolved hyperparameter values (defaults filled in)."""
+        return dataclasses.asdict(self.hp)
+
+    def _error(self, message: str) -> ValueError:
+        return ValueError(f"method {self.name!r}: {message}")
+
+    # ---- hooks ----------------------------------------------------------------------------
+
+    def on_epoch_end(self, stats: EpochStats) -> None:  # noqa: B027 - optional hook
+        """Called once at the end of every training epoch (after validation). No-op by default."""
+
+    def on_step_end(self, losses_after: Tensor | None = None) -> None:  # noqa: B027
+        """Called after the optimizer step. No-op by default (FAMO will use it)."""
+
+    # ---- checkpointing --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and python values only (loadable with ``torch.load(weights_only=True)``).
+
+        ``hyperparameters`` is stored for information; ``load_state_dict`` restores ``state`` only.
+        """
+        return {
+            "method": self.name,
+            "num_tasks": self.num_tasks,
+            "hyperparameters": self.hyperparameters(),
+            "state": self._state(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("method") != self.name:
+            raise self._error(f"cannot load a state_dict of method {state_dict.get('method')!r}")
+        if state_dict.get("num_tasks") != self.num_tasks:
+            raise self._error(
+                f"cannot load a state_dict for {state_dict.get('num_tasks')!r} tasks into a "
+                f"method for {self.num_tasks} tasks"
+            )
+        self._load_state(state_dict.get("state", {}))
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless default
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}(num_tasks={self.num_tasks}{', ' if args else ''}{args})"
+
+
+class LossWeighting(Method):
+    """A method acting on the per-task losses: the objective is ``sum_t w_t * L_t``.
+
+    Subclasses implement ``compute_weights``; ``weights`` checks the input and returns the result
+    detached, as float32, on ``losses.device``.
+    """
+
+    level: ClassVar[str] = "loss"
+
+    def weights(self, losses: Tensor) -> Tensor:
+        """The task weights ``w`` (Tensor[T]) for this step, from the detached per-task losses."""
+        if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},), got {shape}")
+        w = self.compute_weights(losses.detach())
+        return w.detach().to(device=losses.device, dtype=torch.float32).clone()
+
+    def compute_weights(self, losses: Tensor) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,54 @@
+"""The only code in ``methods`` that calls autograd.
+
+The training loop computes the per-task losses and hands them here together with the method; the
+method only ever sees detached values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from methods.base import Method
+
+
+def backward(
+    method: Method,
+    losses: Tensor,
+    *,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    scale: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Back-propagate ``sum_t w_t L_t`` and return the weights ``w`` (Tensor[T], for logging).
+
+    ``losses`` are the per-task losses with grad (a task whose labels are all masked in this batch
+    has loss 0). ``w = method.weights(reduce(losses.detach()))``: ``reduce`` (e.g. a DDP
+    all-reduce-mean, so that every worker computes the same weights) gets a detached COPY of the
+    losses, so an in-place collective cannot modify them; identity when None. ``scale`` is applied
+    to the scalar objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16 AMP);
+    identity when None. Gradients accumulate into ``.grad`` as with a plain ``.backward()``.
+    """
+    if method.level != "loss":
+        raise NotImplementedError(
+            f"engine.backward: method {method.name!r} works at level {method.level!r}; only "
+            "loss-level methods are supported so far (gradient-level support is not implemented)"
+        )
+    if not isinstance(losses, Tensor) or losses.shape != (method.num_tasks,):
+        shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise ValueError(
+            f"engine.backward: losses must be a Tensor of shape ({method.num_tasks},) "
+            f"(one loss per task), got {shape}"
+        )
+    if not losses.requires_grad:
+        raise ValueError("engine.backward: losses do not require grad (computed under no_grad?)")
+
+    detached = losses.detach().clone()
+    if reduce is not None:
+        detached = reduce(detached)
+    w = method.weights(detached)
+    objective = (w * losses).sum()
+    if scale is not None:
+        objective = scale(objective)
+    objective.backward()
+    return w

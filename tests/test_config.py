@@ -1,0 +1,101 @@
+"""The experiment schema: good files pass, every bad key is named in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO, tiny_config, write_config
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "full_grid.yaml"])
+def test_shipped_experiments_validate(name):
+    cfg = load_config(REPO / "experiments" / name)
+    assert cfg.trial_count >= 4
+
+
+def test_defaults_and_float_forms(tmp_path):
+    cfg = tiny_config(tmp_path, train={"lr": "ignored"})
+    path = tmp_path / "e.yaml"
+    # YAML 1.1 reads 1e-3 as a string; the harness reads it as a number
+    path.write_text(write_config(tmp_path, cfg).read_text().replace("lr: ignored", "lr: 1e-3"))
+    loaded = load_config(path)
+    assert loaded.train.lr == pytest.approx(1e-3)
+    assert loaded.resources.gpus_per_worker == "auto"
+    assert loaded.data.task_names()[0] == "Atelectasis"
+    assert len(loaded.data.task_names()) == 14
+
+
+def errors_of(raw: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value.lines
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"grid": {"methods": ["equal", "deepchest", "pcgard"]}},
+            "grid.methods[2]: unknown method 'pcgard'; available: deepchest, equal",
+        ),
+        ({"grid": {"backbones": ["resnet19"]}}, "grid.backbones[0]: unknown backbone 'resnet19'"),
+        ({"grid": {"seeds": [0, 0]}}, "grid.seeds[1]: duplicate seed 0"),
+        ({"grid": {"seeds": []}}, "grid.seeds: List should have at least 1 item"),
+        ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
+        ({"train": {"epochs": "4"}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"optimiser": "adam"}}, "train.optimiser: unknown key"),
+        ({"train": {"amp": "yes"}}, "train.amp: Input should be 'auto', 'bf16', 'fp16' or 'off'"),
+        ({"data": {"dataset": "mnist"}}, "data.dataset: Input should be 'synthetic'"),
+        ({"data": {"image_size": 0}}, "data.image_size: Input should be greater than or equal"),
+        ({"data": {"image_size": 100000}}, "data.image_size: Input should be less than or equal"),
+        ({"data": {"tasks": ["Mass", "Mass"]}}, "data.tasks[1]: duplicate task 'Mass'"),
+        ({"data": {"tasks": ["Mass", "Tumour"]}}, "data.tasks[1]: unknown task 'Tumour'"),
+        ({"data": {"dataset": "nih"}}, "data.root: data set 'nih' needs the path of its files"),
+        ({"resources": {"cpus_per_worker": 0}}, "resources.cpus_per_worker: Input should be"),
+        ({"resources": {"gpus_per_worker": "many"}}, "resources.gpus_per_worker:"),
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"name": "a/b"}, "name: 'a/b' must be 1-100 letters"),
+        (
+            {"method_params": {"deepchest": {"signall": "x"}}},
+            "method_params.deepchest: method 'deepchest': unknown hyperparameter 'signall'",
+        ),
+        (
+            {"method_params": {"deepchest": {"signal": "val_auroc"}}},
+            "method_params.deepchest: method 'deepchest': signal must be one of",
+        ),
+        ({"method_params": {"gradnorm2": {}}}, "method_params.gradnorm2: unknown method"),
+    ],
+)
+def test_bad_keys_are_named(tmp_path, change, expected):
+    lines = errors_of(tiny_config(tmp_path, **change))
+    assert any(line.startswith(expected) for line in lines), lines
+    assert all("\n" not in line for line in lines)
+
+
+def test_several_errors_each_one_line(tmp_path):
+    lines = errors_of(tiny_config(tmp_path, train={"epochs": 0, "lr": -1}, extra=1))
+    assert len(lines) == 3
+    assert {line.split(":")[0] for line in lines} == {"train.epochs", "train.lr", "extra"}
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such experiment file"):
+        load_config(tmp_path / "missing.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config(empty)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ngrid: {methods: [equal\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+:\d+: not valid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+
+
+def test_name_override(tmp_path):
+    path = write_config(tmp_path, tiny_config(tmp_path))
+    assert load_config(path, overrides={"name": "other"}).name == "other"

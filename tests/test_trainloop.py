@@ -1,0 +1,121 @@
+"""The training loop without Ray: rows, determinism, resume, divergence, DDP on 2 processes."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from harness import trainloop
+from harness.config import parse_config
+from harness.launch import trial_identities, trial_spec
+from harness.trainloop import MemoryReporter, TorchCollective, train_trial
+from tests.conftest import tiny_config
+
+
+def spec_for(tmp_path, method="deepchest", epochs=2, **sections):
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": epochs}, **sections))
+    ident = next(i for i in trial_identities(cfg) if i["method"] == method)
+    return trial_spec(cfg, ident, gpus=0)
+
+
+def test_rows_reports_and_summary(tmp_path):
+    reporter = MemoryReporter()
+    out = train_trial(spec_for(tmp_path), reporter)
+    assert out["status"] == "completed" and out["epochs_completed"] == 2
+    rows = out["rows"]
+    # 2 epochs x (train, val) x 14 tasks, then 14 test rows at the best epoch
+    assert len(rows) == 2 * 2 * 14 + 14
+    test = [r for r in rows if r["split"] == "test"]
+    assert {r["epoch"] for r in test} == {out["best_epoch"]}
+    assert 0.0 <= out["test_mean_auroc"] <= 1.0
+    assert out["images_per_second"] > 0 and out["peak_memory_mb"] > 0
+    for phase in ("data", "forward", "backward", "optimizer"):
+        assert out[f"{phase}_time_ms"] > 0
+    # two epoch reports with checkpoints' metrics, then the final report
+    assert [r["done"] for r in reporter.reports] == [False, False, True]
+    epoch1 = [r for r in rows if r["epoch"] == 1 and r["split"] == "train"]
+    assert sum(r["weight_normalized"] for r in epoch1) == pytest.approx(1.0)
+    assert all(r["weight"] == 1.0 for r in epoch1)  # DeepChest starts at 1
+    epoch2 = [r for r in rows if r["epoch"] == 2 and r["split"] == "train"]
+    assert {round(r["weight"], 6) for r in epoch2} <= {round(1.1, 6), round(1 / 1.05, 6)}
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = train_trial(spec_for(tmp_path, method="equal"), MemoryReporter())
+    b = train_trial(spec_for(tmp_path, method="equal"), MemoryReporter())
+    assert [r["loss"] for r in a["rows"]] == [r["loss"] for r in b["rows"]]
+    assert a["test_mean_auroc"] == b["test_mean_auroc"]
+
+
+def test_resume_from_checkpoint_continues(tmp_path):
+    root = tmp_path / "ckpt"
+    first = train_trial(spec_for(tmp_path, epochs=2), MemoryReporter(root))
+    resumed_reporter = MemoryReporter(root, resume=True)
+    resumed = train_trial(spec_for(tmp_path, epochs=3), resumed_reporter)
+    assert resumed["epochs_completed"] == 3
+    # only epoch 3 was trained again; epochs 1-2 come from the checkpoint, unchanged
+    assert [r["epoch"] for r in resumed_reporter.reports if not r["done"]] == [3]
+    old = [r for r in first["rows"] if r["split"] != "test"]
+    assert repr(resumed["rows"][: len(old)]) == repr(old)  # repr: NaN == NaN
+
+
+def test_non_finite_loss_marks_trial_diverged(tmp_path, monkeypatch):
+    real = trainloop.masked_task_losses
+    calls = {"n": 0}
+
+    def exploding(logits, labels, mask):
+        calls["n"] += 1
+        losses = real(logits, labels, mask)
+        return losses * math.inf if calls["n"] >= 3 else losses
+
+    monkeypatch.setattr(trainloop, "masked_task_losses", exploding)
+    out = train_trial(spec_for(tmp_path), MemoryReporter())
+    assert out["status"] == "diverged"
+    assert "non-finite loss at epoch 1, step 3" in out["error"]
+    assert math.isnan(out["test_mean_auroc"])
+    assert out["epochs_completed"] == 0
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, spec: dict, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = train_trial(spec, MemoryReporter(), TorchCollective())
+        results[rank] = {
+            "weights": [r["weight"] for r in out["rows"] if r["split"] == "train"],
+            "val_auroc": [r["auroc"] for r in out["rows"] if r["split"] == "val"],
+            "test_mean_auroc": out["test_mean_auroc"],
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_cpu_workers_agree_on_weights(tmp_path):
+    """Two gloo processes: per-task losses are all-reduced before DeepChest sees them and
+    metrics are computed on gathered predictions, so both ranks hold identical weights."""
+    spec = spec_for(tmp_path, epochs=3)
+    results = mp.Manager().dict()
+    mp.spawn(
+        _ddp_worker,
+        args=(2, str(tmp_path / "init"), spec, results),
+        nprocs=2,
+        join=True,
+    )
+    a, b = results[0], results[1]
+    assert a["weights"] == b["weights"]
+    assert repr(a["val_auroc"]) == repr(b["val_auroc"])  # repr: NaN == NaN
+    assert a["test_mean_auroc"] == b["test_mean_auroc"]
+    # DeepChest moved the weights away from 1 after the first epoch
+    assert any(w != 1.0 for w in a["weights"])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    os.environ.pop("MASTER_ADDR", None)
