@@ -8,6 +8,7 @@ records, never from Ray's internal result files. The callback also drives the pr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ray import tune
 
@@ -74,11 +75,13 @@ class ResultsCollector(tune.Callback):
 
 
 def error_line(trial) -> str:
-    """The last meaningful line of a trial's error (e.g. ``ValueError: ...``)."""
+    """The last meaningful line of a trial's error (e.g. ``ValueError: ...``), read from the
+    error file that Tune has just written into the trial's local directory."""
+    text = ""
     try:
-        err = trial.get_pickled_error() or trial.get_error()
-    except Exception:  # the error file may be missing or unreadable
-        err = None
-    text = str(err or "unknown error").strip()
+        if trial.error_file:
+            text = Path(trial.error_file).read_text()
+    except OSError:  # no local error file: Tune could not write it
+        pass
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else "unknown error"
+    return lines[-1][:500] if lines else "unknown error (see the trial's error.txt under ray/)"

@@ -373,8 +373,11 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:
     if single:
         resources = {"cpu": cfg.resources.cpus_per_worker, "gpu": gpus}
     else:
-        # the trial itself only drives a TorchTrainer, whose workers ask for the real resources
-        resources = {"cpu": 0}
+        # The trial only drives a TorchTrainer whose workers reserve the real CPUs/GPUs. Tune
+        # refuses an empty request, and any CPU share would leave the workers short (a
+        # deadlock when the cluster has exactly the workers' CPUs), so it reserves 1 MiB of
+        # memory and no CPU.
+        resources = {"cpu": 0, "memory": 2**20}
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, specs=specs, storage=storage), resources
     )

@@ -1,0 +1,75 @@
+"""The CLI as a user meets it: subprocesses, exit codes, one-line errors (no Ray needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, tiny_config, write_config
+
+
+def harness(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )
+
+
+def assert_one_line_errors(result: subprocess.CompletedProcess, code: int) -> list[str]:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("harness: error: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines
+
+
+def test_validate_shipped_experiments():
+    for name in ("quickstart.yaml", "full_grid.yaml"):
+        result = harness("validate", f"experiments/{name}")
+        assert result.returncode == 0, result.stderr
+        assert "ok (" in result.stdout
+
+
+def test_validate_bad_file_names_each_key(tmp_path):
+    cfg = tiny_config(tmp_path, grid={"methods": ["equal", "deepchest", "pcgard"]},
+                      train={"epochs": -1})
+    lines = assert_one_line_errors(harness("validate", str(write_config(tmp_path, cfg))), 2)
+    assert any("grid.methods[2]: unknown method 'pcgard'; available: deepchest, equal" in ln
+               for ln in lines)
+    assert any("train.epochs:" in ln for ln in lines)
+
+
+def test_run_missing_file_and_missing_data_root(tmp_path):
+    assert_one_line_errors(harness("run", str(tmp_path / "nope.yaml")), 2)
+    cfg = tiny_config(tmp_path, data={"dataset": "nih", "root": str(tmp_path / "no-nih")})
+    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
+    assert lines == [f"harness: error: data.root: {tmp_path / 'no-nih'} does not exist "
+                     "(data set 'nih')"]
+    # nothing was left behind that a resume could mistake for a run
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_of_missing_run(tmp_path):
+    lines = assert_one_line_errors(harness("report", str(tmp_path / "no-run")), 1)
+    assert len(lines) == 1
+
+
+def test_methods_table():
+    result = harness("methods")
+    assert result.returncode == 0
+    for name in ("equal", "deepchest", "signal=train_accuracy"):
+        assert name in result.stdout
+
+
+def test_usage_error_exits_2():
+    result = harness("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"]])
+def test_help(args):
+    result = harness(*args)
+    assert result.returncode == 0 and "usage: harness" in result.stdout

@@ -1,0 +1,93 @@
+"""`harness run` through the CLI on a real local Ray (one Ray for the session)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from tests.conftest import tiny_config, write_config
+
+pytestmark = pytest.mark.timeout(300)
+
+TASKS = 14
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", *args])
+
+
+def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
+    path = write_config(tmp_path, tiny_config(tmp_path))
+    assert run_cli(str(path)) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "tiny"
+    assert f"report: {run_dir / 'report.html'}" in out
+    assert "deepchest" in out and "equal" in out  # the results table
+
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    assert sorted(trials.trial_id) == ["deepchest-simple_cnn-s0", "equal-simple_cnn-s0"]
+    assert set(trials.status) == {"completed"}
+    assert (trials.epochs_completed == 2).all()
+    assert trials.test_mean_auroc.between(0, 1).all()
+    assert (trials.images_per_second > 0).all() and (trials.peak_memory_mb > 0).all()
+
+    epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet")
+    for column in ("trial_id", "method", "backbone", "seed", "epoch", "split", "task", "loss",
+                   "accuracy", "auroc", "weight"):
+        assert column in epochs.columns
+    per_trial = epochs.groupby("trial_id").size()
+    assert (per_trial == 2 * 2 * TASKS + TASKS).all()  # 2 epochs x train/val, + test
+    assert set(epochs.split) == {"train", "val", "test"}
+    deep = epochs[(epochs.method == "deepchest") & (epochs.split == "train")]
+    assert (deep[deep.epoch == 1].weight == 1.0).all()
+    assert set(deep[deep.epoch == 2].weight.round(6)) <= {1.1, round(1 / 1.05, 6)}
+    assert (epochs[epochs.method == "equal"].weight == 1.0).all()
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["finished_at"] and manifest["tasks"][0] == "Atelectasis"
+    assert {t["status"] for t in manifest["trials"].values()} == {"completed"}
+    assert (run_dir / "config.yaml").is_file()
+    html = (run_dir / "report.html").read_text()
+    assert "deepchest" in html and "<html" in html.lower()
+
+    # the same name again is refused, --resume keeps the finished trials and trains nothing
+    assert run_cli(str(path)) == 1
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert run_cli(str(path), "--resume") == 0
+    again = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    assert again.test_mean_auroc.tolist() == trials.test_mean_auroc.tolist()
+
+
+def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys):
+    missing = tmp_path / "weights.pt"
+    cfg = tiny_config(tmp_path, name="broken", train={"pretrained": str(missing), "max_failures": 0})
+    assert run_cli(str(write_config(tmp_path, cfg))) == 1
+    err = capsys.readouterr().err
+    assert "trial equal-simple_cnn-s0 failed: " in err
+    assert "pretrained weights file not found" in err
+    assert "2 of 2 trials failed" in err
+    run_dir = tmp_path / "runs" / "broken"
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    assert set(trials.status) == {"failed"}
+    assert trials.error.str.contains("not found").all()
+    assert (run_dir / "report.html").is_file()
+
+
+def test_two_worker_trial_runs_under_torch_trainer(ray_session, tmp_path):
+    """workers_per_trial: 2 takes the TorchTrainer (DDP, gloo) path inside the Tune trial."""
+    cfg = tiny_config(
+        tmp_path,
+        name="ddp",
+        grid={"methods": ["deepchest"]},
+        resources={"workers_per_trial": 2, "cpus_per_worker": 1},
+    )
+    assert run_cli(str(write_config(tmp_path, cfg))) == 0
+    run_dir = tmp_path / "runs" / "ddp"
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    assert trials.status.tolist() == ["completed"]
+    assert trials.workers.tolist() == [2]
+    epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet")
+    assert len(epochs) == 2 * 2 * TASKS + TASKS
