@@ -59,10 +59,14 @@ def main() -> None:
     inside = trials.wall_time_s.sum()
     overhead = (run * args.concurrency - inside) / n
     print(f"trials: {n} at concurrency {args.concurrency}; Ray start {ray_start:.1f} s")
-    print(f"run_experiment wall: {run:.1f} s; trials' own wall time: {inside:.1f} s in total, "
-          f"{inside / n:.1f} s per trial")
-    print(f"harness overhead per trial (Tune scheduling, reports, checkpoints, tables, report): "
-          f"{overhead:.2f} s")
+    print(
+        f"run_experiment wall: {run:.1f} s; trials' own wall time: {inside:.1f} s in total, "
+        f"{inside / n:.1f} s per trial"
+    )
+    print(
+        f"harness overhead per trial (Tune scheduling, reports, checkpoints, tables, report): "
+        f"{overhead:.2f} s"
+    )
 
 
 if __name__ == "__main__":

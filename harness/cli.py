@@ -84,12 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = outcome.failed
     diverged = [r for r in outcome.records if r.status == "diverged"]
     if diverged:
-        print(f"{len(diverged)} trial(s) diverged (non-finite loss); see the report", file=sys.stderr)
+        print(
+            f"{len(diverged)} trial(s) diverged (non-finite loss); see the report", file=sys.stderr
+        )
     if failed:
         for record in failed:
             _err(f"trial {record.data['identity']['trial_id']} failed: {record.data['error']}")
-        _err(f"{len(failed)} of {len(outcome.records)} trials failed; results of the others "
-             f"are in {outcome.run_dir}")
+        _err(
+            f"{len(failed)} of {len(outcome.records)} trials failed; results of the others "
+            f"are in {outcome.run_dir}"
+        )
         return EXIT_FAILED
     return 0
 
@@ -103,13 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train the grid of an experiment file on Ray")
     run.add_argument("config", help="experiment YAML file")
-    run.add_argument("--address", help="Ray cluster address (default: cluster.address, "
-                     "RAY_ADDRESS, else a local Ray)")
+    run.add_argument(
+        "--address",
+        help="Ray cluster address (default: cluster.address, RAY_ADDRESS, else a local Ray)",
+    )
     run.add_argument("--name", help="run name (overrides the file's `name`)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run: keep finished trials, run the others")
-    run.add_argument("--overwrite", action="store_true",
-                     help="delete an existing run directory of the same name first")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: keep finished trials, run the others",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing run directory of the same name first",
+    )
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check an experiment file without starting Ray")

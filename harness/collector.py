@@ -47,7 +47,9 @@ class ResultsCollector(tune.Callback):
             record.add_rows("test", rows)
             record.set(summary=summary, status=summary["status"], error=summary["error"])
             self.progress.update(
-                trial_id, status=summary["status"], test_auroc=summary["test_mean_auroc"],
+                trial_id,
+                status=summary["status"],
+                test_auroc=summary["test_mean_auroc"],
                 error=summary["error"],
             )
         else:

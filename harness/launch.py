@@ -241,10 +241,8 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "harness": __version__}
     for pkg in ("torch", "torchvision", "ray", "numpy", "pandas", "pyarrow", "plotly"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

@@ -13,7 +13,10 @@ from tests.conftest import REPO, tiny_config, write_config
 def harness(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "harness.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -33,11 +36,14 @@ def test_validate_shipped_experiments():
 
 
 def test_validate_bad_file_names_each_key(tmp_path):
-    cfg = tiny_config(tmp_path, grid={"methods": ["equal", "deepchest", "pcgard"]},
-                      train={"epochs": -1})
+    cfg = tiny_config(
+        tmp_path, grid={"methods": ["equal", "deepchest", "pcgard"]}, train={"epochs": -1}
+    )
     lines = assert_one_line_errors(harness("validate", str(write_config(tmp_path, cfg))), 2)
-    assert any("grid.methods[2]: unknown method 'pcgard'; available: deepchest, equal" in ln
-               for ln in lines)
+    assert any(
+        "grid.methods[2]: unknown method 'pcgard'; available: deepchest, equal" in ln
+        for ln in lines
+    )
     assert any("train.epochs:" in ln for ln in lines)
 
 
@@ -45,8 +51,9 @@ def test_run_missing_file_and_missing_data_root(tmp_path):
     assert_one_line_errors(harness("run", str(tmp_path / "nope.yaml")), 2)
     cfg = tiny_config(tmp_path, data={"dataset": "nih", "root": str(tmp_path / "no-nih")})
     lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
-    assert lines == [f"harness: error: data.root: {tmp_path / 'no-nih'} does not exist "
-                     "(data set 'nih')"]
+    assert lines == [
+        f"harness: error: data.root: {tmp_path / 'no-nih'} does not exist (data set 'nih')"
+    ]
     # nothing was left behind that a resume could mistake for a run
     assert not (tmp_path / "runs").exists()
 

@@ -43,7 +43,10 @@ def test_grid_runs_on_a_two_node_cluster(tmp_path):
     cfg = tiny_config(tmp_path, name="cluster")
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(cfg)],
-        capture_output=True, text=True, cwd=REPO, timeout=400,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=400,
     )
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]

@@ -35,8 +35,19 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
     assert (trials.images_per_second > 0).all() and (trials.peak_memory_mb > 0).all()
 
     epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet")
-    for column in ("trial_id", "method", "backbone", "seed", "epoch", "split", "task", "loss",
-                   "accuracy", "auroc", "weight"):
+    for column in (
+        "trial_id",
+        "method",
+        "backbone",
+        "seed",
+        "epoch",
+        "split",
+        "task",
+        "loss",
+        "accuracy",
+        "auroc",
+        "weight",
+    ):
         assert column in epochs.columns
     per_trial = epochs.groupby("trial_id").size()
     assert (per_trial == 2 * 2 * TASKS + TASKS).all()  # 2 epochs x train/val, + test
@@ -63,7 +74,9 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
 
 def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys):
     missing = tmp_path / "weights.pt"
-    cfg = tiny_config(tmp_path, name="broken", train={"pretrained": str(missing), "max_failures": 0})
+    cfg = tiny_config(
+        tmp_path, name="broken", train={"pretrained": str(missing), "max_failures": 0}
+    )
     assert run_cli(str(write_config(tmp_path, cfg))) == 1
     err = capsys.readouterr().err
     assert "trial equal-simple_cnn-s0 failed: " in err
