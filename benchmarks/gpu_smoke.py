@@ -36,7 +36,7 @@ def spec(method: str, backbone: str, amp: str, image_size: int, epochs: int, see
             "test_fraction": 0.15,
             "prevalence_floor": 0.05,
             "noise_tasks": 0,
-            "label_noise": 0.03,
+            "label_noise": 0.05,
         },
         "train": {
             "epochs": epochs,

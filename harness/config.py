@@ -54,7 +54,7 @@ class DataConfig(_Strict):
     test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.15
     prevalence_floor: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     noise_tasks: Annotated[int, Field(ge=0, le=64)] = 0
-    label_noise: Annotated[float, Field(ge=0, lt=0.5)] = 0.03
+    label_noise: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
 
     @field_validator("tasks")
     @classmethod

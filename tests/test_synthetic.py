@@ -3,6 +3,7 @@ noise tasks, splits, argument checks, and a quick learnability signal."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -81,7 +82,11 @@ def test_real_prevalences_are_kept_without_floor(big_clean):
 def test_co_occurrence_follows_the_copula(big_clean):
     y = big_clean.labels
     corr = torch.tensor(COPULA_CORRELATION)
-    for a, b in [("Pneumonia", "Edema"), ("Pneumothorax", "Emphysema"), ("Atelectasis", "Effusion")]:
+    for a, b in [
+        ("Pneumonia", "Edema"),
+        ("Pneumothorax", "Emphysema"),
+        ("Atelectasis", "Effusion"),
+    ]:
         assert corr[K[a], K[b]] > 0.3
         joint = (y[:, K[a]] * y[:, K[b]]).mean()
         independent = y[:, K[a]].mean() * y[:, K[b]].mean()
@@ -125,7 +130,8 @@ def test_label_noise_flips_about_the_requested_fraction(big_clean):
         k = K[name]
         p = target_prevalences()[name]
         neg_rate = flipped[~pos[:, k], k].float().mean().item()
-        assert abs(neg_rate - q * p / (1 - p)) < 0.006, name
+        want = q * p / (1 - p)
+        assert abs(neg_rate - want) < 0.25 * want + 0.001, (name, neg_rate, want)
     # the default is some noise, so no finding is learnable perfectly
     assert 0 < DEFAULT_LABEL_NOISE < 0.2
     assert not torch.equal(generate(20000, 16, seed=11).labels, clean)
@@ -151,8 +157,21 @@ def test_splits_are_disjoint_deterministic_and_sized():
         assert not same.any(), (a, b)
     other = synthetic_splits(200, 24, seed=3, noise_tasks=1)
     assert not torch.equal(other["train"].images, splits["train"].images)
+    # the splits are generate()'s samples, in order
+    whole = generate(200, 24, seed=2, noise_tasks=1)
+    assert torch.equal(
+        torch.cat([splits[k].images for k in ("train", "val", "test")]), whole.images
+    )
+    assert torch.equal(
+        torch.cat([splits[k].labels for k in ("train", "val", "test")]), whole.labels
+    )
     custom = synthetic_splits(100, 16, val_fraction=0.2, test_fraction=0.1)
     assert [len(custom[k]) for k in ("train", "val", "test")] == [70, 20, 10]
+
+
+def test_numpy_scalars_are_accepted():
+    data = generate(np.int64(3), np.int32(16), seed=np.int64(1), label_noise=np.float32(0.1))
+    assert data.images.shape == (3, 1, 16, 16)
 
 
 @pytest.mark.parametrize(

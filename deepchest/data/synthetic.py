@@ -8,7 +8,7 @@ and co-occurrence follow NIH; the strength of each finding's signature follows C
 per-finding AUROC, so the findings that are hard for a real model are hard here too.
 
 Everything is deterministic from ``seed`` (CPU ``torch.Generator`` streams), vectorised in
-torch, and fast: 3000 images at 64 px take well under a second on one core.
+torch, and fast: 3000 images at 64 px take about a second on one core.
 See docs/synthetic-data.md for where every number comes from and the measured learnability.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import torch
 from torch import Tensor
@@ -50,26 +51,28 @@ NOISE_TASK_PREVALENCE = 0.5
 
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
-_CHUNK = 512  # images rendered at once; bounds memory at large image sizes
+_CHUNK_PIXELS = 2**21  # pixels rendered at once (8 MB per float tensor): bounds memory
 
-# Signature strength per finding: a hand-tuned calibration of how visible each kind of
-# signature is for a small CNN at 64 px, times a factor that grows with CheXNet's AUROC
-# (harder real findings get fainter signatures). See _signal_strength.
+# Signature strength per finding = calibration x difficulty factor. The calibration says how
+# visible each kind of signature is to a small CNN at 64 px; it was tuned with the quickstart
+# recipe (docs/synthetic-data.md) towards a test AUROC of 0.835 + 0.8 (CheXNet AUROC - mean).
+# The difficulty factor grows with CheXNet's AUROC: the findings that are hard for a real
+# model get fainter signatures.
 _CALIBRATION: dict[str, float] = {
-    "Atelectasis": 1.0,
-    "Cardiomegaly": 1.0,
-    "Effusion": 1.0,
-    "Infiltration": 1.0,
-    "Mass": 1.0,
-    "Nodule": 1.0,
-    "Pneumonia": 1.0,
-    "Pneumothorax": 1.0,
-    "Consolidation": 1.0,
-    "Edema": 1.0,
-    "Emphysema": 1.0,
-    "Fibrosis": 1.0,
-    "Pleural_Thickening": 1.0,
-    "Hernia": 1.0,
+    "Atelectasis": 1.47,
+    "Cardiomegaly": 1.93,
+    "Effusion": 0.89,
+    "Infiltration": 3.02,
+    "Mass": 1.61,
+    "Nodule": 2.00,
+    "Pneumonia": 2.01,
+    "Pneumothorax": 1.36,
+    "Consolidation": 1.02,
+    "Edema": 0.63,
+    "Emphysema": 0.91,
+    "Fibrosis": 1.28,
+    "Pleural_Thickening": 1.20,
+    "Hernia": 2.39,
 }
 _DIFFICULTY_SLOPE = 0.5  # strength multiplier per 0.1 AUROC, as exp(slope * delta)
 _AUROC_CENTRE = sum(CHEXNET_AUROC.values()) / len(CHEXNET_AUROC)
@@ -83,11 +86,12 @@ def _signal_strength() -> dict[str, float]:
     }
 
 
+# read-only: the renderer reads it at call time
 SIGNAL_STRENGTH: dict[str, float] = _signal_strength()
 
 # Streams of random numbers, so that e.g. adding noise tasks or label noise leaves the images
 # and the clean labels unchanged.
-_STREAM_LABELS, _STREAM_IMAGES, _STREAM_FLIPS, _STREAM_NOISE_TASKS = range(4)
+_STREAM_LABELS, _STREAM_IMAGES, _STREAM_FLIPS, _STREAM_NOISE_TASKS, _STREAM_PIXELS = range(5)
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -95,30 +99,34 @@ def _generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(mixed)
 
 
-def _check_args(
-    num_samples: int,
-    image_size: int,
-    prevalence_floor: float,
-    noise_tasks: int,
-    label_noise: float,
-) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, int)
-        or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
-    ):
+def _integer(name: str, value, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high], or a ValueError that names the argument."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+    return number
+
+
+def _fraction(name: str, value, low: float, high: float, *, high_open: bool = False) -> float:
+    """``value`` as a float in [low, high] (or [low, high)), else a ValueError naming it."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    ok = low <= number < high if high_open else low <= number <= high
+    if not ok:
         raise ValueError(
-            f"image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], "
-            f"got {image_size!r}"
+            f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}"
         )
-    if not (isinstance(prevalence_floor, int | float) and 0.0 <= prevalence_floor <= 0.5):
-        raise ValueError(f"prevalence_floor must be in [0, 0.5], got {prevalence_floor!r}")
-    if isinstance(noise_tasks, bool) or not isinstance(noise_tasks, int) or noise_tasks < 0:
-        raise ValueError(f"noise_tasks must be an integer >= 0, got {noise_tasks!r}")
-    if not (isinstance(label_noise, int | float) and 0.0 <= label_noise < 0.5):
-        raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise!r}")
+    return number
 
 
 def _thresholds(prevalence_floor: float) -> Tensor:
@@ -153,9 +161,16 @@ def _sign(g: torch.Generator, n: int) -> Tensor:
     return _col(torch.randint(0, 2, (n,), generator=g).float() * 2 - 1)
 
 
+def _ramp(r: Tensor, power, edge: float) -> Tensor:
+    """Inside-ness of a shape whose radius is ``rho = r ** (1 / power)``: exactly 1 inside,
+    0 outside, and a linear ramp ``edge`` wide (in rho) across the boundary, using
+    ``r ~ 1 + power * (rho - 1)`` near it. Resolution-independent contrast, anti-aliased."""
+    return ((1 - r) / (power * edge) + 0.5).clamp(0, 1)
+
+
 def _ellipse(u: Tensor, v: Tensor, cx, cy, ax, ay, edge: float, boxy: bool = False) -> Tensor:
-    """Soft ellipse mask (a power-4 super-ellipse if ``boxy``), ~1 inside and ~0 outside;
-    ``edge`` is the softness in radius units (exact at the boundary)."""
+    """Ellipse mask (a power-4 super-ellipse if ``boxy``): 1 inside, 0 outside, with a
+    linear edge ``edge`` wide in units of the radius."""
     x = (u - cx) / ax
     y = (v - cy) / ay
     r = x * x + y * y
@@ -165,8 +180,7 @@ def _ellipse(u: Tensor, v: Tensor, cx, cy, ax, ay, edge: float, boxy: bool = Fal
         y = y * y
         r = x * x + y * y
         power = 4.0
-    # r = rho ** power ~ 1 + power * (rho - 1) near the boundary rho = 1
-    return torch.sigmoid((1 - r) / (power * edge))
+    return _ramp(r, power, edge)
 
 
 def _gauss(u: Tensor, v: Tensor, cx, cy, sx, sy) -> Tensor:
@@ -175,7 +189,8 @@ def _gauss(u: Tensor, v: Tensor, cx, cy, sx, sy) -> Tensor:
 
 
 def _field(g: torch.Generator, n: int, res: int, size: int) -> Tensor:
-    """A smooth random field, ~N(0, 1) per pixel, correlated over size / res pixels."""
+    """A smooth random field, ~N(0, 1) per pixel, correlated over 1 / res of the image (the
+    same field at every image size)."""
     coarse = torch.randn(n, 1, res, res, generator=g)
     fine = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     return fine[:, 0] / 0.72  # bilinear upsampling shrinks the std to ~0.72
@@ -190,7 +205,7 @@ def _lung(u: Tensor, v: Tensor, cx, cy, ax, ay, edge: float) -> Tensor:
     x = ((u - cx) / (ax * (0.8 + 0.25 * t))).abs().clamp(min=1e-6)
     y = ((v - cy) / ay).abs().clamp(min=1e-6)
     r = torch.exp(power * torch.log(x)) + torch.exp(power * torch.log(y))
-    return torch.sigmoid((1 - r) / (power * edge))
+    return _ramp(r, power, edge)
 
 
 class _Anatomy:
@@ -207,8 +222,8 @@ class _Anatomy:
         self.lung_ax = _uniform(g, n, 0.125, 0.145)
         self.lung_ay = _uniform(g, n, 0.26, 0.3)
         self.lung_gap = _uniform(g, n, 0.165, 0.185)  # lung centre to midline
-        self.heart_ax = _uniform(g, n, 0.15, 0.18)
-        self.heart_ay = _uniform(g, n, 0.11, 0.13)
+        self.heart_ax = _uniform(g, n, 0.14, 0.19)
+        self.heart_ay = _uniform(g, n, 0.105, 0.135)
         self.heart_cx = _uniform(g, n, 0.53, 0.56)
         self.rib_phase = _uniform(g, n, 0.0, 1.0)
         self.rib_spacing = _uniform(g, n, 0.065, 0.08)
@@ -235,7 +250,9 @@ def _box(name: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
+def _render_chunk(
+    g: torch.Generator, g_pixel: torch.Generator, labels: Tensor, size: int
+) -> Tensor:
     """Images in [0, 1], float ``[n, S, S]``, showing the clean labels ``labels`` [n, 14]."""
     n = labels.shape[0]
     an = _Anatomy(g, n)
@@ -244,7 +261,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
     present = {name: labels[:, k] > 0.5 for k, name in enumerate(FINDINGS)}
     # per-image intensity of every finding (0 where absent): a wide range, so that faint
     # cases overlap the normal variation and no finding is trivially separable
-    spread = 0.4 + 1.2 * torch.rand(n, len(FINDINGS), generator=g)
+    spread = 0.2 + 1.6 * torch.rand(n, len(FINDINGS), generator=g)
     amp = {
         name: _col(present[name].float() * SIGNAL_STRENGTH[name] * spread[:, k])
         for k, name in enumerate(FINDINGS)
@@ -252,7 +269,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
 
     # --- anatomy, with the findings that change it ----------------------------------------
     emph = amp["Emphysema"]  # hyperinflated (taller), hyperlucent lungs with fewer markings
-    grow = 1 + 0.3 * amp["Cardiomegaly"]  # enlarged heart shadow
+    grow = 1 + 0.6 * torch.tanh(amp["Cardiomegaly"] / 2)  # enlarged heart shadow, <= 1.6x
     lung_ay = an.lung_ay * (1 + 0.06 * emph)
     lung_cy = 0.45 + 0.5 * (lung_ay - an.lung_ay)
     lung_l = _lung(u, v, 0.5 - an.lung_gap, lung_cy, an.lung_ax, lung_ay, edge)
@@ -274,7 +291,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
     abdomen = torch.sigmoid((v - 0.72) / 0.03)
     # lung markings: vessels fanning out from the hila, a faint texture
     hilum = torch.exp(-torch.sqrt((du - 0.12) ** 2 + (v - 0.47) ** 2) / 0.14)
-    markings = _field(g, n, max(4, size // 6), size).abs() * hilum
+    markings = _field(g, n, 10, size).abs() * hilum
     markings = markings * an.markings * (1 - 0.6 * emph.clamp(max=1))
 
     findings = torch.zeros(n, size, size)
@@ -292,8 +309,13 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
         cx = 0.5 + side * an.lung_gap[idx]
         shrink = 1 - _uniform(g, m, 0.5, 1.0) * bw  # the box size sets the gap's width
         inner = _lung(
-            ui, vi, cx - side * 0.02, lung_cy[idx] + 0.5 * bh * (1 - shrink),
-            an.lung_ax[idx] * shrink, lung_ay[idx] * (1 - bh * (1 - shrink)), edge,
+            ui,
+            vi,
+            cx - side * 0.02,
+            lung_cy[idx] + 0.5 * bh * (1 - shrink),
+            an.lung_ax[idx] * shrink,
+            lung_ay[idx] * (1 - bh * (1 - shrink)),
+            edge,
         )
         lung = torch.where(side < 0, lung_l[idx], lung_r[idx])
         gap = lung * (1 - inner)
@@ -351,7 +373,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
         bx, by, bw, bh = _box("Infiltration")
         cx = 0.5 + _sign(g, m) * (an.lung_gap[idx] + _uniform(g, m, -0.03, 0.03))
         cy = by + _uniform(g, m, -bh / 3, bh / 3)
-        patches = _field(g, m, max(4, size // 8), size).clamp(min=0)
+        patches = _field(g, m, 8, size).clamp(min=0)
         findings[idx] += 0.2 * a * _gauss(ui, vi, cx, cy, bw / 2, bh / 2) * patches * lungs[idx]
 
     # Mass: a larger, well-defined round opacity; Nodule: a small round bright spot; both
@@ -375,7 +397,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
         _, by, bw, bh = _box("Pneumonia")
         cx = 0.5 + _sign(g, m) * (an.lung_gap[idx] + _uniform(g, m, -0.03, 0.03))
         cy = by + _uniform(g, m, -bh / 4, bh / 4)
-        texture = 0.6 + 0.4 * _field(g, m, max(4, size // 12), size).clamp(-1, 1)
+        texture = 0.6 + 0.4 * _field(g, m, 5, size).clamp(-1, 1)
         findings[idx] += 0.28 * a * _gauss(ui, vi, cx, cy, bw / 3, bh / 3) * texture * lungs[idx]
 
     # Consolidation (no NIH box): a dense, homogeneous, fairly sharp opacity in a lower zone
@@ -395,7 +417,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
     # Fibrosis (no box): a reticular (net-like) texture, peripheral and basal, both lungs
     idx, ui, vi, a, m = sub("Fibrosis")
     if m:
-        net = torch.exp(-((_field(g, m, max(6, size // 4), size) / 0.3) ** 2))
+        net = torch.exp(-((_field(g, m, 16, size) / 0.3) ** 2))
         where = torch.sigmoid(((ui - 0.5).abs() - 0.14) / 0.03) * torch.sigmoid((vi - 0.35) / 0.05)
         findings[idx] += 0.25 * a * net * where * lungs[idx]
 
@@ -430,7 +452,7 @@ def _render_chunk(g: torch.Generator, labels: Tensor, size: int) -> Tensor:
     img = an.contrast * (density + findings) + 0.08 + an.brightness
     img = img + an.smooth_noise * _field(g, n, 6, size)
     img = img.clamp(0, 1).pow(an.gamma)
-    img = img + an.pixel_noise * torch.randn(n, size, size, generator=g)
+    img = img + an.pixel_noise * torch.randn(n, size, size, generator=g_pixel)
     return img.clamp(0, 1)
 
 
@@ -457,8 +479,13 @@ def generate(
       ``prevalence_floor``; label noise and noise tasks leave them, and the clean labels, as
       they are. Same arguments give bit-identical tensors.
     """
-    _check_args(num_samples, image_size, prevalence_floor, noise_tasks, label_noise)
-    t = _thresholds(float(prevalence_floor))
+    num_samples = _integer("num_samples", num_samples, 1)
+    image_size = _integer("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    seed = _integer("seed", seed, -(2**63))
+    prevalence_floor = _fraction("prevalence_floor", prevalence_floor, 0.0, 0.5)
+    noise_tasks = _integer("noise_tasks", noise_tasks, 0, 10_000)
+    label_noise = _fraction("label_noise", label_noise, 0.0, 0.5, high_open=True)
+    t = _thresholds(prevalence_floor)
     corr = torch.tensor(COPULA_CORRELATION, dtype=torch.float64)
     chol = torch.linalg.cholesky(corr)
     g_labels = _generator(seed, _STREAM_LABELS)
@@ -466,10 +493,12 @@ def generate(
     clean = (z @ chol.T > t).float()
 
     g_images = _generator(seed, _STREAM_IMAGES)
+    g_pixels = _generator(seed, _STREAM_PIXELS)
     images = torch.empty(num_samples, 1, image_size, image_size, dtype=torch.uint8)
-    for start in range(0, num_samples, _CHUNK):
-        stop = min(start + _CHUNK, num_samples)
-        img = _render_chunk(g_images, clean[start:stop], image_size)
+    chunk = max(1, _CHUNK_PIXELS // (image_size * image_size))
+    for start in range(0, num_samples, chunk):
+        stop = min(start + chunk, num_samples)
+        img = _render_chunk(g_images, g_pixels, clean[start:stop], image_size)
         images[start:stop, 0] = (img * 255).round_().to(torch.uint8)
 
     labels = clean
@@ -509,22 +538,24 @@ def synthetic_splits(
 
     Cached in-process on the arguments: do not modify the returned tensors in place.
     """
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not (isinstance(frac, int | float) and 0.0 <= frac < 1.0):
-            raise ValueError(f"{name} must be in [0, 1), got {frac!r}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}"
-        )
-    n_val = round(num_samples * val_fraction) if isinstance(num_samples, int) else 0
-    n_test = round(num_samples * test_fraction) if isinstance(num_samples, int) else 0
-    data = generate(num_samples, image_size, seed=seed, **generate_kwargs)
+    num_samples = _integer("num_samples", num_samples, 1)
+    val_fraction = _fraction("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
+    test_fraction = _fraction("test_fraction", test_fraction, 0.0, 1.0, high_open=True)
+    n_val = round(num_samples * val_fraction)
+    n_test = round(num_samples * test_fraction)
     n_train = num_samples - n_val - n_test
     if n_train < 1:
-        raise ValueError(f"num_samples={num_samples} leaves no training samples")
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training "
+            f"samples out of num_samples={num_samples}"
+        )
+    data = generate(num_samples, image_size, seed=seed, **generate_kwargs)
     cuts = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, num_samples),
+        "train": slice(0, n_train),
+        "val": slice(n_train, n_train + n_val),
+        "test": slice(n_train + n_val, num_samples),
     }
-    return {name: data.subset(torch.arange(a, b)) for name, (a, b) in cuts.items()}
+    return {
+        name: LabeledImages(data.images[cut], data.labels[cut], data.mask[cut], data.task_names)
+        for name, cut in cuts.items()
+    }
