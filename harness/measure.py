@@ -16,6 +16,9 @@ import psutil
 import torch
 
 PHASES = ("data", "forward", "backward", "optimizer")
+# Steps left out of images/s: the first steps of a trial pay for cuDNN autotuning, the
+# allocator's growth and lazy initialisation, which a long run amortises.
+WARMUP_STEPS = 5
 
 
 class StepTimer:
@@ -24,14 +27,14 @@ class StepTimer:
     def __init__(self, device: torch.device, history: dict | None = None):
         self.device = device
         self.times: dict[str, list[float]] = {p: [] for p in PHASES}
-        self.images = 0
+        self.step_images: list[int] = []
         self.peak_rss = 0
         self._process = psutil.Process()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if history:  # resumed from a checkpoint
             self.times = {p: list(history["times"][p]) for p in PHASES}
-            self.images = int(history["images"])
+            self.step_images = list(history["step_images"])
             self.peak_rss = int(history["peak_rss"])
 
     def _sync(self) -> None:
@@ -47,24 +50,24 @@ class StepTimer:
         self.times[name].append(time.perf_counter() - start)
 
     def end_step(self, batch_size: int) -> None:
-        self.images += batch_size
+        self.step_images.append(batch_size)
         if self.device.type != "cuda":
             self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
 
     def state(self) -> dict:
-        return {"times": self.times, "images": self.images, "peak_rss": self.peak_rss}
-
-    def train_seconds(self) -> float:
-        return sum(sum(v) for v in self.times.values())
+        return {"times": self.times, "step_images": self.step_images, "peak_rss": self.peak_rss}
 
     def summary(self) -> dict[str, float]:
-        """Medians per phase and per step in ms, images/s over all train steps, peak MB."""
+        """Medians per phase and per step in ms; images/s over the train steps after the
+        first ``WARMUP_STEPS`` (over all of them in runs too short to spare those); peak MB."""
         # zip stops at the shortest phase: a step cut short (a diverged loss) is left out
         steps = [sum(parts) for parts in zip(*self.times.values(), strict=False)]
         out = {f"{p}_time_ms": _median_ms(self.times[p]) for p in PHASES}
         out["step_time_ms"] = _median_ms(steps)
-        total = self.train_seconds()
-        out["images_per_second"] = self.images / total if total > 0 else float("nan")
+        skip = WARMUP_STEPS if len(steps) > 2 * WARMUP_STEPS else 0
+        total = sum(steps[skip:])
+        images = sum(self.step_images[skip : len(steps)])
+        out["images_per_second"] = images / total if total > 0 else float("nan")
         out["peak_memory_mb"] = self.peak_memory_bytes() / 2**20
         return out
 

@@ -148,7 +148,15 @@ class _Trial:
         self.started = time.perf_counter()
         self.device = torch.device(spec.get("device", "cpu"))
         if self.device.type == "cuda":
+            if self.device.index is None:  # "cuda": Ray has narrowed CUDA_VISIBLE_DEVICES
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
+            # cuDNN picks the fastest kernels for the fixed batch shape (GPU runs are not
+            # bit-reproducible anyway); channels-last lets convolutions use tensor cores
+            torch.backends.cudnn.benchmark = True
+        self.memory_format = (
+            torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        )
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(spec.get("threads", 1))))
         seed_everything(spec["seed"])
@@ -164,7 +172,7 @@ class _Trial:
             len(self.tasks),
             in_channels=self.train_set.images.shape[1],
             pretrained=pretrained,
-        ).to(self.device)
+        ).to(self.device, memory_format=self.memory_format)
         self.model = collective.wrap(self.net, self.device)
         self.method = methods.create(
             spec["method"],
@@ -234,6 +242,10 @@ class _Trial:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _input(self, images: Tensor) -> Tensor:
+        x = to_model_input(images.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=self.memory_format)
+
     @torch.inference_mode()
     def evaluate(self, data: LabeledImages) -> TaskMetrics:
         """Metrics on a whole split; under DDP each rank predicts a contiguous shard and every
@@ -247,7 +259,7 @@ class _Trial:
         step = 2 * self.batch_size
         for i in range(start, stop, step):
             j = min(stop, i + step)
-            x = to_model_input(data.images[i:j].to(self.device))
+            x = self._input(data.images[i:j])
             with self._autocast():
                 logits[i - start : j - start] = self.net(x)[1].float()
         logits = self.coll.all_gather_cat(logits)[:n].cpu()
@@ -274,7 +286,7 @@ class _Trial:
         for step in range(steps):
             with timer.phase("data"):
                 idx = perm[step * global_batch + rank * bs : step * global_batch + (rank + 1) * bs]
-                x = to_model_input(data.images[idx].to(self.device, non_blocking=True))
+                x = self._input(data.images[idx])
                 y = data.labels[idx].to(self.device, non_blocking=True)
                 m = data.mask[idx].to(self.device, non_blocking=True)
             with timer.phase("forward"):
