@@ -20,9 +20,10 @@ def masked_task_losses(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     """``L_t = sum_i m_it * BCE(z_it, y_it) / max(1, sum_i m_it)``: mean binary cross-entropy
     with logits over the labelled examples of each task, shape ``[T]``. A task with no
     labelled example in the batch gets 0 (and a zero gradient)."""
+    labels = torch.where(mask, labels, 0.0)  # an unknown label may be stored as NaN
     elementwise = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-    weights = mask.to(elementwise.dtype)
-    return (elementwise * weights).sum(0) / weights.sum(0).clamp(min=1)
+    elementwise = torch.where(mask, elementwise, 0.0)
+    return elementwise.sum(0) / mask.sum(0).clamp(min=1)
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,18 @@ def _nanmean(values: Tensor) -> float:
 
 def task_metrics(logits: Tensor, labels: Tensor, mask: Tensor) -> TaskMetrics:
     """Loss, accuracy at probability 0.5 and AUROC per task over a whole split."""
-    logits, labels, mask = logits.double().cpu(), labels.double().cpu(), mask.cpu().bool()
+    logits, mask = logits.double().cpu(), mask.cpu().bool()
+    labels = torch.where(mask, labels.double().cpu(), 0.0)  # unknown labels count nowhere
     num_tasks = labels.shape[1]
     n_labeled = mask.sum(0)
-    elementwise = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    correct = ((logits > 0).double() == labels).double()
+    elementwise = torch.where(
+        mask, F.binary_cross_entropy_with_logits(logits, labels, reduction="none"), 0.0
+    )
+    correct = torch.where(mask, ((logits > 0).double() == labels).double(), 0.0)
     nan = torch.full((num_tasks,), math.nan, dtype=torch.float64)
     has = n_labeled > 0
-    loss = torch.where(has, (elementwise * mask).sum(0) / n_labeled.clamp(min=1), nan)
-    accuracy = torch.where(has, (correct * mask).sum(0) / n_labeled.clamp(min=1), nan)
+    loss = torch.where(has, elementwise.sum(0) / n_labeled.clamp(min=1), nan)
+    accuracy = torch.where(has, correct.sum(0) / n_labeled.clamp(min=1), nan)
     auroc = nan.clone()
     for t in range(num_tasks):
         y = labels[mask[:, t], t]

@@ -146,7 +146,8 @@ def load_pretrained_state(path: str | Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad files
-        raise PretrainedWeightsError(f"{path}: not a readable torch state dict ({exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PretrainedWeightsError(f"{path}: not a readable torch state dict ({first})") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -8,6 +8,7 @@ records, never from Ray's internal result files. The callback also drives the pr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ray import tune
@@ -43,8 +44,10 @@ class ResultsCollector(tune.Callback):
         trial_id, record = self._record(trial)
         rows = json.loads(result.get("rows_json", "[]"))
         if result.get("done"):
+            # the final report carries the trial's whole history: it replaces what was
+            # recorded epoch by epoch (a trial resumed elsewhere may not have replayed it all)
             summary = json.loads(result["summary_json"])
-            record.add_rows("test", rows)
+            record.replace_history(rows)
             record.set(summary=summary, status=summary["status"], error=summary["error"])
             self.progress.update(
                 trial_id,
@@ -53,7 +56,7 @@ class ResultsCollector(tune.Callback):
                 error=summary["error"],
             )
         else:
-            record.add_rows(f"epoch:{result['epoch']}", rows)
+            record.add_epoch(result["epoch"], rows)
             self.progress.update(
                 trial_id,
                 epoch=result["epoch"],
@@ -76,9 +79,12 @@ class ResultsCollector(tune.Callback):
         self.progress.update(trial_id, status="failed", error=record.data["error"])
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
+
+
 def error_line(trial) -> str:
-    """The last meaningful line of a trial's error (e.g. ``ValueError: ...``), read from the
-    error file that Tune has just written into the trial's local directory."""
+    """The line that names a trial's error (``SomeError: message``), read from the error file
+    that Tune has just written into the trial's local directory."""
     text = ""
     try:
         if trial.error_file:
@@ -86,4 +92,6 @@ def error_line(trial) -> str:
     except OSError:  # no local error file: Tune could not write it
         pass
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else "unknown error (see the trial's error.txt under ray/)"
+    named = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    line = named[-1] if named else lines[-1] if lines else ""
+    return line[:500] or "unknown error (see the trial's error.txt under ray/)"

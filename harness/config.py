@@ -15,10 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deepchest.findings import FINDINGS
 
+# Every data set an experiment file may name; `deepchest.data.READABLE` says which of them
+# this version can read (the others validate, and `harness run` refuses them in one line).
 DATASETS = ("synthetic", "nih", "chexpert", "chestmnist")
-# Data sets whose loaders exist in this version; the others validate (so experiment files for
-# them can be written and checked now) but `harness run` refuses them with one line.
-IMPLEMENTED_DATASETS = ("synthetic",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -170,6 +169,24 @@ class ExperimentConfig(_Strict):
         return name
 
     @model_validator(mode="after")
+    def _batch_fits(self) -> ExperimentConfig:
+        if self.data.dataset == "synthetic":
+            d = self.data
+            train = (
+                d.num_samples
+                - round(d.num_samples * d.val_fraction)
+                - round(d.num_samples * d.test_fraction)
+            )
+            batch = self.train.batch_size * self.resources.workers_per_trial
+            if train < batch:
+                raise ValueError(
+                    f"train.batch_size: one batch ({self.train.batch_size} x "
+                    f"{self.resources.workers_per_trial} worker(s)) is larger than the "
+                    f"synthetic training split ({train} of data.num_samples {d.num_samples})"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _method_params(self) -> ExperimentConfig:
         import methods
 
@@ -214,7 +231,9 @@ def _key_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif str(part).startswith(("function-after", "function-before", "literal[", "int", "str")):
+        elif str(part).startswith(
+            ("function-after", "function-before", "literal[", "list[", "int", "str")
+        ):
             continue  # pydantic's names for union branches and validators, not keys
         else:
             path += f".{part}" if path else str(part)

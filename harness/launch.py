@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from harness.config import IMPLEMENTED_DATASETS, ExperimentConfig
+from deepchest.data import DatasetError, check_source
+from harness.config import ExperimentConfig
 from harness.progress import Progress
 from harness.results import TrialRecord, write_manifest, write_tables
 
@@ -61,11 +62,17 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> dict[str, Any]:
     """The plain dict that the training loop takes (see ``trainloop``)."""
     d = cfg.to_dict()
+    train, params = dict(d["train"]), dict(d["method_params"].get(identity["method"], {}))
+    # Tune runs each trial in its own working directory: relative paths are the user's
+    if train["pretrained"]:
+        train["pretrained"] = str(Path(train["pretrained"]).resolve())
+    if params.get("initial_weights"):
+        params["initial_weights"] = str(Path(params["initial_weights"]).resolve())
     return {
         **identity,
         "data": d["data"],
-        "train": d["train"],
-        "method_params": d["method_params"].get(identity["method"], {}),
+        "train": train,
+        "method_params": params,
         "device": "cuda" if gpus > 0 else "cpu",
         "threads": max(1, int(cfg.resources.cpus_per_worker)),
         "workers": cfg.resources.workers_per_trial,
@@ -74,18 +81,16 @@ def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> 
     }
 
 
-def check_data_source(cfg: ExperimentConfig) -> None:
-    """Fail before Ray starts when the data cannot be read here."""
-    data = cfg.data
-    if data.dataset == "synthetic":
-        return
-    if not data.root or not Path(data.root).exists():
-        raise RunError(f"data.root: {data.root} does not exist (data set {data.dataset!r})")
-    if data.dataset not in IMPLEMENTED_DATASETS:
-        raise RunError(
-            f"data.dataset: reading {data.dataset!r} from files is not supported by this "
-            f"version; available: {', '.join(IMPLEMENTED_DATASETS)}"
-        )
+def preflight(cfg: ExperimentConfig, local: bool) -> None:
+    """Fail before Ray starts on what can be checked here. Files are checked only for a local
+    run: on a cluster they need to exist on the nodes, not on the driver."""
+    try:
+        check_source(cfg.data.dataset, cfg.data.root)
+    except DatasetError as exc:
+        raise RunError(str(exc)) from None
+    pretrained = cfg.train.pretrained
+    if local and pretrained and not Path(pretrained).is_file():
+        raise RunError(f"train.pretrained: {pretrained} is not a file")
 
 
 # ---- Ray ---------------------------------------------------------------------------------
@@ -213,7 +218,8 @@ def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storag
             name=spec["trial_id"],
             storage_path=storage,
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=spec["train"]["max_failures"]),
+            # Tune retries the trial (max_failures) and the retry resumes this run's checkpoint
+            failure_config=ray.train.FailureConfig(max_failures=0),
         ),
     )
     trainer.fit()
@@ -269,25 +275,51 @@ def _now() -> str:
 # ---- the run -----------------------------------------------------------------------------
 
 
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Key paths where two resolved configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for key in sorted(set(old) | set(new), key=str)
+            for d in _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        ]
+    return [] if old == new else [path]
+
+
 def prepare_run_dir(cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> Path:
     run_dir = Path(cfg.output.dir).resolve() / cfg.name
-    manifest = run_dir / "manifest.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
-            finished = False
-            if manifest.is_file():
-                finished = json.loads(manifest.read_text()).get("finished_at") is not None
-            state = "a finished run" if finished else "an unfinished run"
-            raise RunError(
-                f"{run_dir} already holds {state}; pass --resume to continue it, "
-                "--overwrite to replace it, or --name to start another"
-            )
-    elif resume:
-        raise RunError(f"{run_dir}: nothing to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "trials").mkdir(exist_ok=True)
+    try:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if overwrite:
+                shutil.rmtree(run_dir)
+            elif resume:
+                stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+                changed = _differences(stored, cfg.to_dict())
+                if changed:
+                    raise RunError(
+                        f"--resume: the experiment differs from {run_dir / 'config.yaml'} at "
+                        f"{', '.join(changed)}; use --overwrite or another --name"
+                    )
+            else:
+                manifest = run_dir / "manifest.json"
+                finished = (
+                    manifest.is_file()
+                    and json.loads(manifest.read_text()).get("finished_at") is not None
+                )
+                state = "a finished run" if finished else "an unfinished run"
+                raise RunError(
+                    f"{run_dir} already holds {state}; pass --resume to continue it, "
+                    "--overwrite to replace it, or --name to start another"
+                )
+        elif resume:
+            raise RunError(f"{run_dir}: nothing to resume")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "trials").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"output.dir: cannot use {run_dir}: {exc.strerror or exc}") from None
+    except (ValueError, yaml.YAMLError) as exc:  # a corrupt manifest.json or config.yaml
+        first = str(exc).splitlines()[0]
+        raise RunError(f"{run_dir}: not a readable run directory ({first})") from None
     return run_dir
 
 
@@ -299,14 +331,15 @@ def run_experiment(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> RunOutcome:
-    check_data_source(cfg)
+    address = address or cfg.cluster.address
+    preflight(cfg, local=not (address or os.environ.get("RAY_ADDRESS")))
     run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     identities = trial_identities(cfg)
     records = {i["trial_id"]: TrialRecord(run_dir / "trials", i) for i in identities}
     for record in records.values():
         if record.status not in ("completed", "diverged"):
-            record.set(status="pending")
+            record.reset()
         record.save()
 
     import ray
@@ -314,7 +347,10 @@ def run_experiment(
     # Per-epoch checkpoints with num_to_keep=1 make Tune snapshot its state often, and it
     # warns about that on every epoch; the snapshots are small here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started_ray = connect(address or cfg.cluster.address)
+    # Tune's own Ctrl-C handler ends fit() quietly, as if the run had finished; without it
+    # KeyboardInterrupt reaches the CLI and the run stays resumable.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    started_ray = connect(address)
     try:
         cluster = ray.cluster_resources()
         gpus = resolve_gpus(cfg, cluster)
@@ -389,7 +425,8 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:
             trial_dirname_creator=lambda trial: trial.config["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            # one Tune experiment per attempt, so a resumed run never mixes with an earlier one
+            name=f"tune-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}",
             storage_path=storage,
             verbose=0,
             callbacks=[ResultsCollector(records, progress)],

@@ -88,8 +88,19 @@ class TrialRecord:
         if self.path.is_file():
             self.data = json.loads(self.path.read_text())
 
-    def add_rows(self, key: str, rows: list[dict[str, Any]]) -> None:
-        self.data["rows"][key] = rows
+    def add_epoch(self, epoch: int, rows: list[dict[str, Any]]) -> None:
+        self.data["rows"][f"epoch:{epoch}"] = rows
+
+    def replace_history(self, rows: list[dict[str, Any]]) -> None:
+        """All rows of the trial (train/val by epoch, then test) replace what was recorded."""
+        self.data["rows"] = {}
+        for row in rows:
+            key = "test" if row["split"] == "test" else f"epoch:{row['epoch']}"
+            self.data["rows"].setdefault(key, []).append(row)
+
+    def reset(self) -> None:
+        """Forget an unfinished attempt before the trial is run again."""
+        self.data.update(status="pending", error=None, rows={}, summary=None)
 
     def set(self, **fields: Any) -> None:
         self.data.update(fields)

@@ -83,6 +83,9 @@ class Collective:
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Make every rank's buffers (BatchNorm statistics) rank 0's."""
+
 
 class TorchCollective(Collective):
     """Collectives over an initialised ``torch.distributed`` process group (gloo or NCCL)."""
@@ -110,6 +113,10 @@ class TorchCollective(Collective):
         ids = [device] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        for buffer in model.buffers():
+            self._dist.broadcast(buffer, 0)
+
 
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch; called at every trial start since worker processes are reused."""
@@ -119,8 +126,9 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on a CUDA device that supports it, fp16 on an older one, off on CPU."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    """``auto``: bf16 on a CUDA device that supports it, fp16 (with loss scaling) on an older
+    one. Mixed precision is a GPU feature here: on CPU it is always off."""
+    if amp == "off" or device.type != "cuda":
         return None
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -166,6 +174,11 @@ class _Trial:
         self.tasks = list(self.train_set.task_names)
         train = spec["train"]
         self.batch_size = train["batch_size"]
+        if len(self.train_set) < self.batch_size * collective.world_size:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} images, fewer than one batch "
+                f"(train.batch_size {self.batch_size} x {collective.world_size} worker(s))"
+            )
         pretrained = train.get("pretrained") or None
         self.net = MultiTaskNet(
             spec["backbone"],
@@ -254,6 +267,7 @@ class _Trial:
         per_rank = -(-n // world)
         start = min(n, self.coll.rank * per_rank)
         stop = min(n, start + per_rank)
+        self.coll.sync_buffers(self.net)  # BatchNorm statistics drift apart between ranks
         self.model.eval()
         logits = torch.zeros(per_rank, data.num_tasks, device=self.device)
         step = 2 * self.batch_size
@@ -264,23 +278,25 @@ class _Trial:
                 logits[i - start : j - start] = self.net(x)[1].float()
         logits = self.coll.all_gather_cat(logits)[:n].cpu()
         self.model.train()
+        if not bool(torch.isfinite(logits).all()):
+            raise Diverged(f"non-finite predictions after epoch {self.epoch}")
         return task_metrics(logits, data.labels, data.mask)
 
     # ---- training ----------------------------------------------------------------------
-    def _train_epoch(self) -> tuple[Tensor, Tensor]:
-        """One pass over the training split; returns the mean weights and mean losses."""
-        data, bs, world, rank = (
-            self.train_set,
-            self.batch_size,
-            self.coll.world_size,
-            self.coll.rank,
-        )
+    def _train_epoch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass over the training split. Returns, per task, the mean weight used, and the
+        running loss and accuracy over the epoch's training batches (train mode, as DeepChest's
+        reference code measures its signal), averaged over workers."""
+        data, bs = self.train_set, self.batch_size
+        world, rank = self.coll.world_size, self.coll.rank
         global_batch = bs * world
         order = torch.Generator().manual_seed(self.spec["seed"] * 100_003 + self.epoch)
         perm = torch.randperm(len(data), generator=order)
-        steps = max(1, len(data) // global_batch)  # drop the ragged last batch (BatchNorm)
+        steps = len(data) // global_batch  # drop the ragged last batch (BatchNorm)
         weight_sum = torch.zeros(data.num_tasks, device=self.device)
         loss_sum = torch.zeros(data.num_tasks, device=self.device)
+        correct = torch.zeros(data.num_tasks, device=self.device)
+        labeled = torch.zeros(data.num_tasks, device=self.device)
         timer, started = self.timer, time.perf_counter()
         self.model.train()
         for step in range(steps):
@@ -294,6 +310,8 @@ class _Trial:
                     _, logits = self.model(x)
                 losses = masked_task_losses(logits, y, m)
                 shared = self.coll.all_reduce_mean(losses.detach())
+                correct += (((logits.detach() > 0) == (y > 0.5)) & m).sum(0)
+                labeled += m.sum(0)
             if not bool(torch.isfinite(shared).all()):
                 bad = [self.tasks[t] for t in torch.nonzero(~torch.isfinite(shared)).flatten()]
                 raise Diverged(
@@ -319,7 +337,9 @@ class _Trial:
             weight_sum += weights.detach().float()
             loss_sum += shared.float()
         self.train_time_s += time.perf_counter() - started
-        return (weight_sum / steps).cpu(), (loss_sum / steps).cpu()
+        counts = self.coll.all_reduce_mean(torch.stack([correct, labeled]))  # ratio of sums
+        accuracy = torch.where(counts[1] > 0, counts[0] / counts[1].clamp(min=1), math.nan)
+        return (weight_sum / steps).cpu(), (loss_sum / steps).cpu(), accuracy.cpu()
 
     def _rows(self, split: str, metrics: TaskMetrics, epoch: int, weights: Tensor) -> list[dict]:
         total = float(weights.sum())
@@ -344,22 +364,26 @@ class _Trial:
         status, error = "completed", None
         try:
             while self.epoch < epochs:
-                weights, train_loss = self._train_epoch()
+                weights, train_loss, train_accuracy = self._train_epoch()
                 self.epoch += 1
                 train_m = self.evaluate(self.train_set)
                 val_m = self.evaluate(self.splits["val"])
                 self.method.on_epoch_end(
                     methods.EpochStats(
-                        train_accuracy=train_m.accuracy.float(),
+                        train_accuracy=train_accuracy.float(),
                         val_accuracy=val_m.accuracy.float(),
-                        train_loss=train_m.loss.float(),
+                        train_loss=train_loss.float(),
                         val_loss=val_m.loss.float(),
                     )
                 )
-                if val_m.mean_auroc > self.best["val_mean_auroc"] or self.best["epoch"] is None:
+                # an epoch without a finite val AUROC (a one-class val split) ranks lowest;
+                # among such epochs the latest wins
+                best = self.best["val_mean_auroc"]
+                score = val_m.mean_auroc if math.isfinite(val_m.mean_auroc) else -math.inf
+                if score > best or score == best == -math.inf:
                     self.best = {
                         "epoch": self.epoch,
-                        "val_mean_auroc": val_m.mean_auroc,
+                        "val_mean_auroc": score,
                         "model": copy.deepcopy(self.net.state_dict()),
                     }
                 rows = self._rows("train", train_m, self.epoch, weights)
@@ -398,7 +422,7 @@ class _Trial:
             "error": error,
             "epochs_completed": self.epoch,
             "best_epoch": self.best["epoch"],
-            "val_mean_auroc": self.best["val_mean_auroc"] if self.best["epoch"] else math.nan,
+            "val_mean_auroc": _finite_or_nan(self.best["val_mean_auroc"]),
             "test_mean_auroc": test_m.mean_auroc if test_m else math.nan,
             "test_mean_accuracy": test_m.mean_accuracy if test_m else math.nan,
             "wall_time_s": self.prior_wall_s + time.perf_counter() - self.started,
@@ -414,11 +438,17 @@ class _Trial:
                 "status": status,
                 "test_mean_auroc": summary["test_mean_auroc"],
                 "summary_json": json.dumps(summary),
-                "rows_json": json.dumps(test_rows),
+                # the whole history: whatever a retry or a restore replayed, the driver ends
+                # with exactly the rows of this trial's final state
+                "rows_json": json.dumps(self.rows + test_rows),
             },
             with_checkpoint=False,
         )
         return {**summary, "rows": self.rows + test_rows}
+
+
+def _finite_or_nan(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
 
 
 def _device_name(device: torch.device) -> str:

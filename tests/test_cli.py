@@ -58,6 +58,20 @@ def test_run_missing_file_and_missing_data_root(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_run_refuses_what_it_can_check_before_ray(tmp_path):
+    cfg = tiny_config(tmp_path, train={"pretrained": "no-such-weights.pt"})
+    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
+    assert lines == ["harness: error: train.pretrained: no-such-weights.pt is not a file"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = tiny_config(tmp_path, output={"dir": str(blocker / "runs")})
+    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
+    assert lines[0].startswith("harness: error: output.dir: cannot use ")
+    cfg = tiny_config(tmp_path, data={"num_samples": 60}, train={"batch_size": 64})
+    lines = assert_one_line_errors(harness("validate", str(write_config(tmp_path, cfg))), 2)
+    assert "train.batch_size: one batch (64 x 1 worker(s)) is larger than" in lines[0]
+
+
 def test_report_of_missing_run(tmp_path):
     lines = assert_one_line_errors(harness("report", str(tmp_path / "no-run")), 1)
     assert len(lines) == 1

@@ -72,21 +72,28 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
     assert again.test_mean_auroc.tolist() == trials.test_mean_auroc.tolist()
 
 
-def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys):
-    missing = tmp_path / "weights.pt"
-    cfg = tiny_config(
-        tmp_path, name="broken", train={"pretrained": str(missing), "max_failures": 0}
-    )
+def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys, monkeypatch):
+    # a weights file that exists but is junk, named by a path relative to where the user
+    # runs the harness (trials run in their own working directories)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.pt").write_bytes(b"not a state dict")
+    train = {"pretrained": "weights.pt", "max_failures": 0}
+    cfg = tiny_config(tmp_path, name="broken", train=train)
     assert run_cli(str(write_config(tmp_path, cfg))) == 1
     err = capsys.readouterr().err
     assert "trial equal-simple_cnn-s0 failed: " in err
-    assert "pretrained weights file not found" in err
+    assert "weights.pt: not a readable torch state dict" in err
     assert "2 of 2 trials failed" in err
     run_dir = tmp_path / "runs" / "broken"
     trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
     assert set(trials.status) == {"failed"}
-    assert trials.error.str.contains("not found").all()
+    assert trials.error.str.contains("not a readable torch state dict").all()
     assert (run_dir / "report.html").is_file()
+
+    # --resume with a changed experiment is refused, naming what changed
+    cfg["train"]["epochs"] = 3
+    assert run_cli(str(write_config(tmp_path, cfg)), "--resume") == 1
+    assert "the experiment differs from" in capsys.readouterr().err
 
 
 def test_two_worker_trial_runs_under_torch_trainer(ray_session, tmp_path):

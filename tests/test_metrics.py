@@ -1,0 +1,49 @@
+"""Per-task losses and metrics against hand-computed values, with masks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deepchest.metrics import masked_task_losses, task_metrics
+
+
+def test_metrics_by_hand():
+    # task 0: labels 1,0,1,0 with logits ranking 3 of 4 pairs right -> AUROC 0.75
+    logits = torch.tensor([[2.0, 1.0], [0.5, -1.0], [-0.5, 3.0], [-1.0, 0.0]])
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    m = task_metrics(logits, labels, mask)
+    assert m.auroc[0] == pytest.approx(0.75)
+    assert math.isnan(m.auroc[1])  # one class only
+    assert m.accuracy[0] == pytest.approx(2 / 4)  # predictions at p=0.5: 1,1,0,0
+    assert m.accuracy[1] == pytest.approx(2 / 4)  # logits > 0 for two of four positives
+    expected = sum(math.log1p(math.exp(-z)) for z in (1.0, -1.0, 3.0, 0.0)) / 4
+    assert m.loss[1] == pytest.approx(expected)
+    assert m.n_labeled.tolist() == [4, 4]
+    assert m.mean_auroc == pytest.approx(0.75)  # NaN tasks left out of the mean
+
+
+def test_masked_entries_count_nowhere_even_as_nan():
+    logits = torch.tensor([[2.0], [-2.0], [5.0]])
+    labels = torch.tensor([[1.0], [0.0], [float("nan")]])  # unknown, stored as NaN
+    mask = torch.tensor([[True], [True], [False]])
+    m = task_metrics(logits, labels, mask)
+    assert m.auroc[0] == 1.0 and m.accuracy[0] == 1.0 and m.n_labeled[0] == 2
+    losses = masked_task_losses(logits, labels, mask)
+    assert torch.isfinite(losses).all()
+    assert losses[0] == pytest.approx(math.log1p(math.exp(-2.0)))
+
+
+def test_task_with_no_labels():
+    logits = torch.zeros(3, 2, requires_grad=True)
+    labels = torch.ones(3, 2)
+    mask = torch.tensor([[True, False]] * 3)
+    losses = masked_task_losses(logits, labels, mask)
+    assert losses[1] == 0.0
+    losses.sum().backward()
+    assert (logits.grad[:, 1] == 0).all()
+    m = task_metrics(logits.detach(), labels, mask)
+    assert math.isnan(m.loss[1]) and math.isnan(m.accuracy[1]) and m.n_labeled[1] == 0
