@@ -64,6 +64,12 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
     html = (run_dir / "report.html").read_text()
     assert "deepchest" in html and "<html" in html.lower()
 
+    # `harness report` rebuilds the report from the tables alone
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").is_file()
+    assert "deepchest" in capsys.readouterr().out
+
     # the same name again is refused, --resume keeps the finished trials and trains nothing
     assert run_cli(str(path)) == 1
     assert "already holds a finished run" in capsys.readouterr().err
