@@ -79,7 +79,9 @@ class LineProgress(Progress):
             msg += f"  [{self.counts()}]"
         else:
             msg = fields.get("status", "")
-        self.console.print(f"[{elapsed:6.1f}s] {trial_id}: {msg}", highlight=False, markup=False)
+        self.console.print(
+            f"[{elapsed:6.1f}s] {trial_id}: {msg}", highlight=False, markup=False, soft_wrap=True
+        )
 
 
 class LiveProgress(Progress):
