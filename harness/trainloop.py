@@ -136,6 +136,8 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_optimizer(train: dict[str, Any], params) -> torch.optim.Optimizer:
+    """``params``: parameters or param groups; ``train``'s lr and weight decay are the defaults
+    that a group (e.g. a method's own, such as uncertainty weighting's ``s``) may override."""
     name, lr, wd = train["optimizer"], train["lr"], train["weight_decay"]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
@@ -192,8 +194,11 @@ class _Trial:
             num_tasks=len(self.tasks),
             task_names=self.tasks,
             **spec.get("method_params", {}),
-        )
-        self.optimizer = build_optimizer(train, self.net.parameters())
+        ).to(self.device)
+        groups = [{"params": list(self.net.parameters())}]
+        if (method_group := self.method.optimizer_group()) is not None:
+            groups.append(method_group)
+        self.optimizer = build_optimizer(train, groups)
         self.amp_dtype = resolve_amp(train.get("amp", "auto"), self.device)
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None

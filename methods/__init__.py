@@ -13,16 +13,22 @@ from typing import Any
 from methods import engine
 from methods.base import LEVELS, EpochStats, LossWeighting, Method
 from methods.deepchest import DeepChest
+from methods.dwa import DWA
 from methods.equal import Equal
+from methods.rlw import RLW
+from methods.uncertainty import Uncertainty
 
 __all__ = [
     "LEVELS",
+    "DWA",
     "DeepChest",
     "EpochStats",
     "Equal",
     "LossWeighting",
     "Method",
     "MethodInfo",
+    "RLW",
+    "Uncertainty",
     "available",
     "create",
     "describe",
@@ -32,6 +38,9 @@ __all__ = [
 _CLASSES: tuple[type[Method], ...] = (
     Equal,
     DeepChest,
+    Uncertainty,
+    DWA,
+    RLW,
 )
 
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}

@@ -10,7 +10,9 @@ Conventions (see docs/methods.md):
   per-task losses of a step into task weights; the gradient levels (``"representation"``,
   ``"parameters"``, ``"last_shared_layer"``) are reserved for methods that aggregate per-task
   gradients (later issue); they will subclass ``Method`` the same way.
-* Methods never call autograd: ``methods.engine`` does.
+* Methods never call autograd: ``methods.engine`` does. A method may build the (differentiable)
+  objective (``LossWeighting.objective``) and own learnable parameters (``parameters()``,
+  ``optimizer_group()``, ``to(device)``), which the training loop adds to its optimizer.
 * Weights are not normalised unless the method says so; equal weighting SUMS the losses (w = 1).
 """
 
@@ -203,6 +205,37 @@ class Method:
     def on_step_end(self, losses_after: Tensor | None = None) -> None:  # noqa: B027
         """Called after the optimizer step. No-op by default (FAMO will use it)."""
 
+    # ---- learnable parameters (e.g. uncertainty's log-variances) ----------------------------
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The method's own learnable parameters (``[]`` by default).
+
+        The training loop must optimise them (see ``optimizer_group``) after ``to(device)``.
+        """
+        return []
+
+    def optimizer_group(self) -> dict[str, Any] | None:
+        """A torch optimizer param group for ``parameters()``, or ``None`` when there are none.
+
+        ``{"params": [...], "weight_decay": 0.0}`` by default (the optimizer's own lr); methods
+        with their own learning rate add ``"lr"``. Add it with ``optimizer.add_param_group`` or
+        pass it in the optimizer's list of groups.
+        """
+        params = self.parameters()
+        if not params:
+            return None
+        return {"params": params, "weight_decay": 0.0}
+
+    def to(self, device: torch.device | str) -> Method:
+        """Move the method's parameters to ``device``, in place (the same ``Parameter`` objects).
+
+        No-op for methods without parameters. Call it before building the optimizer. Returns self.
+        """
+        with torch.no_grad():
+            for p in self.parameters():
+                p.data = p.data.to(device)
+        return self
+
     # ---- checkpointing --------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -239,10 +272,11 @@ class Method:
 
 
 class LossWeighting(Method):
-    """A method acting on the per-task losses: the objective is ``sum_t w_t * L_t``.
+    """A method acting on the per-task losses: by default the objective is ``sum_t w_t * L_t``.
 
     Subclasses implement ``compute_weights``; ``weights`` checks the input and returns the result
-    detached, as float32, on ``losses.device``.
+    detached, as float32, on ``losses.device``. A method whose objective is not a weighted sum, or
+    has its own learnable parameters (uncertainty weighting), also overrides ``objective``.
     """
 
     level: ClassVar[str] = "loss"
@@ -257,3 +291,13 @@ class LossWeighting(Method):
 
     def compute_weights(self, losses: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def objective(self, losses: Tensor, *, reduced: Tensor, weights: Tensor) -> Tensor:
+        """The scalar that ``engine.backward`` back-propagates for this step.
+
+        ``losses`` are the per-task losses WITH grad (this worker's), ``reduced`` the detached
+        (e.g. all-reduced) copy the weights were computed from, and ``weights`` this step's
+        ``self.weights(reduced)`` (computed once per step, so a random method draws once).
+        Default: ``sum_t w_t L_t``.
+        """
+        return (weights * losses).sum()

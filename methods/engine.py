@@ -20,7 +20,7 @@ def backward(
     reduce: Callable[[Tensor], Tensor] | None = None,
     scale: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Back-propagate ``sum_t w_t L_t`` and return the weights ``w`` (Tensor[T], for logging).
+    """Back-propagate the method's objective and return the weights ``w`` (Tensor[T], for logging).
 
     ``losses`` are the per-task losses with grad (a task whose labels are all masked in this batch
     has loss 0). ``w = method.weights(reduce(losses.detach()))``: ``reduce`` (e.g. a DDP
@@ -28,6 +28,10 @@ def backward(
     losses, so an in-place collective cannot modify them; identity when None. ``scale`` is applied
     to the scalar objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16 AMP);
     identity when None. Gradients accumulate into ``.grad`` as with a plain ``.backward()``.
+
+    The objective is ``method.objective(losses, reduced=reduce(losses.detach()), weights=w)``:
+    ``sum_t w_t L_t`` for most methods; uncertainty weighting adds its regulariser and sends
+    gradients into its own parameters (``method.parameters()``), which the loop must optimise.
     """
     if method.level != "loss":
         raise NotImplementedError(
@@ -47,7 +51,9 @@ def backward(
     if reduce is not None:
         detached = reduce(detached)
     w = method.weights(detached)
-    objective = (w * losses).sum()
+    objective = method.objective(losses, reduced=detached, weights=w)
+    if not isinstance(objective, Tensor) or objective.ndim != 0:
+        raise ValueError(f"engine.backward: method {method.name!r} returned a non-scalar objective")
     if scale is not None:
         objective = scale(objective)
     objective.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import methods
 from harness.config import ConfigError, load_config, parse_config
 from tests.conftest import REPO, tiny_config, write_config
 
@@ -37,7 +38,8 @@ def errors_of(raw: dict) -> list[str]:
     [
         (
             {"grid": {"methods": ["equal", "deepchest", "pcgard"]}},
-            "grid.methods[2]: unknown method 'pcgard'; available: deepchest, equal",
+            "grid.methods[2]: unknown method 'pcgard'; available: "
+            + ", ".join(methods.available()),
         ),
         ({"grid": {"backbones": ["resnet19"]}}, "grid.backbones[0]: unknown backbone 'resnet19'"),
         ({"grid": {"seeds": [0, 0]}}, "grid.seeds[1]: duplicate seed 0"),

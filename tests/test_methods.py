@@ -56,7 +56,7 @@ def assert_trajectory(actual, expected):
 
 
 def test_available_is_sorted_names():
-    assert methods.available() == ["deepchest", "equal"]
+    assert methods.available() == ["deepchest", "dwa", "equal", "rlw", "uncertainty"]
 
 
 @pytest.mark.parametrize("name", ["deepchest", "equal"])
@@ -80,7 +80,10 @@ def test_create_positional_num_tasks():
 def test_unknown_method_lists_available():
     with pytest.raises(ValueError) as exc:
         methods.create("gradnorm", num_tasks=3)
-    assert str(exc.value) == "unknown method 'gradnorm'; available: deepchest, equal"
+    assert (
+        str(exc.value)
+        == "unknown method 'gradnorm'; available: deepchest, dwa, equal, rlw, uncertainty"
+    )
 
 
 def test_unknown_hyperparameter_lists_valid():

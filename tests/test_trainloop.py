@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import methods
 from harness import trainloop
 from harness.config import parse_config
 from harness.launch import trial_identities, trial_spec
@@ -18,9 +19,9 @@ from tests.conftest import tiny_config
 
 
 def spec_for(tmp_path, method="deepchest", epochs=2, **sections):
-    cfg = parse_config(tiny_config(tmp_path, train={"epochs": epochs}, **sections))
-    ident = next(i for i in trial_identities(cfg) if i["method"] == method)
-    return trial_spec(cfg, ident, gpus=0)
+    grid = {"methods": [method]}
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": epochs}, grid=grid, **sections))
+    return trial_spec(cfg, trial_identities(cfg)[0], gpus=0)
 
 
 def test_rows_reports_and_summary(tmp_path):
@@ -94,10 +95,12 @@ def _ddp_worker(rank: int, world: int, init_file: str, spec: dict, results) -> N
         dist.destroy_process_group()
 
 
-def test_ddp_two_cpu_workers_agree_on_weights(tmp_path):
-    """Two gloo processes: per-task losses are all-reduced before DeepChest sees them and
-    metrics are computed on gathered predictions, so both ranks hold identical weights."""
-    spec = spec_for(tmp_path, epochs=3)
+@pytest.mark.parametrize("method", ["deepchest", "uncertainty"])
+def test_ddp_two_cpu_workers_agree_on_weights(tmp_path, method):
+    """Two gloo processes: per-task losses are all-reduced before the method sees them and
+    metrics are computed on gathered predictions, so both ranks hold identical weights
+    (for uncertainty weighting: identical learned log-variances)."""
+    spec = spec_for(tmp_path, method=method, epochs=3)
     results = mp.Manager().dict()
     mp.spawn(
         _ddp_worker,
@@ -109,8 +112,8 @@ def test_ddp_two_cpu_workers_agree_on_weights(tmp_path):
     assert a["weights"] == b["weights"]
     assert repr(a["val_auroc"]) == repr(b["val_auroc"])  # repr: NaN == NaN
     assert a["test_mean_auroc"] == b["test_mean_auroc"]
-    # DeepChest moved the weights away from 1 after the first epoch
-    assert any(w != 1.0 for w in a["weights"])
+    # the weights moved (DeepChest after the first epoch; uncertainty from its first step)
+    assert len(set(a["weights"])) > 1
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +122,27 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
     os.environ.pop("MASTER_ADDR", None)
+
+
+def test_uncertainty_learns_its_log_variances_and_resumes(tmp_path):
+    """The method's own parameters join the optimizer (lr 0.025, no weight decay) and are
+    checkpointed with it: a resumed trial continues where the first one stopped."""
+    root = tmp_path / "ckpt"
+    first = train_trial(spec_for(tmp_path, method="uncertainty", epochs=2), MemoryReporter(root))
+    weights = [r["weight"] for r in first["rows"] if r["split"] == "train"]
+    assert all(w > 0 for w in weights) and len(set(weights)) > 1  # 0.5 exp(-s), s learned
+    resumed = train_trial(
+        spec_for(tmp_path, method="uncertainty", epochs=3), MemoryReporter(root, resume=True)
+    )
+    assert resumed["epochs_completed"] == 3
+    old = [r for r in first["rows"] if r["split"] != "test"]
+    assert repr(resumed["rows"][: len(old)]) == repr(old)
+
+
+@pytest.mark.parametrize("method", methods.available())
+def test_every_registered_method_trains(tmp_path, method):
+    out = train_trial(spec_for(tmp_path, method=method, epochs=3), MemoryReporter())
+    assert out["status"] == "completed" and out["epochs_completed"] == 3
+    assert 0.0 <= out["test_mean_auroc"] <= 1.0
+    train_rows = [r for r in out["rows"] if r["split"] == "train"]
+    assert all(math.isfinite(r["weight"]) and r["weight"] > 0 for r in train_rows)

@@ -1,0 +1,91 @@
+"""Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
+
+*End-to-End Multi-Task Learning with Attention*, S. Liu, E. Johns, A. J. Davison, CVPR 2019,
+arXiv:1803.10704. Reference code: https://github.com/lorenmt/mtan (``lambda_weight`` in the
+training scripts); reference implementation used for the tests: ``torchjd.scalarization.DWA``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from methods.base import EpochStats, LossWeighting, check_number, set_field
+
+
+def dwa_weights(older: Tensor, newer: Tensor, temperature: float) -> Tensor:
+    """``w_t = T * softmax_t(r_t / temperature)`` with ``r_t = newer_t / older_t``.
+
+    ``older``/``newer`` are the epoch-averaged losses of epochs e-2 and e-1. A ratio that is not
+    finite (NaN loss, or 0 / 0, or x / 0: a task without labels all epoch) is taken as 1 (no
+    change). Returns float64; the weights sum to ``T``.
+    """
+    older = older.detach().to(dtype=torch.float64, device="cpu")
+    newer = newer.detach().to(dtype=torch.float64, device="cpu")
+    ratio = newer / older
+    ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
+    return ratio.numel() * torch.softmax(ratio / temperature, dim=0)
+
+
+@dataclass(frozen=True)
+class DWAHyperparameters:
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        set_field(self, "temperature", check_number("temperature", self.temperature, gt=0))
+
+
+class DWA(LossWeighting):
+    """Dynamic Weight Average: ``w_t = T softmax_t(r_t / temperature)``, ``r_t = Lbar_t(e-1) /
+    Lbar_t(e-2)`` from the epoch-averaged train losses (``EpochStats.train_loss``); ``w_t = 1``
+    in the first two epochs. Weights sum to ``T``; constant within an epoch.
+    """
+
+    name = "dwa"
+    summary = "Per-epoch softmax of the loss ratios of the last two epochs, times T (Liu 2019)."
+    Hyperparameters = DWAHyperparameters
+
+    def __init__(
+        self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
+    ) -> None:
+        super().__init__(num_tasks, task_names, **hyperparameters)
+        self.history: list[Tensor] = []  # epoch-averaged train losses, at most the last two
+        self._w = torch.ones(num_tasks, dtype=torch.float64)
+
+    def compute_weights(self, losses: Tensor) -> Tensor:
+        return self._w
+
+    def on_epoch_end(self, stats: EpochStats) -> None:
+        loss = stats.train_loss
+        if loss.shape != (self.num_tasks,):
+            raise self._error(
+                f"EpochStats.train_loss has shape {tuple(loss.shape)}, expected ({self.num_tasks},)"
+            )
+        self.history = [*self.history, loss.detach().to(dtype=torch.float64, device="cpu")][-2:]
+        self._update()
+
+    def _update(self) -> None:
+        if len(self.history) < 2:
+            self._w = torch.ones(self.num_tasks, dtype=torch.float64)
+        else:
+            self._w = dwa_weights(self.history[0], self.history[1], self.hp.temperature)
+
+    def _state(self) -> dict[str, Any]:
+        return {"history": [h.clone() for h in self.history]}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        history = state.get("history")
+        if (
+            not isinstance(history, list)
+            or len(history) > 2
+            or not all(isinstance(h, Tensor) and h.shape == (self.num_tasks,) for h in history)
+        ):
+            raise self._error(
+                f"state_dict history must be a list of at most 2 Tensor[{self.num_tasks}]"
+            )
+        self.history = [h.detach().to(dtype=torch.float64, device="cpu").clone() for h in history]
+        self._update()
