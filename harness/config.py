@@ -131,6 +131,7 @@ class TrainConfig(_Strict):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     loader_workers: Annotated[int, Field(ge=0, le=64)] = 2
     pretrained: Literal[False] | str = False
+    heads: Literal["weighted", "own"] = "weighted"
     max_failures: Annotated[int, Field(ge=0)] = 1
 
 
@@ -184,6 +185,21 @@ class ExperimentConfig(_Strict):
                     f"{self.resources.workers_per_trial} worker(s)) is larger than the "
                     f"synthetic training split ({train} of data.num_samples {d.num_samples})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _gradient_level_single_worker(self) -> ExperimentConfig:
+        import methods
+
+        if self.resources.workers_per_trial > 1:
+            levels = {info.name: info.level for info in methods.describe()}
+            for i, name in enumerate(self.grid.methods):
+                if levels.get(name, "loss") != "loss":
+                    raise ValueError(
+                        f"grid.methods[{i}]: {name!r} works on gradients ({levels[name]} level), "
+                        "which this version runs in one worker per trial only; set "
+                        "resources.workers_per_trial: 1"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -329,6 +329,8 @@ class _Trial:
                     losses,
                     reduce=lambda _losses, shared=shared: shared,
                     scale=self.scaler.scale if self.scaler else None,
+                    model=self.net,
+                    heads=self.spec["train"].get("heads", "weighted"),
                 )
             with timer.phase("optimizer"):
                 if self.scaler:
