@@ -15,8 +15,13 @@ from methods.base import LEVELS, EpochStats, LossWeighting, Method
 from methods.deepchest import DeepChest
 from methods.dwa import DWA
 from methods.equal import Equal
+from methods.gradient import GradientAggregator
+from methods.imtl_g import IMTLG
+from methods.mgda import MGDA
+from methods.pcgrad import PCGrad
 from methods.rlw import RLW
 from methods.uncertainty import Uncertainty
+from methods.upgrad import UPGrad
 
 __all__ = [
     "LEVELS",
@@ -24,6 +29,11 @@ __all__ = [
     "DeepChest",
     "EpochStats",
     "Equal",
+    "GradientAggregator",
+    "IMTLG",
+    "MGDA",
+    "PCGrad",
+    "UPGrad",
     "LossWeighting",
     "Method",
     "MethodInfo",
@@ -41,6 +51,10 @@ _CLASSES: tuple[type[Method], ...] = (
     Uncertainty,
     DWA,
     RLW,
+    PCGrad,
+    MGDA,
+    UPGrad,
+    IMTLG,
 )
 
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}

@@ -57,6 +57,10 @@ def errors_of(raw: dict) -> list[str]:
         ({"resources": {"cpus_per_worker": 0}}, "resources.cpus_per_worker: Input should be"),
         ({"resources": {"gpus_per_worker": "many"}}, "resources.gpus_per_worker:"),
         ({"colour": "red"}, "colour: unknown key"),
+        (
+            {"grid": {"methods": ["equal", "pcgrad"]}, "resources": {"workers_per_trial": 2}},
+            "grid.methods[1]: 'pcgrad' works on gradients (parameters level)",
+        ),
         ({"name": "a/b"}, "name: 'a/b' must be 1-100 letters"),
         (
             {"method_params": {"deepchest": {"signall": "x"}}},

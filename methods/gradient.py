@@ -1,0 +1,151 @@
+"""Shared pieces of the gradient-level methods (PCGrad, MGDA, UPGrad, IMTL-G).
+
+A gradient-level method aggregates the per-task gradients of the shared parameters: it receives
+the Jacobian ``J`` (Tensor[T, n], row ``t`` = gradient of task ``t``'s loss) and the detached
+losses, and returns ``(direction, weights)`` with ``direction = weights @ J`` (Tensor[n], written
+into the shared parameters' ``.grad``; the optimizer descends along it) and ``weights``
+(Tensor[T], the task weights the method effectively used).
+
+All four methods only need the Gramian ``G = J J^T`` (Tensor[T, T]) to find their weights. The
+small ``T x T`` problems are solved on the CPU in float64 (a few microseconds; it also avoids the
+round-off of float32 and a device synchronisation per solver iteration); the Gramian and the
+direction are computed in the input dtype on the input device.
+
+Reference implementations used by the tests: ``torchjd.aggregation`` (torchjd 0.18.0).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from methods.base import HyperparameterError, Method
+
+_SOLVER_DTYPE = torch.float64
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int ``>= 1``, else raise ``HyperparameterError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HyperparameterError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------------
+
+
+def gramian(jacobian: Tensor) -> Tensor:
+    """``G = J J^T`` (Tensor[T, T]): ``G_ij = g_i . g_j``."""
+    return jacobian @ jacobian.T
+
+
+def solver_gramian(jacobian: Tensor) -> Tensor:
+    """``G = J J^T`` in the input dtype, then moved to the CPU as float64 for the small solvers."""
+    return gramian(jacobian).to(device="cpu", dtype=_SOLVER_DTYPE)
+
+
+def combine(weights: Tensor, jacobian: Tensor) -> Tensor:
+    """``d = w^T J = sum_t w_t g_t`` (Tensor[n]), in ``J``'s dtype and on its device."""
+    return weights.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+
+
+def trace_normalized(g: Tensor, eps: float = 0.0) -> Tensor:
+    """``G / tr(G)`` (``tr(G) = ||J||_F^2``), or the zero matrix when ``tr(G) <= eps``.
+
+    Scaling ``G`` by a positive number does not change the weights of MGDA, UPGrad (up to its
+    regularisation) or IMTL-G; normalising makes the solvers' tolerances relative to the scale of
+    the gradients.
+    """
+    trace = float(g.diagonal().sum())
+    if not trace > eps:
+        return torch.zeros_like(g)
+    return g / trace
+
+
+def nonnegative_qp(q: Tensor, c: Tensor, *, max_iters: int, tol: float) -> Tensor:
+    """Solve ``min_x 1/2 x^T Q x + c^T x  subject to  x >= 0`` for a positive-definite ``Q``.
+
+    Primal active-set method (Lawson & Hanson's NNLS algorithm written for a quadratic): start at
+    ``x = 0``; while some coordinate ``j`` outside the free set ``P`` has a negative gradient
+    ``(Q x + c)_j < -tol``, free the most negative one, solve the equality-constrained problem on
+    ``P`` (``Q_PP z_P = -c_P``) and, if ``z_P`` leaves the orthant, step from ``x`` towards ``z``
+    as far as feasible and drop the coordinates that hit zero. Exact after finitely many steps
+    (``max_iters`` bounds the number of inner solves; the iterate stays feasible). ``tol`` is
+    relative to ``1 + max|Q||x| + max|c|``.
+
+    Returns ``x`` (Tensor[T]). ``Q``, ``c``: Tensor[T, T], Tensor[T] (float64 advised).
+    """
+    size = c.shape[0]
+    x = torch.zeros_like(c)
+    free = torch.zeros(size, dtype=torch.bool)
+    iters = 0
+    while iters < max_iters:
+        grad = q @ x + c
+        scale = 1.0 + float((q.abs() @ x.abs()).max()) + float(c.abs().max())
+        candidates = (~free) & (grad < -tol * scale)
+        if not bool(candidates.any()):
+            break
+        j = int(torch.where(candidates, grad, torch.zeros_like(grad)).argmin())
+        free[j] = True
+        while iters < max_iters:
+            iters += 1
+            idx = free.nonzero().flatten()
+            z = torch.zeros_like(x)
+            sub = q[idx][:, idx]
+            z[idx] = torch.linalg.solve(sub, -c[idx])
+            if bool((z[idx] > 0).all()):
+                x = z
+                break
+            blocking = idx[z[idx] <= 0]
+            alpha = float((x[blocking] / (x[blocking] - z[blocking])).min())
+            x = x + alpha * (z - x)
+            leaving = free & (x <= tol * x.abs().max().clamp(min=1.0))
+            x[leaving] = 0.0
+            free &= ~leaving
+            if not bool(free.any()):
+                break
+    return x.clamp(min=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Base class
+# --------------------------------------------------------------------------------------------
+
+
+class GradientAggregator(Method):
+    """A method that turns the Jacobian of the per-task losses into one update direction.
+
+    Subclasses implement ``compute(jacobian, losses) -> (direction, weights)``; ``aggregate``
+    checks the input and returns both detached, in ``jacobian``'s dtype and on its device.
+    """
+
+    level: ClassVar[str] = "parameters"
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """``(direction [n], weights [T])`` from ``jacobian`` [T, n] and detached ``losses`` [T].
+
+        ``direction = weights @ jacobian`` is gradient-like: write it into the shared parameters'
+        ``.grad`` and let the optimizer descend.
+        """
+        num_tasks = self.num_tasks
+        if not isinstance(jacobian, Tensor) or jacobian.ndim != 2 or jacobian.shape[0] != num_tasks:
+            shape = tuple(jacobian.shape) if isinstance(jacobian, Tensor) else type(jacobian)
+            raise self._error(f"jacobian must be a Tensor of shape ({num_tasks}, n), got {shape}")
+        if not jacobian.is_floating_point():
+            raise self._error(f"jacobian must be floating point, got {jacobian.dtype}")
+        if not isinstance(losses, Tensor) or losses.shape != (num_tasks,):
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise self._error(f"losses must be a Tensor of shape ({num_tasks},), got {shape}")
+        with torch.no_grad():
+            direction, weights = self.compute(jacobian.detach(), losses.detach())
+        return (
+            direction.to(device=jacobian.device, dtype=jacobian.dtype),
+            weights.to(device=jacobian.device, dtype=jacobian.dtype),
+        )
+
+    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
