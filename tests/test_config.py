@@ -9,10 +9,15 @@ from harness.config import ConfigError, load_config, parse_config
 from tests.conftest import REPO, tiny_config, write_config
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "full_grid.yaml"])
-def test_shipped_experiments_validate(name):
-    cfg = load_config(REPO / "experiments" / name)
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=str)
+def test_shipped_experiments_validate(path):
+    cfg = load_config(path)
     assert cfg.trial_count >= 4
+
+
+def test_all_methods_experiment_lists_every_registered_method():
+    cfg = load_config(REPO / "experiments" / "all_methods.yaml")
+    assert sorted(cfg.grid.methods) == methods.available()
 
 
 def test_defaults_and_float_forms(tmp_path):
