@@ -63,8 +63,13 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--methods", default="", help="comma-separated methods to run with amp auto and fp16"
+    )
     args = parser.parse_args()
     runs = [("equal", "off"), ("equal", "auto"), ("deepchest", "auto"), ("equal", "fp16")]
+    for method in filter(None, args.methods.split(",")):
+        runs += [(method, "auto"), (method, "fp16")]
     # warm-up: cuDNN autotuning and the data cache must not count against the first trial
     train_trial(spec("equal", args.backbone, "auto", args.image_size, 1), MemoryReporter())
     results = []

@@ -76,43 +76,46 @@ def backward(
     return w
 
 
-def shared_jacobian(losses: Tensor, params: Sequence[Tensor]) -> Tensor:
+def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool = True) -> Tensor:
     """``J [T, n]``: row ``t`` is the gradient of ``losses[t]`` w.r.t. ``params``, flattened.
 
-    The T backward passes are batched (``is_grads_batched``: one vmapped pass over the graph);
-    where an operation has no batching rule, T retained passes give the same rows. The graph is
-    retained for the task heads' backward that follows.
+    ``batched``: the T backward passes run as one vmapped pass (``is_grads_batched``); where an
+    operation has no batching rule (seen on CUDA with channels-last fp16 convolutions), or with
+    ``batched=False``, T retained passes give the same rows. The graph is retained for the task
+    heads' backward that follows.
     """
     num_tasks = losses.shape[0]
 
-    def flatten(grads) -> Tensor:
+    def flatten(grads, rows: int) -> Tensor:
         return torch.cat(
             [
-                (g if g is not None else torch.zeros(num_tasks, *p.shape, device=p.device)).reshape(
-                    num_tasks, -1
+                (g if g is not None else torch.zeros(rows, *p.shape, device=p.device)).reshape(
+                    rows, -1
                 )
                 for g, p in zip(grads, params, strict=True)
             ],
             dim=1,
         )
 
-    eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
-    try:
-        grads = torch.autograd.grad(
-            losses,
-            params,
-            grad_outputs=eye,
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-        )
-        return flatten(grads)
-    except RuntimeError:  # an op without a vmap rule: one pass per task
-        rows = []
-        for t in range(num_tasks):
-            grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-            rows.append(flatten([g.unsqueeze(0) if g is not None else None for g in grads]))
-        return torch.cat(rows)
+    if batched:
+        eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
+        try:
+            grads = torch.autograd.grad(
+                losses,
+                params,
+                grad_outputs=eye,
+                is_grads_batched=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+            return flatten(grads, num_tasks)
+        except RuntimeError:  # an op without a vmap rule: one pass per task
+            pass
+    rows = []
+    for t in range(num_tasks):
+        grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
+        rows.append(flatten(grads, 1))
+    return torch.cat(rows)
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

@@ -93,6 +93,7 @@ def test_jacobian_rows_are_per_task_gradients(batch):
     _, losses = losses_of(net, x, y)
     params = list(net.shared_parameters())
     jac = engine.shared_jacobian(losses, params)
+    assert torch.allclose(jac, engine.shared_jacobian(losses, params, batched=False))
     for t in range(3):
         grads = torch.autograd.grad(losses[t], params, retain_graph=True)
         assert torch.allclose(jac[t], torch.cat([g.flatten() for g in grads]))
