@@ -172,12 +172,10 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _batch_fits(self) -> ExperimentConfig:
         if self.data.dataset == "synthetic":
+            from deepchest.data.synthetic import split_sizes
+
             d = self.data
-            train = (
-                d.num_samples
-                - round(d.num_samples * d.val_fraction)
-                - round(d.num_samples * d.test_fraction)
-            )
+            train = split_sizes(d.num_samples, d.val_fraction, d.test_fraction)[0]
             batch = self.train.batch_size * self.resources.workers_per_trial
             if train < batch:
                 raise ValueError(

@@ -31,7 +31,14 @@ from harness.config import ExperimentConfig
 from harness.progress import Progress
 from harness.results import TrialRecord, write_manifest, write_tables
 
-__version__ = "0.1.0"
+
+def _harness_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepchest-harness")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 class RunError(Exception):
@@ -245,7 +252,7 @@ def _git_commit() -> str | None:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version(), "harness": __version__}
+    out = {"python": platform.python_version(), "harness": _harness_version()}
     for pkg in ("torch", "torchvision", "ray", "numpy", "pandas", "pyarrow", "plotly"):
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
@@ -357,7 +364,7 @@ def run_experiment(
         concurrency = max_concurrent(cfg, cluster, gpus)
         manifest = {
             "name": cfg.name,
-            "harness_version": __version__,
+            "harness_version": _harness_version(),
             "started_at": _now(),
             "finished_at": None,
             "command": " ".join(sys.argv),

@@ -327,6 +327,8 @@ class _Trial:
                 weights = engine.backward(
                     self.method,
                     losses,
+                    # already all-reduced above (the divergence check needs it): reuse it
+                    # rather than run the collective twice
                     reduce=lambda _losses, shared=shared: shared,
                     scale=self.scaler.scale if self.scaler else None,
                     model=self.net,

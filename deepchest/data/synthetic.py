@@ -523,6 +523,13 @@ def generate(
     return LabeledImages(images, labels, mask, names)
 
 
+def split_sizes(num_samples: int, val_fraction: float, test_fraction: float) -> tuple[int, ...]:
+    """``(train, val, test)`` sample counts of ``synthetic_splits``."""
+    n_val = round(num_samples * val_fraction)
+    n_test = round(num_samples * test_fraction)
+    return num_samples - n_val - n_test, n_val, n_test
+
+
 @functools.lru_cache(maxsize=8)
 def synthetic_splits(
     num_samples: int,
@@ -541,9 +548,7 @@ def synthetic_splits(
     num_samples = _integer("num_samples", num_samples, 1)
     val_fraction = _fraction("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
     test_fraction = _fraction("test_fraction", test_fraction, 0.0, 1.0, high_open=True)
-    n_val = round(num_samples * val_fraction)
-    n_test = round(num_samples * test_fraction)
-    n_train = num_samples - n_val - n_test
+    n_train, n_val, n_test = split_sizes(num_samples, val_fraction, test_fraction)
     if n_train < 1:
         raise ValueError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training "
