@@ -1,4 +1,4 @@
-"""``harness``: run, validate, list methods, rebuild a report.
+"""``harness``: run, validate, list methods, rebuild a report, benchmark methods.
 
 Every error is one line on stderr and a non-zero exit: 2 for a bad experiment file or
 arguments, 1 for a run that could not start or whose trials failed, 130 when interrupted.
@@ -20,6 +20,12 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 def _err(message: str) -> None:
     for line in message.splitlines() or [message]:
         print(f"harness: error: {line}", file=sys.stderr)
+
+
+def _wide_console() -> Console:
+    """The terminal's console; for logs and pipes one wide enough for every column of a table."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def _load(path: str, name: str | None = None):
@@ -47,7 +53,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for info in methods.describe():
         params = ", ".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
         table.add_row(info.name, info.level, params, info.summary)
-    Console().print(table)
+    _wide_console().print(table)
     return 0
 
 
@@ -55,10 +61,7 @@ def _print_summary(run_dir: Path, title: str) -> None:
     import reports
 
     results = reports.load_run(run_dir)
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: wide enough for every column
-        console = Console(width=140)
-    console.print(reports.leaderboard_table(reports.leaderboard(results.trials), title))
+    _wide_console().print(reports.leaderboard_table(reports.leaderboard(results.trials), title))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -98,6 +101,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from harness import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = bench.BenchSettings(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        tasks=args.tasks,
+        device=args.device,
+        amp=args.amp,
+    )
+    specs = bench.parse_methods(args.methods, settings.tasks)
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        raise bench.BenchError(f"--output {output} is a directory; give a file name")
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("starting") as status:
+        rows = bench.run_bench(
+            specs, settings, progress=lambda text: status.update(f"{text} ({bench.elapsed(start)})")
+        )
+    if output is not None:
+        bench.write_json(output, rows)
+    machine = bench.machine_description(settings.device)
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
+    table = Table(
+        title=(
+            f"{settings.backbone}, {settings.tasks} tasks, {settings.image_size} px, batch "
+            f"{settings.batch_size}, {settings.steps} steps, {where}, amp {settings.amp}"
+        ),
+        title_justify="left",
+    )
+    columns = (
+        ("method", "method", "{}"),
+        ("level", "level", "{}"),
+        ("step ms", "step_time_ms", "{:.1f}"),
+        ("x equal", "ratio_vs_equal", "{:.2f}"),
+        ("FLOPs x equal", "flop_ratio_vs_equal", "{:.2f}"),
+        ("wall / FLOP ratio", "wall_over_flop_ratio", "{:.2f}"),
+        ("peak MB", "peak_memory_mb", "{:.0f}"),
+        ("+MB vs equal", "extra_memory_mb_vs_equal", "{:+.0f}"),
+        ("J MB", "jacobian_mb", "{:.0f}"),
+        ("images/s", "images_per_second", "{:.0f}"),
+    )
+    for title, _, _ in columns:
+        table.add_column(title, justify="left" if title in ("method", "level") else "right")
+    for row in rows:
+        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
+    _wide_console().print(table)
+    if output is not None:
+        print(f"wrote {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -134,10 +199,38 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser(
+        "bench",
+        help="time training steps of methods side by side (one process, no Ray)",
+        description=(
+            "Time training steps of each method on one synthetic batch, the methods taking turns "
+            "step by step, and report step time, the ratio to equal weighting, the FLOP ratio "
+            "and peak memory. A method may carry hyperparameters: mgda:level=representation."
+        ),
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        help="methods, comma- or space-separated (equal is added as the baseline)",
+    )
+    bench.add_argument("--backbone", default="resnet18")
+    bench.add_argument("--image-size", type=int, default=64)
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    bench.add_argument("--tasks", type=int, default=14, help="number of tasks (heads)")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    bench.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    bench.add_argument("--output", help="write the results as a JSON list to this file")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.bench import BenchError
     from harness.config import ConfigError
     from harness.launch import RunError
 
@@ -151,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for line in exc.lines:
             _err(line)
+        return EXIT_BAD_INPUT
+    except BenchError as exc:
+        _err(str(exc))
         return EXIT_BAD_INPUT
     except (RunError, ReportError) as exc:
         _err(str(exc))

@@ -186,21 +186,6 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _gradient_level_single_worker(self) -> ExperimentConfig:
-        import methods
-
-        if self.resources.workers_per_trial > 1:
-            levels = {info.name: info.level for info in methods.describe()}
-            for i, name in enumerate(self.grid.methods):
-                if levels.get(name, "loss") != "loss":
-                    raise ValueError(
-                        f"grid.methods[{i}]: {name!r} works on gradients ({levels[name]} level), "
-                        "which this version runs in one worker per trial only; set "
-                        "resources.workers_per_trial: 1"
-                    )
-        return self
-
-    @model_validator(mode="after")
     def _method_params(self) -> ExperimentConfig:
         import methods
 

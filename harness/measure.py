@@ -29,6 +29,7 @@ class StepTimer:
         self.times: dict[str, list[float]] = {p: [] for p in PHASES}
         self.step_images: list[int] = []
         self.peak_rss = 0
+        self._current: dict[str, float] = {}
         self._process = psutil.Process()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -43,13 +44,26 @@ class StepTimer:
 
     @contextmanager
     def phase(self, name: str):
+        """Time a block as part of phase ``name`` of the current step (a phase entered twice in
+        one step, such as FAMO's re-forward after the optimizer step, adds up)."""
         self._sync()
         start = time.perf_counter()
         yield
         self._sync()
-        self.times[name].append(time.perf_counter() - start)
+        self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` towards phase ``name`` of the current step."""
+        if name not in self.times:
+            raise ValueError(f"unknown phase {name!r}; phases: {', '.join(PHASES)}")
+        self._current[name] = self._current.get(name, 0.0) + seconds
 
     def end_step(self, batch_size: int) -> None:
+        """Close the step: its phase times join the history (a step cut short before this, such
+        as one with a diverged loss, is left out)."""
+        for name in PHASES:
+            self.times[name].append(self._current.get(name, 0.0))
+        self._current = {}
         self.step_images.append(batch_size)
         if self.device.type != "cuda":
             self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
@@ -60,7 +74,6 @@ class StepTimer:
     def summary(self) -> dict[str, float]:
         """Medians per phase and per step in ms; images/s over the train steps after the
         first ``WARMUP_STEPS`` (over all of them in runs too short to spare those); peak MB."""
-        # zip stops at the shortest phase: a step cut short (a diverged loss) is left out
         steps = [sum(parts) for parts in zip(*self.times.values(), strict=False)]
         out = {f"{p}_time_ms": _median_ms(self.times[p]) for p in PHASES}
         out["step_time_ms"] = _median_ms(steps)

@@ -2,10 +2,10 @@
 
 It knows nothing of Ray: the launcher hands it a ``Reporter`` (Tune, Train, or the plain
 ``MemoryReporter`` of tests) and a ``Collective`` (single process, or torch.distributed under
-Ray Train's ``TorchTrainer``). Per step: forward, per-task losses ``[T]``, ``engine.backward``
-(the method turns T losses into one update), optimizer step. Per epoch: evaluate train and val
-without augmentation, ``method.on_epoch_end``, report metrics and a checkpoint. At the end:
-evaluate test with the weights of the best epoch by mean val AUROC.
+Ray Train's ``TorchTrainer``). Per step (``TrainStep``): forward, per-task losses ``[T]``,
+``engine.backward`` (the method turns T losses into one update), optimizer step. Per epoch:
+evaluate train and val without augmentation, ``method.on_epoch_end``, report metrics and a
+checkpoint. At the end: evaluate test with the weights of the best epoch by mean val AUROC.
 
 A trial is described by a plain dict (see ``launch.trial_spec``) so that it crosses process
 boundaries unchanged:
@@ -22,7 +22,7 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -150,6 +150,112 @@ class Diverged(Exception):
     pass
 
 
+class NonFiniteLoss(Exception):
+    """A step's (all-reduced) loss is not finite; ``tasks`` are the indices of the bad tasks."""
+
+    def __init__(self, tasks: list[int]):
+        super().__init__(f"non-finite loss for tasks {tasks}")
+        self.tasks = tasks
+
+
+@contextmanager
+def buffers_restored(module: torch.nn.Module):
+    """Run a block and put every buffer back as it was (BatchNorm running statistics and
+    counters), e.g. for an extra forward pass in train mode that must not count as one."""
+    saved = [b.detach().clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(module.buffers(), saved, strict=True):
+                buffer.copy_(value)
+
+
+class TrainStep:
+    """One optimisation step on one batch: forward, per-task losses, ``engine.backward``,
+    optimizer step and the method's ``on_step_end``. The training loop and ``harness bench``
+    both run steps through this class, so a benchmark times exactly what training does.
+
+    ``net`` is the bare ``MultiTaskNet``; ``model`` the same network as the collective wrapped it
+    (DDP under several workers). Loss-level methods rely on the wrapper's gradient all-reduce;
+    the gradient levels switch it off (``no_sync``) and let the engine all-reduce ``J``
+    instead, so that every worker aggregates the same union Jacobian. A method that needs the
+    losses after the step (FAMO) gets them from a second forward pass on the same batch, without
+    grad and with the BatchNorm statistics restored.
+    """
+
+    def __init__(
+        self,
+        net: MultiTaskNet,
+        model: torch.nn.Module,
+        method: methods.Method,
+        optimizer: torch.optim.Optimizer,
+        *,
+        collective: Collective,
+        timer: StepTimer,
+        amp_dtype: torch.dtype | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        heads: str = "weighted",
+    ):
+        self.net, self.model, self.method, self.optimizer = net, model, method, optimizer
+        self.coll, self.timer, self.scaler, self.heads = collective, timer, scaler, heads
+        self.amp_dtype = amp_dtype
+        self.device = next(net.parameters()).device
+        self.local_gradients = method.level != "loss" and collective.world_size > 1
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _grad_sync_off(self):
+        return self.model.no_sync() if self.local_gradients else nullcontext()
+
+    def _losses(self, module: torch.nn.Module, x: Tensor, y: Tensor, m: Tensor):
+        with self.autocast():
+            representation, logits = module(x)
+        return representation, logits, masked_task_losses(logits, y, m)
+
+    def __call__(self, x: Tensor, y: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Train on one batch. Returns ``(losses, weights, logits)``, detached: the per-task
+        losses averaged over the workers, the task weights used, and this worker's logits.
+        Raises ``NonFiniteLoss`` before any update when a loss is not finite."""
+        timer = self.timer
+        with self._grad_sync_off():
+            with timer.phase("forward"):
+                representation, logits, losses = self._losses(self.model, x, y, m)
+                shared = self.coll.all_reduce_mean(losses.detach())
+            if not bool(torch.isfinite(shared).all()):
+                raise NonFiniteLoss(torch.nonzero(~torch.isfinite(shared)).flatten().tolist())
+            with timer.phase("backward"):
+                weights = engine.backward(
+                    self.method,
+                    losses,
+                    # already all-reduced above (the divergence check needs it): reuse it
+                    # rather than run the collective twice
+                    reduce=lambda _losses, shared=shared: shared,
+                    scale=self.scaler.scale if self.scaler else None,
+                    model=self.net,
+                    heads=self.heads,
+                    representation=representation,
+                    sync=self.coll if self.local_gradients else None,
+                )
+        with timer.phase("optimizer"):
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.method.needs_losses_after:
+            with timer.phase("backward"), torch.no_grad(), buffers_restored(self.net):
+                after = self.coll.all_reduce_mean(self._losses(self.net, x, y, m)[2])
+            self.method.on_step_end(after)
+        else:
+            self.method.on_step_end()
+        return shared, weights.detach(), logits.detach()
+
+
 class _Trial:
     """State of one running trial; ``run`` is the loop."""
 
@@ -210,6 +316,17 @@ class _Trial:
         self.prior_wall_s = 0.0
         self.timer = StepTimer(self.device)
         self._restore()
+        self.train_step = TrainStep(
+            self.net,
+            self.model,
+            self.method,
+            self.optimizer,
+            collective=self.coll,
+            timer=self.timer,
+            amp_dtype=self.amp_dtype,
+            scaler=self.scaler,
+            heads=train.get("heads", "weighted"),
+        )
 
     # ---- checkpoints -------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -255,11 +372,6 @@ class _Trial:
             shutil.rmtree(directory, ignore_errors=True)
 
     # ---- evaluation --------------------------------------------------------------------
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def _input(self, images: Tensor) -> Tensor:
         x = to_model_input(images.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=self.memory_format)
@@ -279,7 +391,7 @@ class _Trial:
         for i in range(start, stop, step):
             j = min(stop, i + step)
             x = self._input(data.images[i:j])
-            with self._autocast():
+            with self.train_step.autocast():
                 logits[i - start : j - start] = self.net(x)[1].float()
         logits = self.coll.all_gather_cat(logits)[:n].cpu()
         self.model.train()
@@ -310,40 +422,17 @@ class _Trial:
                 x = self._input(data.images[idx])
                 y = data.labels[idx].to(self.device, non_blocking=True)
                 m = data.mask[idx].to(self.device, non_blocking=True)
-            with timer.phase("forward"):
-                with self._autocast():
-                    _, logits = self.model(x)
-                losses = masked_task_losses(logits, y, m)
-                shared = self.coll.all_reduce_mean(losses.detach())
-                correct += (((logits.detach() > 0) == (y > 0.5)) & m).sum(0)
-                labeled += m.sum(0)
-            if not bool(torch.isfinite(shared).all()):
-                bad = [self.tasks[t] for t in torch.nonzero(~torch.isfinite(shared)).flatten()]
+            try:
+                shared, weights, logits = self.train_step(x, y, m)
+            except NonFiniteLoss as exc:
+                bad = ", ".join(self.tasks[t] for t in exc.tasks)
                 raise Diverged(
-                    f"non-finite loss at epoch {self.epoch + 1}, step {step + 1} "
-                    f"(tasks: {', '.join(bad)})"
-                )
-            with timer.phase("backward"):
-                weights = engine.backward(
-                    self.method,
-                    losses,
-                    # already all-reduced above (the divergence check needs it): reuse it
-                    # rather than run the collective twice
-                    reduce=lambda _losses, shared=shared: shared,
-                    scale=self.scaler.scale if self.scaler else None,
-                    model=self.net,
-                    heads=self.spec["train"].get("heads", "weighted"),
-                )
-            with timer.phase("optimizer"):
-                if self.scaler:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.method.on_step_end()
+                    f"non-finite loss at epoch {self.epoch + 1}, step {step + 1} (tasks: {bad})"
+                ) from None
+            correct += (((logits > 0) == (y > 0.5)) & m).sum(0)
+            labeled += m.sum(0)
             timer.end_step(len(idx) * world)
-            weight_sum += weights.detach().float()
+            weight_sum += weights.float()
             loss_sum += shared.float()
         self.train_time_s += time.perf_counter() - started
         counts = self.coll.all_reduce_mean(torch.stack([correct, labeled]))  # ratio of sums

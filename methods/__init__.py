@@ -15,7 +15,9 @@ from methods.base import LEVELS, EpochStats, LossWeighting, Method
 from methods.deepchest import DeepChest
 from methods.dwa import DWA
 from methods.equal import Equal
+from methods.famo import FAMO
 from methods.gradient import GradientAggregator
+from methods.gradnorm import GradNorm
 from methods.imtl_g import IMTLG
 from methods.mgda import MGDA
 from methods.pcgrad import PCGrad
@@ -29,7 +31,9 @@ __all__ = [
     "DeepChest",
     "EpochStats",
     "Equal",
+    "FAMO",
     "GradientAggregator",
+    "GradNorm",
     "IMTLG",
     "MGDA",
     "PCGrad",
@@ -51,6 +55,8 @@ _CLASSES: tuple[type[Method], ...] = (
     Uncertainty,
     DWA,
     RLW,
+    FAMO,
+    GradNorm,
     PCGrad,
     MGDA,
     UPGrad,

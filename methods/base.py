@@ -7,9 +7,9 @@ Conventions (see docs/methods.md):
   fields carry the defaults. ``methods.create``, ``methods.describe`` and validation all read that
   declaration, so adding a hyperparameter is one field (plus its check in ``__post_init__``).
 * ``level`` says where a method acts. ``"loss"`` methods (``LossWeighting``) turn the detached
-  per-task losses of a step into task weights; the gradient levels (``"representation"``,
-  ``"parameters"``, ``"last_shared_layer"``) are reserved for methods that aggregate per-task
-  gradients (later issue); they will subclass ``Method`` the same way.
+  per-task losses of a step into task weights; at the gradient levels (``"parameters"``,
+  ``"representation"``: ``methods.gradient.GradientAggregator``; ``"last_shared_layer"``:
+  GradNorm) a method receives the per-task gradients there as a Jacobian, built by the engine.
 * Methods never call autograd: ``methods.engine`` does. A method may build the (differentiable)
   objective (``LossWeighting.objective``) and own learnable parameters (``parameters()``,
   ``optimizer_group()``, ``to(device)``), which the training loop adds to its optimizer.
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-#: Where a method acts. Only "loss" is supported by ``methods.engine`` for now.
+#: Where a method acts; ``methods.engine.backward`` dispatches on it.
 LEVELS: tuple[str, ...] = ("loss", "representation", "parameters", "last_shared_layer")
 
 
@@ -152,6 +152,8 @@ class Method:
     level: ClassVar[str]
     summary: ClassVar[str]
     Hyperparameters: ClassVar[type] = NoHyperparameters
+    #: True when ``on_step_end`` needs the losses of the same batch after the optimizer step.
+    needs_losses_after: ClassVar[bool] = False
 
     def __init__(
         self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
@@ -203,7 +205,10 @@ class Method:
         """Called once at the end of every training epoch (after validation). No-op by default."""
 
     def on_step_end(self, losses_after: Tensor | None = None) -> None:  # noqa: B027
-        """Called after the optimizer step. No-op by default (FAMO will use it)."""
+        """Called after the optimizer step. No-op by default.
+
+        ``losses_after``: the per-task losses of the same batch after the step, given to methods
+        whose class sets ``needs_losses_after = True`` (FAMO), else None."""
 
     # ---- learnable parameters (e.g. uncertainty's log-variances) ----------------------------
 

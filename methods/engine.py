@@ -12,15 +12,27 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from methods.base import Method
+from methods.base import LEVELS, Method
 
 
 class MultiTaskModel(Protocol):
-    """What the engine needs of a model for gradient-level methods."""
+    """What the engine needs of a model for the gradient levels."""
 
     def shared_parameters(self) -> Iterable[torch.nn.Parameter]: ...
 
     def task_parameters(self, task: int) -> Iterable[torch.nn.Parameter]: ...
+
+    def last_shared_layer(self) -> torch.nn.Module: ...
+
+
+class Synchronizer(Protocol):
+    """Collectives across data-parallel workers (``harness.trainloop.Collective`` fits)."""
+
+    world_size: int
+
+    def all_reduce_mean(self, tensor: Tensor) -> Tensor: ...
+
+    def all_gather_cat(self, tensor: Tensor) -> Tensor: ...
 
 
 def backward(
@@ -31,24 +43,42 @@ def backward(
     scale: Callable[[Tensor], Tensor] | None = None,
     model: MultiTaskModel | None = None,
     heads: str = "weighted",
+    representation: Tensor | None = None,
+    sync: Synchronizer | None = None,
 ) -> Tensor:
-    """Back-propagate the method's objective and return the weights ``w`` (Tensor[T], for logging).
+    """Back-propagate the method's update and return the weights ``w`` (Tensor[T], for logging).
 
     ``losses`` are the per-task losses with grad (a task whose labels are all masked in this batch
-    has loss 0). ``w = method.weights(reduce(losses.detach()))``: ``reduce`` (e.g. a DDP
-    all-reduce-mean, so that every worker computes the same weights) gets a detached COPY of the
-    losses, so an in-place collective cannot modify them; identity when None. ``scale`` is applied
-    to the scalar objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16 AMP);
-    identity when None. Gradients accumulate into ``.grad`` as with a plain ``.backward()``.
+    has loss 0). ``reduce`` (e.g. a DDP all-reduce-mean, so that every worker computes the same
+    weights) gets a detached COPY of the losses, so an in-place collective cannot modify them;
+    identity when None. ``scale`` is applied to the scalar objective before ``.backward()`` (e.g.
+    ``GradScaler.scale`` under fp16 AMP); identity when None. Gradients accumulate into ``.grad``
+    as with a plain ``.backward()``.
 
-    The objective is ``method.objective(losses, reduced=reduce(losses.detach()), weights=w)``:
-    ``sum_t w_t L_t`` for most methods; uncertainty weighting adds its regulariser and sends
-    gradients into its own parameters (``method.parameters()``), which the loop must optimise.
+    By ``method.level``:
+
+    * ``loss``: back-propagate ``method.objective(losses, reduced=reduce(losses), weights=w)``
+      (``sum_t w_t L_t`` for most methods). Under DDP the wrapper's own gradient all-reduce
+      applies; ``sync`` is not used.
+    * ``parameters``: ``J`` [T, n] at the shared parameters (needs ``model``);
+      ``method.aggregate(J, losses) -> (d, w)``; ``d`` goes into the shared ``.grad``.
+    * ``representation``: ``J`` [T, B*d] at the shared ``representation`` (the trunk's output,
+      one row per task holding every sample's gradient: never summed over the batch); the
+      trunk gets the back-propagation of ``d``. Needs ``model`` and ``representation``.
+    * ``last_shared_layer``: ``J`` [T, n_W] at the parameters ``W`` of
+      ``model.last_shared_layer()``; ``w = method.weights_from_jacobian(J, losses)`` (GradNorm
+      sets the gradient of its own weights there); the network gets ``sum_t w_t grad L_t``.
+
+    At the gradient levels the task heads get ``w_t * grad L_t`` (``heads="weighted"``) or their
+    own loss's gradient (``heads="own"``). ``sync`` (data parallelism with the wrapper's gradient
+    all-reduce switched off, e.g. inside ``DistributedDataParallel.no_sync``): ``J`` is
+    all-reduced (parameters, last shared layer) or gathered over the workers' samples
+    (representation), so every worker finds the same weights as one process on the union of the
+    batches; every gradient that is still local is then averaged over the workers.
     """
-    if method.level not in ("loss", "parameters"):
+    if method.level not in LEVELS:
         raise NotImplementedError(
-            f"engine.backward: method {method.name!r} works at level {method.level!r}; the "
-            "engine supports the 'loss' and 'parameters' levels so far"
+            f"engine.backward: method {method.name!r} works at unknown level {method.level!r}"
         )
     if not isinstance(losses, Tensor) or losses.shape != (method.num_tasks,):
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
@@ -62,18 +92,35 @@ def backward(
     detached = losses.detach().clone()
     if reduce is not None:
         detached = reduce(detached)
+    if method.level == "loss":
+        w = method.weights(detached)
+        objective = method.objective(losses, reduced=detached, weights=w)
+        if not isinstance(objective, Tensor) or objective.ndim != 0:
+            raise ValueError(
+                f"engine.backward: method {method.name!r} returned a non-scalar objective"
+            )
+        if scale is not None:
+            objective = scale(objective)
+        objective.backward()
+        return w
+    if model is None:
+        raise ValueError(f"engine.backward: method {method.name!r} needs the model")
+    if heads not in ("weighted", "own"):
+        raise ValueError(f"engine.backward: heads must be 'weighted' or 'own', got {heads!r}")
+    if sync is not None and sync.world_size == 1:
+        sync = None
     if method.level == "parameters":
-        if model is None:
-            raise ValueError(f"engine.backward: method {method.name!r} needs the model")
-        return _parameters_backward(method, losses, detached, model, scale, heads)
-    w = method.weights(detached)
-    objective = method.objective(losses, reduced=detached, weights=w)
-    if not isinstance(objective, Tensor) or objective.ndim != 0:
-        raise ValueError(f"engine.backward: method {method.name!r} returned a non-scalar objective")
-    if scale is not None:
-        objective = scale(objective)
-    objective.backward()
-    return w
+        return _parameters_backward(method, losses, detached, model, scale, heads, sync)
+    if method.level == "representation":
+        if not isinstance(representation, Tensor) or not representation.requires_grad:
+            raise ValueError(
+                f"engine.backward: method {method.name!r} works at the representation level "
+                "and needs the shared representation (with grad) the losses were computed from"
+            )
+        return _representation_backward(
+            method, losses, detached, model, representation, scale, heads, sync
+        )
+    return _last_shared_layer_backward(method, losses, detached, model, scale, heads, sync)
 
 
 def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool = True) -> Tensor:
@@ -126,6 +173,54 @@ def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Non
         p.grad = g.detach().clone() if p.grad is None else p.grad + g.detach()
 
 
+def _trainable(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def _head_parameters(model: MultiTaskModel, num_tasks: int) -> list[torch.nn.Parameter]:
+    return _trainable(p for t in range(num_tasks) for p in model.task_parameters(t))
+
+
+def _loss_scale(scale: Callable[[Tensor], Tensor] | None, like: Tensor) -> Tensor | None:
+    """The AMP loss-scale factor (a 0-d tensor), or None without loss scaling."""
+    return scale(torch.ones((), device=like.device)) if scale is not None else None
+
+
+def _unscaled_jacobian(
+    scaled: Tensor, params: Sequence[Tensor], factor: Tensor | None, *, batched: bool
+) -> Tensor:
+    jacobian = shared_jacobian(scaled, params, batched=batched)
+    return jacobian / factor if factor is not None else jacobian
+
+
+def _backward_heads(
+    model: MultiTaskModel, scaled: Tensor, weights: Tensor, heads: str, *, retain: bool
+) -> list[torch.nn.Parameter]:
+    """Each head's gradient: ``c_t * grad L_t`` with ``c = w`` (weighted) or 1 (own).
+
+    A head depends only on its own loss, so one backward of ``sum_t c_t L_t`` restricted to the
+    heads gives every head its term. Returns the head parameters.
+    """
+    head_params = _head_parameters(model, scaled.shape[0])
+    coefficients = weights.detach() if heads == "weighted" else torch.ones_like(weights)
+    objective = (coefficients.to(scaled.dtype) * scaled).sum()
+    grads = torch.autograd.grad(objective, head_params, allow_unused=True, retain_graph=retain)
+    _accumulate(head_params, grads)
+    return head_params
+
+
+def _average_gradients(params: Sequence[torch.nn.Parameter], sync: Synchronizer) -> None:
+    """Average ``.grad`` over the workers in one flat all-reduce (what DDP would have done)."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    flat = sync.all_reduce_mean(torch.cat([p.grad.reshape(-1) for p in with_grad]))
+    offset = 0
+    for p in with_grad:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
 def _parameters_backward(
     method: Method,
     losses: Tensor,
@@ -133,28 +228,25 @@ def _parameters_backward(
     model: MultiTaskModel,
     scale: Callable[[Tensor], Tensor] | None,
     heads: str,
+    sync: Synchronizer | None,
 ) -> Tensor:
     """Gradient-level update at the shared parameters.
 
     ``J`` (of the unscaled losses) goes to ``method.aggregate(J, reduced) -> (d, w)``; ``d`` is
-    written into the shared parameters' ``.grad``. Each task head gets ``w_t * dL_t`` (``heads=
-    "weighted"``) or its own loss's gradient ``dL_t`` (``heads="own"``); a head depends only on
-    its own loss, so one backward of ``sum_t c_t L_t`` restricted to the heads gives both. Under
-    AMP the scale factor multiplies the losses before differentiation (fp16 gradients keep their
-    range) and is divided out of ``J``; the written gradients carry it, as ``GradScaler.step``
-    expects.
+    written into the shared parameters' ``.grad``. Under AMP the scale factor multiplies the
+    losses before differentiation (fp16 gradients keep their range) and is divided out of ``J``;
+    the written gradients carry it, as ``GradScaler.step`` expects. With ``sync``, ``J`` is
+    all-reduced first, so ``d`` is the same on every worker; only the heads are averaged after.
     """
-    if heads not in ("weighted", "own"):
-        raise ValueError(f"engine.backward: heads must be 'weighted' or 'own', got {heads!r}")
-    factor = scale(torch.ones((), device=losses.device)) if scale is not None else None
+    factor = _loss_scale(scale, losses)
     scaled = losses * factor if factor is not None else losses
-    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    shared = _trainable(model.shared_parameters())
     # measured: on CPU the T retained passes beat the vmapped batch (simple_cnn 0.82 s vs 1.78 s,
     # ResNet-18 2.26 s vs 2.58 s, 14 tasks, 1 thread); on CUDA the batch wins (2.9x vs 6-7x
     # equal's step time, ResNet-18 on an H200)
-    jacobian = shared_jacobian(scaled, shared, batched=losses.is_cuda)
-    if factor is not None:
-        jacobian = jacobian / factor
+    jacobian = _unscaled_jacobian(scaled, shared, factor, batched=losses.is_cuda)
+    if sync is not None:
+        jacobian = sync.all_reduce_mean(jacobian)
     direction, weights = method.aggregate(jacobian, reduced)
     if factor is not None:
         direction = direction * factor
@@ -163,10 +255,78 @@ def _parameters_backward(
         grads.append(direction[offset : offset + p.numel()].view_as(p).to(p.dtype))
         offset += p.numel()
     _accumulate(shared, grads)
-
-    head_params = [p for t in range(losses.shape[0]) for p in model.task_parameters(t)]
-    head_params = [p for p in head_params if p.requires_grad]
-    coefficients = weights.detach() if heads == "weighted" else torch.ones_like(weights)
-    head_objective = (coefficients.to(scaled.dtype) * scaled).sum()
-    _accumulate(head_params, torch.autograd.grad(head_objective, head_params, allow_unused=True))
+    head_params = _backward_heads(model, scaled, weights, heads, retain=False)
+    if sync is not None:
+        _average_gradients(head_params, sync)
     return weights.detach().float()
+
+
+def _representation_backward(
+    method: Method,
+    losses: Tensor,
+    reduced: Tensor,
+    model: MultiTaskModel,
+    representation: Tensor,
+    scale: Callable[[Tensor], Tensor] | None,
+    heads: str,
+    sync: Synchronizer | None,
+) -> Tensor:
+    """Gradient-level update at the shared representation ``z`` [B, ...] (MGDA-UB and kin).
+
+    ``J`` [T, B*d] is the gradient of each task's loss w.r.t. ``z``, every sample kept (T cheap
+    passes through the heads only). ``method.aggregate(J, reduced) -> (d, w)``; the trunk then
+    gets one backward of ``d`` from ``z``, i.e. ``sum_t w_t grad L_t`` since ``d = w^T J``. With
+    ``sync`` the workers' ``J`` are concatenated along the samples and divided by the number of
+    workers (the union batch's mean loss), so ``w`` is the union's; the trunk's backward of the
+    local ``w^T J_local`` averaged over the workers is then the union's update.
+    """
+    factor = _loss_scale(scale, losses)
+    scaled = losses * factor if factor is not None else losses
+    local = _unscaled_jacobian(scaled, [representation], factor, batched=losses.is_cuda)
+    jacobian = local
+    if sync is not None:
+        jacobian = sync.all_gather_cat(local.T.contiguous()).T / sync.world_size
+    _, weights = method.aggregate(jacobian, reduced)
+    direction = weights.to(local.dtype) @ local
+    if factor is not None:
+        direction = direction * factor
+    head_params = _backward_heads(model, scaled, weights, heads, retain=True)
+    shared = _trainable(model.shared_parameters())
+    grads = torch.autograd.grad(
+        representation,
+        shared,
+        grad_outputs=direction.view_as(representation).to(representation.dtype),
+        allow_unused=True,
+    )
+    _accumulate(shared, grads)
+    if sync is not None:
+        _average_gradients(shared + head_params, sync)
+    return weights.detach().float()
+
+
+def _last_shared_layer_backward(
+    method: Method,
+    losses: Tensor,
+    reduced: Tensor,
+    model: MultiTaskModel,
+    scale: Callable[[Tensor], Tensor] | None,
+    heads: str,
+    sync: Synchronizer | None,
+) -> Tensor:
+    """GradNorm's level: ``J`` [T, n_W] at the last shared layer's parameters only (T short
+    passes: the graph above ``W`` is the top of the trunk and the heads), then one backward of
+    ``sum_t w_t L_t`` for the network (heads: ``w_t`` or 1)."""
+    factor = _loss_scale(scale, losses)
+    scaled = losses * factor if factor is not None else losses
+    layer = _trainable(model.last_shared_layer().parameters())
+    jacobian = _unscaled_jacobian(scaled, layer, factor, batched=losses.is_cuda)
+    if sync is not None:
+        jacobian = sync.all_reduce_mean(jacobian)
+    weights = method.weights_from_jacobian(jacobian, reduced).detach()
+    head_params = _backward_heads(model, scaled, weights, heads, retain=True)
+    shared = _trainable(model.shared_parameters())
+    objective = (weights.to(scaled.dtype) * scaled).sum()
+    _accumulate(shared, torch.autograd.grad(objective, shared, allow_unused=True))
+    if sync is not None:
+        _average_gradients(shared + head_params, sync)
+    return weights.float()

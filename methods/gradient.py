@@ -16,12 +16,12 @@ Reference implementations used by the tests: ``torchjd.aggregation`` (torchjd 0.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from methods.base import HyperparameterError, Method
+from methods.base import HyperparameterError, Method, check_choice
 
 _SOLVER_DTYPE = torch.float64
 
@@ -124,6 +124,26 @@ class GradientAggregator(Method):
     """
 
     level: ClassVar[str] = "parameters"
+    #: Where ``J`` is taken (hyperparameter ``level``): the shared parameters (``J`` [T, n]) or
+    #: the shared representation (``J`` [T, B*d], every sample kept: MGDA-UB for ``mgda``).
+    AGGREGATION_LEVELS: ClassVar[tuple[str, ...]] = ("parameters", "representation")
+
+    @classmethod
+    def hyperparameter_defaults(cls) -> dict[str, Any]:
+        return {"level": cls.level, **super().hyperparameter_defaults()}
+
+    def _resolve(self, given: dict[str, Any]) -> Any:
+        given = dict(given)
+        level = given.pop("level", type(self).level)
+        try:
+            # an instance attribute: the engine reads ``method.level`` to pick where J is taken
+            self.level = check_choice("level", level, self.AGGREGATION_LEVELS)
+        except HyperparameterError as exc:
+            raise self._error(str(exc)) from None
+        return super()._resolve(given)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"level": self.level, **super().hyperparameters()}
 
     def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """``(direction [n], weights [T])`` from ``jacobian`` [T, n] and detached ``losses`` [T].

@@ -96,16 +96,19 @@ def test_class_attributes() -> None:
         assert isinstance(cls.summary, str) and "\n" not in cls.summary
     assert [c.name for c in (PCGrad, MGDA, UPGrad, IMTLG)] == ["pcgrad", "mgda", "upgrad", "imtl_g"]
     assert MGDA.hyperparameter_defaults() == {
+        "level": "parameters",
         "normalization": "none",
         "reg_eps": 1e-10,
         "max_iters": 1000,
     }
     assert UPGrad.hyperparameter_defaults() == {
+        "level": "parameters",
         "norm_eps": 1e-4,
         "reg_eps": 1e-4,
         "max_iters": 1000,
     }
-    assert PCGrad.hyperparameter_defaults() == {} == IMTLG.hyperparameter_defaults()
+    only_level = {"level": "parameters"}
+    assert PCGrad.hyperparameter_defaults() == only_level == IMTLG.hyperparameter_defaults()
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,8 +63,8 @@ def errors_of(raw: dict) -> list[str]:
         ({"resources": {"gpus_per_worker": "many"}}, "resources.gpus_per_worker:"),
         ({"colour": "red"}, "colour: unknown key"),
         (
-            {"grid": {"methods": ["equal", "pcgrad"]}, "resources": {"workers_per_trial": 2}},
-            "grid.methods[1]: 'pcgrad' works on gradients (parameters level)",
+            {"method_params": {"mgda": {"level": "weights"}}},
+            "method_params.mgda: method 'mgda': level must be one of parameters, representation",
         ),
         ({"name": "a/b"}, "name: 'a/b' must be 1-100 letters"),
         (

@@ -12,7 +12,7 @@ def timer_with(step_seconds: list[float], batch: int = 8) -> StepTimer:
     timer = StepTimer(torch.device("cpu"))
     for seconds in step_seconds:
         for phase in PHASES:  # each phase a quarter of the step
-            timer.times[phase].append(seconds / 4)
+            timer.add(phase, seconds / 4)
         timer.end_step(batch)
     return timer
 
@@ -34,8 +34,8 @@ def test_short_runs_count_every_step():
 
 def test_a_step_cut_short_is_left_out():
     timer = timer_with([0.1] * 3)
-    timer.times["data"].append(0.05)  # a step that diverged after loading its batch
-    timer.times["forward"].append(0.05)
+    timer.add("data", 0.05)  # a step that diverged after loading its batch
+    timer.add("forward", 0.05)
     assert timer.summary()["step_time_ms"] == pytest.approx(100.0)
 
 
@@ -44,3 +44,17 @@ def test_state_round_trip():
     again = StepTimer(torch.device("cpu"), history=timer.state())
     assert again.summary() == pytest.approx(timer.summary(), rel=0.5)  # peak RSS may move
     assert again.summary()["images_per_second"] == timer.summary()["images_per_second"]
+
+
+def test_a_phase_entered_twice_in_a_step_adds_up():
+    timer = StepTimer(torch.device("cpu"))
+    timer.add("backward", 0.02)
+    timer.add("backward", 0.03)  # e.g. FAMO's re-forward after the optimizer step
+    timer.end_step(8)
+    assert timer.summary()["backward_time_ms"] == pytest.approx(50.0)
+    assert timer.summary()["data_time_ms"] == 0.0
+
+
+def test_unknown_phase_is_refused():
+    with pytest.raises(ValueError, match="unknown phase 'loading'"):
+        StepTimer(torch.device("cpu")).add("loading", 0.1)

@@ -81,9 +81,9 @@ def test_create_positional_num_tasks():
 
 def test_unknown_method_lists_available():
     with pytest.raises(ValueError) as exc:
-        methods.create("gradnorm", num_tasks=3)
+        methods.create("gradnorm_v2", num_tasks=3)
     listed = ", ".join(methods.available())
-    assert str(exc.value) == f"unknown method 'gradnorm'; available: {listed}"
+    assert str(exc.value) == f"unknown method 'gradnorm_v2'; available: {listed}"
 
 
 def test_unknown_hyperparameter_lists_valid():
@@ -565,15 +565,17 @@ def test_engine_with_deepchest_weights():
         torch.testing.assert_close(g, e)
 
 
-def test_engine_rejects_other_levels():
-    class Gradient(methods.Method):
-        name = "gradient-test"
-        level = "representation"
+def test_engine_rejects_unknown_levels_and_a_missing_model():
+    class Elsewhere(methods.Method):
+        name = "elsewhere-test"
+        level = "activations"
         summary = "test"
 
     _, make_losses = _toy_problem()
-    with pytest.raises(NotImplementedError, match="level 'representation'"):
-        engine.backward(Gradient(3), make_losses())
+    with pytest.raises(NotImplementedError, match="unknown level 'activations'"):
+        engine.backward(Elsewhere(3), make_losses())
+    with pytest.raises(ValueError, match="'mgda' needs the model"):
+        engine.backward(methods.create("mgda", 3, level="representation"), make_losses())
 
 
 def test_engine_checks_losses():

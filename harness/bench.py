@@ -1,0 +1,313 @@
+"""``harness bench``: what each method costs per training step, measured in one process.
+
+Every method trains its own copy of the same network (same initial weights) on the same
+synthetic batch, through the training loop's own ``TrainStep``, so the benchmark times exactly
+what a trial runs. The methods take turns step by step (round-robin), so a change in the
+machine's load hits them all alike; the ratios to equal weighting are the numbers to read, not
+the absolute times. Per method:
+
+* ``step_time_ms``: median over the timed steps (forward, weighting + backward, optimizer);
+* ``ratio_vs_equal``: its ``step_time_ms`` over equal weighting's;
+* ``flop_ratio_vs_equal``: FLOPs of one step (``torch.utils.flop_counter``) over equal's: the
+  cost the method's arithmetic implies; ``ratio_vs_equal`` far above it is overhead;
+* ``peak_memory_mb``: the CUDA allocator's peak over a few steps of that method alone, or on
+  CPU the peak resident set size of a fresh process running a few of its steps (the process
+  baseline, about the size of torch, is included: compare methods, not absolute values).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import methods
+from deepchest.data import to_model_input
+from deepchest.models import BACKBONES, MultiTaskNet
+from harness.measure import StepTimer
+from harness.trainloop import Collective, TrainStep, build_optimizer, resolve_amp, seed_everything
+
+BASELINE = "equal"
+MEMORY_STEPS = 3
+
+
+class BenchError(ValueError):
+    """Bad benchmark arguments; the message is one line."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``name`` or ``name:key=value:key=value`` (e.g. ``mgda:level=representation``)."""
+
+    text: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, num_tasks: int) -> MethodSpec:
+        name, *pairs = text.strip().split(":")
+        params: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise BenchError(f"method {text!r}: expected name:key=value, got {pair!r}")
+            params[key] = yaml.safe_load(value)
+        try:
+            methods.create(name, num_tasks=num_tasks, **params)
+        except ValueError as exc:
+            raise BenchError(str(exc)) from None
+        return cls(text=text.strip(), name=name, params=params)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    backbone: str = "resnet18"
+    image_size: int = 64
+    batch_size: int = 16
+    steps: int = 20
+    warmup: int = 3
+    tasks: int = 14
+    device: str = "cpu"
+    amp: str = "off"
+    optimizer: str = "adam"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise BenchError(
+                f"unknown backbone {self.backbone!r}; available: {', '.join(sorted(BACKBONES))}"
+            )
+        for name, low, high in (
+            ("image_size", 8, 1024),
+            ("batch_size", 2, 4096),
+            ("steps", 1, 100_000),
+            ("warmup", 0, 100_000),
+            ("tasks", 1, 1000),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise BenchError(
+                    f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}"
+                )
+        if self.device not in ("cpu", "cuda"):
+            raise BenchError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BenchError("--device cuda: no CUDA device is visible to torch")
+        if self.amp not in ("off", "auto", "bf16", "fp16"):
+            raise BenchError(f"--amp must be off, auto, bf16 or fp16, got {self.amp!r}")
+
+
+def synthetic_batch(settings: BenchSettings, device: torch.device):
+    """One fixed batch: uint8-range grayscale images, labels at ~20% prevalence, all labelled."""
+    g = torch.Generator().manual_seed(settings.seed)
+    size, batch, tasks = settings.image_size, settings.batch_size, settings.tasks
+    images = torch.randint(0, 256, (batch, 1, size, size), generator=g, dtype=torch.uint8)
+    x = to_model_input(images.to(device))
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, tasks, generator=g) < 0.2).float().to(device)
+    return x, y, torch.ones(batch, tasks, dtype=torch.bool, device=device)
+
+
+def build_step(spec: MethodSpec, settings: BenchSettings, device: torch.device) -> TrainStep:
+    """A fresh network (the same initial weights for every method), method and optimizer."""
+    seed_everything(settings.seed)
+    net = MultiTaskNet(settings.backbone, settings.tasks).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    method = methods.create(spec.name, num_tasks=settings.tasks, **spec.params).to(device)
+    groups = [{"params": list(net.parameters())}]
+    if (group := method.optimizer_group()) is not None:
+        groups.append(group)
+    train = {"optimizer": settings.optimizer, "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}
+    amp_dtype = resolve_amp(settings.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    net.train()
+    return TrainStep(
+        net,
+        net,
+        method,
+        build_optimizer(train, groups),
+        collective=Collective(),
+        timer=StepTimer(device),
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+    )
+
+
+def count_flops(step: TrainStep, batch) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(*batch)
+    return int(counter.get_total_flops())
+
+
+def _cpu_peak_rss_child(spec: MethodSpec, settings: BenchSettings, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    step = build_step(spec, settings, device)
+    batch = synthetic_batch(settings, device)
+    for _ in range(MEMORY_STEPS):
+        step(*batch)
+    queue.put(_peak_rss_bytes())
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size: ``VmHWM`` on Linux (``ru_maxrss`` would carry the
+    parent's peak across the ``exec`` of a spawned child), else ``ru_maxrss``."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def peak_memory_bytes(spec: MethodSpec, settings: BenchSettings, device: torch.device) -> int:
+    """A few steps of this method alone: CUDA allocator peak, or a fresh process's peak RSS."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step = build_step(spec, settings, device)
+        batch = synthetic_batch(settings, device)
+        for _ in range(MEMORY_STEPS):
+            step(*batch)
+        torch.cuda.synchronize(device)
+        peak = int(torch.cuda.max_memory_allocated(device))
+        del step, batch
+        return peak
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(
+        target=_cpu_peak_rss_child, args=(spec, settings, torch.get_num_threads(), queue)
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(
+            f"the memory measurement of {spec.text!r} failed (exit {child.exitcode})"
+        )
+    return int(queue.get(timeout=10))
+
+
+def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -> list[dict]:
+    """Time every method (round-robin), count its FLOPs and measure its peak memory.
+
+    ``specs`` must include ``equal`` (the baseline of the ratios). ``progress(text)`` is called
+    as work advances. Returns one dict per method, in the order given.
+    """
+    if not any(s.text == BASELINE for s in specs):
+        raise BenchError(f"the methods must include {BASELINE!r}, the baseline of the ratios")
+    device = torch.device(settings.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+        torch.backends.cudnn.benchmark = True
+    say = progress or (lambda text: None)
+    batch = synthetic_batch(settings, device)
+    steps = [build_step(s, settings, device) for s in specs]
+    flops = []
+    for spec, step in zip(specs, steps, strict=True):
+        say(f"counting the FLOPs of {spec.text}")
+        flops.append(count_flops(step, batch))
+    for i in range(settings.warmup + settings.steps):
+        if i == settings.warmup:
+            for step in steps:  # the warm-up steps are not timed
+                step.timer = StepTimer(device)
+        say(f"step {i + 1}/{settings.warmup + settings.steps} (warm-up {settings.warmup})")
+        for step in steps:
+            step(*batch)
+            step.timer.end_step(settings.batch_size)
+    times = [statistics.median(_step_seconds(step.timer)) * 1000 for step in steps]
+    del steps
+    memory = []
+    for spec in specs:
+        say(f"measuring the peak memory of {spec.text}")
+        memory.append(peak_memory_bytes(spec, settings, device))
+    base = next(i for i, s in enumerate(specs) if s.text == BASELINE)
+    net = MultiTaskNet(settings.backbone, settings.tasks)
+    rows = []
+    for i, spec in enumerate(specs):
+        method = methods.create(spec.name, num_tasks=settings.tasks, **spec.params)
+        ratio = times[i] / times[base]
+        flop_ratio = flops[i] / flops[base] if flops[base] else math.nan
+        rows.append(
+            {
+                "method": spec.text,
+                "level": method.level,
+                "step_time_ms": times[i],
+                "ratio_vs_equal": ratio,
+                "peak_memory_mb": memory[i] / 2**20,
+                "extra_memory_mb_vs_equal": (memory[i] - memory[base]) / 2**20,
+                "jacobian_mb": jacobian_bytes(method.level, net, settings) / 2**20,
+                "flop_ratio_vs_equal": flop_ratio,
+                "wall_over_flop_ratio": ratio / flop_ratio if flop_ratio else math.nan,
+                "gflops_per_step": flops[i] / 1e9,
+                "images_per_second": settings.batch_size / (times[i] / 1000),
+            }
+        )
+    return rows
+
+
+def jacobian_bytes(level: str, net: MultiTaskNet, settings: BenchSettings) -> int:
+    """The size of the float32 Jacobian a method of ``level`` builds each step (0 at the loss
+    level): T x (shared parameters | batch x representation | last shared layer's parameters)."""
+    columns = {
+        "loss": 0,
+        "parameters": sum(p.numel() for p in net.shared_parameters()),
+        "representation": settings.batch_size * net.representation_dim,
+        "last_shared_layer": sum(p.numel() for p in net.last_shared_layer().parameters()),
+    }[level]
+    return 4 * settings.tasks * columns
+
+
+def _step_seconds(timer: StepTimer) -> list[float]:
+    return [sum(parts) for parts in zip(*timer.times.values(), strict=True)]
+
+
+def machine_description(device: str) -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def parse_methods(text: list[str], num_tasks: int) -> list[MethodSpec]:
+    """``--methods`` items, each comma- or space-separated; ``equal`` is added first if absent."""
+    items = [part for chunk in text for part in chunk.replace(",", " ").split()]
+    if not items:
+        raise BenchError("--methods is empty")
+    specs = [MethodSpec.parse(item, num_tasks) for item in items]
+    duplicates = sorted({s.text for s in specs if [t.text for t in specs].count(s.text) > 1})
+    if duplicates:
+        raise BenchError(f"--methods lists {', '.join(duplicates)} more than once")
+    if not any(s.text == BASELINE for s in specs):
+        specs.insert(0, MethodSpec.parse(BASELINE, num_tasks))
+    return specs
+
+
+def elapsed(start: float) -> str:
+    return f"{time.perf_counter() - start:.0f} s"

@@ -1,0 +1,132 @@
+"""GradNorm: gradient normalisation for adaptive loss balancing (Chen et al., ICML 2018).
+
+*GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask Networks*,
+Z. Chen, V. Badrinarayanan, C.-Y. Lee, A. Rabinovich, ICML 2018, arXiv:1711.02257. Reference
+code: LibMTL ``weighting/GradNorm.py`` (no reference implementation in torchjd; the tests check
+the closed form against a double-backward autograd computation of the GradNorm objective).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from methods.base import Method, check_number, set_field
+
+
+def relative_inverse_rates(losses: Tensor, initial: Tensor) -> Tensor:
+    """``r_t = Ltilde_t / mean(Ltilde)`` with ``Ltilde_t = L_t / L_t(0)``.
+
+    A task without a usable ratio (no labels in this batch, or none yet at the first step) gets
+    ``Ltilde_t = 1`` (on track), so it neither drags the mean nor gets a target of its own.
+    """
+    ratio = losses / initial
+    ratio = torch.where(torch.isfinite(ratio) & (losses > 0), ratio, torch.ones_like(ratio))
+    return ratio / ratio.mean()
+
+
+def gradnorm_weight_gradient(weights: Tensor, norms: Tensor, rates: Tensor, alpha: float) -> Tensor:
+    """The gradient of the GradNorm objective w.r.t. the task weights, in closed form.
+
+    With ``G_t = ||grad_W (w_t L_t)|| = w_t n_t`` (``n_t = ||grad_W L_t||``, ``w_t > 0``) and the
+    target ``G*_t = mean(G) r_t^alpha`` held constant (as in the paper),
+    ``L_grad = sum_t |G_t - G*_t|`` has ``dL_grad / dw_t = sign(G_t - G*_t) n_t``.
+    """
+    g = weights * norms
+    target = g.mean() * rates.pow(alpha)
+    return torch.sign(g - target) * norms
+
+
+@dataclass(frozen=True)
+class GradNormHyperparameters:
+    alpha: float = 1.5
+    lr: float = 0.025
+
+    def __post_init__(self) -> None:
+        set_field(self, "alpha", check_number("alpha", self.alpha, ge=0))
+        set_field(self, "lr", check_number("lr", self.lr, gt=0))
+
+
+class GradNorm(Method):
+    """GradNorm: learnable task weights ``w`` (init 1) that pull each task's gradient norm at the
+    last shared layer, ``G_t = w_t ||grad_W L_t||``, towards ``mean(G) r_t^alpha`` (``r_t``:
+    the task's loss ratio ``L_t / L_t(0)`` relative to the mean; ``alpha`` 1.5).
+
+    Per step the engine hands over ``J_W`` (the per-task gradients at the last shared layer's
+    parameters); ``weights_from_jacobian`` returns this step's ``w`` (the network is trained on
+    ``sum_t w_t L_t``) and sets ``w.grad`` to the closed-form gradient of the GradNorm objective,
+    so the network's gradients are never touched by it. The training loop optimises ``w`` with
+    its own ``lr`` (default 0.025, no weight decay); ``on_step_end`` then clips ``w`` at a small
+    positive floor and renormalises it to sum ``T``. ``L_t(0)``: the loss at the first step with
+    labels for task ``t``.
+    """
+
+    name = "gradnorm"
+    level: ClassVar[str] = "last_shared_layer"
+    summary = "Learned weights equalising gradient norms at the last shared layer (Chen 2018)."
+    Hyperparameters = GradNormHyperparameters
+
+    #: ``w`` never drops below this before renormalising (a weight of 0 could not recover).
+    MIN_WEIGHT = 1e-4
+
+    def __init__(
+        self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
+    ) -> None:
+        super().__init__(num_tasks, task_names, **hyperparameters)
+        self.task_weights = torch.nn.Parameter(torch.ones(num_tasks, dtype=torch.float32))
+        self.initial_losses = torch.full((num_tasks,), torch.nan, dtype=torch.float64)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.task_weights]
+
+    def optimizer_group(self) -> dict[str, Any]:
+        return {"params": [self.task_weights], "lr": self.hp.lr, "weight_decay": 0.0}
+
+    def weights_from_jacobian(self, jacobian: Tensor, losses: Tensor) -> Tensor:
+        """This step's weights ``w`` [T]; sets ``w.grad`` to the GradNorm objective's gradient.
+
+        ``jacobian`` [T, n_W]: per-task gradients at the last shared layer; ``losses`` [T]:
+        detached (all-reduced) losses.
+        """
+        if (
+            not isinstance(jacobian, Tensor)
+            or jacobian.ndim != 2
+            or (jacobian.shape[0] != self.num_tasks)
+        ):
+            raise self._error(f"jacobian must be a Tensor of shape ({self.num_tasks}, n)")
+        if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
+            raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},)")
+        norms = jacobian.detach().to("cpu", torch.float64).norm(dim=1)
+        losses = losses.detach().to("cpu", torch.float64)
+        first = torch.isnan(self.initial_losses) & (losses > 0)
+        self.initial_losses = torch.where(first, losses, self.initial_losses)
+        rates = relative_inverse_rates(losses, self.initial_losses)
+        weights = self.task_weights.detach().to("cpu", torch.float64)
+        grad = gradnorm_weight_gradient(weights, norms, rates, self.hp.alpha)
+        self.task_weights.grad = grad.to(self.task_weights.device, self.task_weights.dtype)
+        return self.task_weights.detach().clone()
+
+    def on_step_end(self, losses_after: Tensor | None = None) -> None:
+        """``w <- T max(w, MIN_WEIGHT) / sum(max(w, MIN_WEIGHT))`` (in place)."""
+        with torch.no_grad():
+            w = self.task_weights.clamp(min=self.MIN_WEIGHT)
+            self.task_weights.copy_(self.num_tasks * w / w.sum())
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "task_weights": self.task_weights.detach().to("cpu").clone(),
+            "initial_losses": self.initial_losses.clone(),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        for key in ("task_weights", "initial_losses"):
+            value = state.get(key)
+            if not isinstance(value, Tensor) or value.shape != (self.num_tasks,):
+                raise self._error(f"state_dict {key} must be a Tensor[{self.num_tasks}]")
+        with torch.no_grad():
+            self.task_weights.copy_(state["task_weights"].to(self.task_weights.device))
+        self.initial_losses = state["initial_losses"].to(torch.float64).clone()
