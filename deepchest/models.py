@@ -192,8 +192,11 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         representation = self.trunk(x)
-        logits = torch.cat([head(representation) for head in self.heads], dim=1)
-        return representation, logits
+        # the T heads as one matrix product: one kernel instead of T, and a per-task backward
+        # (the gradient-level methods run T of them) touches one product instead of T
+        weight = torch.cat([head.weight for head in self.heads])
+        bias = torch.cat([head.bias for head in self.heads])
+        return representation, nn.functional.linear(representation, weight, bias)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.trunk.parameters()

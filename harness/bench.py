@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import methods
 from deepchest.data import to_model_input
@@ -55,6 +54,8 @@ class MethodSpec:
 
     @classmethod
     def parse(cls, text: str, num_tasks: int) -> MethodSpec:
+        import yaml  # values as YAML reads them: 0.5 is a float, none is None
+
         name, *pairs = text.strip().split(":")
         params: dict[str, Any] = {}
         for pair in pairs:

@@ -52,7 +52,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         table.add_column(col)
     for info in methods.describe():
         params = ", ".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
-        table.add_row(info.name, info.level, params, info.summary)
+        table.add_row(info.name, " | ".join(info.levels), params, info.summary)
     _wide_console().print(table)
     return 0
 

@@ -159,16 +159,24 @@ class NonFiniteLoss(Exception):
 
 
 @contextmanager
-def buffers_restored(module: torch.nn.Module):
-    """Run a block and put every buffer back as it was (BatchNorm running statistics and
-    counters), e.g. for an extra forward pass in train mode that must not count as one."""
-    saved = [b.detach().clone() for b in module.buffers()]
+def batchnorm_statistics_frozen(module: torch.nn.Module):
+    """Run a block in which BatchNorm layers normalise with the batch's statistics (as in train
+    mode) but update neither their running statistics nor their batch counter: for an extra
+    forward pass that must not count as a second batch (FAMO's). The buffers are set aside for
+    the block, which costs no device work (copying them back would be ~100 small kernels)."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    saved = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, [getattr(m, n) for n in names]))
+            for n in names:
+                setattr(m, n, None)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buffer, value in zip(module.buffers(), saved, strict=True):
-                buffer.copy_(value)
+        for m, values in saved:
+            for n, value in zip(names, values, strict=True):
+                setattr(m, n, value)
 
 
 class TrainStep:
@@ -181,7 +189,7 @@ class TrainStep:
     the gradient levels switch it off (``no_sync``) and let the engine all-reduce ``J``
     instead, so that every worker aggregates the same union Jacobian. A method that needs the
     losses after the step (FAMO) gets them from a second forward pass on the same batch, without
-    grad and with the BatchNorm statistics restored.
+    grad and with the BatchNorm statistics frozen.
     """
 
     def __init__(
@@ -248,7 +256,11 @@ class TrainStep:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         if self.method.needs_losses_after:
-            with timer.phase("backward"), torch.no_grad(), buffers_restored(self.net):
+            with (
+                timer.phase("backward"),
+                torch.no_grad(),
+                batchnorm_statistics_frozen(self.net),
+            ):
                 after = self.coll.all_reduce_mean(self._losses(self.net, x, y, m)[2])
             self.method.on_step_end(after)
         else:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from methods import engine
+from methods.aligned_mtl import AlignedMTL
 from methods.base import LEVELS, EpochStats, LossWeighting, Method
+from methods.cagrad import CAGrad
 from methods.deepchest import DeepChest
 from methods.dwa import DWA
 from methods.equal import Equal
@@ -20,6 +22,7 @@ from methods.gradient import GradientAggregator
 from methods.gradnorm import GradNorm
 from methods.imtl_g import IMTLG
 from methods.mgda import MGDA
+from methods.nash_mtl import NashMTL
 from methods.pcgrad import PCGrad
 from methods.rlw import RLW
 from methods.uncertainty import Uncertainty
@@ -27,6 +30,8 @@ from methods.upgrad import UPGrad
 
 __all__ = [
     "LEVELS",
+    "AlignedMTL",
+    "CAGrad",
     "DWA",
     "DeepChest",
     "EpochStats",
@@ -36,6 +41,7 @@ __all__ = [
     "GradNorm",
     "IMTLG",
     "MGDA",
+    "NashMTL",
     "PCGrad",
     "UPGrad",
     "LossWeighting",
@@ -61,6 +67,9 @@ _CLASSES: tuple[type[Method], ...] = (
     MGDA,
     UPGrad,
     IMTLG,
+    CAGrad,
+    AlignedMTL,
+    NashMTL,
 )
 
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}
@@ -74,6 +83,8 @@ class MethodInfo:
     level: str
     summary: str
     hyperparameters: dict[str, Any]
+    #: the levels the method can act at (its ``level`` hyperparameter's choices, if it has one)
+    levels: tuple[str, ...] = ()
 
 
 def available() -> list[str]:
@@ -105,6 +116,7 @@ def describe() -> list[MethodInfo]:
             level=cls.level,
             summary=cls.summary,
             hyperparameters=cls.hyperparameter_defaults(),
+            levels=getattr(cls, "AGGREGATION_LEVELS", (cls.level,)),
         )
         for cls in (_REGISTRY[n] for n in available())
     ]

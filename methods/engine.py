@@ -123,29 +123,36 @@ def backward(
     return _last_shared_layer_backward(method, losses, detached, model, scale, heads, sync)
 
 
+#: (parameters, dtype, device type) for which the vmapped Jacobian raised (an op without a
+#: batching rule, e.g. BatchNorm's backward in fp32 on CUDA): those go straight to T passes.
+_NO_BATCHING_RULE: set[tuple] = set()
+
+
 def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool = True) -> Tensor:
     """``J [T, n]``: row ``t`` is the gradient of ``losses[t]`` w.r.t. ``params``, flattened.
 
     ``batched``: the T backward passes run as one vmapped pass (``is_grads_batched``), the
-    faster way on CUDA; where an operation has no batching rule (seen on CUDA with channels-last
-    fp16 convolutions), or with ``batched=False`` (faster on CPU), T retained passes give the
-    same rows. The graph is retained for the task
-    heads' backward that follows.
+    faster way on CUDA for long passes; it holds T sets of intermediate gradients at once and the
+    per-parameter results beside ``J``. Where an operation has no batching rule (seen on CUDA with
+    channels-last fp16 convolutions), or with ``batched=False``, T retained passes fill ``J`` row
+    by row, holding one pass's gradients at a time. The graph is retained for the backward that
+    follows.
     """
     num_tasks = losses.shape[0]
+    columns = sum(p.numel() for p in params)
+    dtype = torch.result_type(losses, params[0]) if params else losses.dtype
+    jacobian = torch.zeros(num_tasks, columns, dtype=dtype, device=losses.device)
 
-    def flatten(grads, rows: int) -> Tensor:
-        return torch.cat(
-            [
-                (g if g is not None else torch.zeros(rows, *p.shape, device=p.device)).reshape(
-                    rows, -1
-                )
-                for g, p in zip(grads, params, strict=True)
-            ],
-            dim=1,
-        )
+    def fill(rows: slice, grads: Sequence[Tensor | None]) -> None:
+        offset = 0
+        for g, p in zip(grads, params, strict=True):
+            if g is not None:
+                jacobian[rows, offset : offset + p.numel()] = g.reshape(-1, p.numel())
+            offset += p.numel()
 
-    if batched:
+    # where the vmapped pass failed once for these parameters it fails every step: skip the try
+    key = (id(params[0]) if params else 0, len(params), losses.dtype, losses.device.type)
+    if batched and key not in _NO_BATCHING_RULE:
         eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
         try:
             grads = torch.autograd.grad(
@@ -156,21 +163,22 @@ def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool =
                 retain_graph=True,
                 allow_unused=True,
             )
-            return flatten(grads, num_tasks)
+            fill(slice(None), grads)
+            return jacobian
         except RuntimeError:  # an op without a vmap rule: one pass per task
-            pass
-    rows = []
+            _NO_BATCHING_RULE.add(key)
     for t in range(num_tasks):
         grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-        rows.append(flatten(grads, 1))
-    return torch.cat(rows)
+        fill(slice(t, t + 1), grads)
+    return jacobian
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    """Add ``grads`` into ``.grad``; a fresh gradient is stored as it is, without a copy."""
     for p, g in zip(params, grads, strict=True):
         if g is None:
             continue
-        p.grad = g.detach().clone() if p.grad is None else p.grad + g.detach()
+        p.grad = g.detach() if p.grad is None else p.grad + g.detach()
 
 
 def _trainable(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
@@ -202,11 +210,13 @@ def _backward_heads(
     heads gives every head its term. Returns the head parameters.
     """
     head_params = _head_parameters(model, scaled.shape[0])
-    coefficients = weights.detach() if heads == "weighted" else torch.ones_like(weights)
-    objective = (coefficients.to(scaled.dtype) * scaled).sum()
-    grads = torch.autograd.grad(objective, head_params, allow_unused=True, retain_graph=retain)
-    _accumulate(head_params, grads)
+    objective = (_head_coefficients(weights, heads).to(scaled.dtype) * scaled).sum()
+    torch.autograd.backward(objective, inputs=head_params, retain_graph=retain)
     return head_params
+
+
+def _head_coefficients(weights: Tensor, heads: str) -> Tensor:
+    return weights.detach() if heads == "weighted" else torch.ones_like(weights)
 
 
 def _average_gradients(params: Sequence[torch.nn.Parameter], sync: Synchronizer) -> None:
@@ -241,10 +251,11 @@ def _parameters_backward(
     factor = _loss_scale(scale, losses)
     scaled = losses * factor if factor is not None else losses
     shared = _trainable(model.shared_parameters())
-    # measured: on CPU the T retained passes beat the vmapped batch (simple_cnn 0.82 s vs 1.78 s,
-    # ResNet-18 2.26 s vs 2.58 s, 14 tasks, 1 thread); on CUDA the batch wins (2.9x vs 6-7x
-    # equal's step time, ResNet-18 on an H200)
-    jacobian = _unscaled_jacobian(scaled, shared, factor, batched=losses.is_cuda)
+    # T retained passes, never the vmapped batch: they hold J plus one pass's gradients, the
+    # batch holds T passes' (measured, ResNet-18, 14 tasks: +0.63 GB over equal vs +5.3 GB at
+    # 224 px, batch 64, bf16 on an H200, for 13% more time there; at 64 px, batch 16 the passes
+    # were faster on the H200 too, 7.3x vs 9.1x equal's step, and on CPU 1.1-2.2x faster)
+    jacobian = _unscaled_jacobian(scaled, shared, factor, batched=False)
     if sync is not None:
         jacobian = sync.all_reduce_mean(jacobian)
     direction, weights = method.aggregate(jacobian, reduced)
@@ -275,13 +286,16 @@ def _representation_backward(
 
     ``J`` [T, B*d] is the gradient of each task's loss w.r.t. ``z``, every sample kept (T cheap
     passes through the heads only). ``method.aggregate(J, reduced) -> (d, w)``; the trunk then
-    gets one backward of ``d`` from ``z``, i.e. ``sum_t w_t grad L_t`` since ``d = w^T J``. With
+    gets the backward of ``d`` from ``z``, i.e. ``sum_t w_t grad L_t`` since ``d = w^T J``. With
     ``sync`` the workers' ``J`` are concatenated along the samples and divided by the number of
     workers (the union batch's mean loss), so ``w`` is the union's; the trunk's backward of the
     local ``w^T J_local`` averaged over the workers is then the union's update.
     """
     factor = _loss_scale(scale, losses)
     scaled = losses * factor if factor is not None else losses
+    # T short passes through the heads: on CUDA one vmapped pass launches far fewer kernels
+    # (measured on an H200, ResNet-18, 224 px, batch 64, bf16: 1.31x equal's step vs 2.03x);
+    # on CPU the T passes (1.07x)
     local = _unscaled_jacobian(scaled, [representation], factor, batched=losses.is_cuda)
     jacobian = local
     if sync is not None:
@@ -290,17 +304,18 @@ def _representation_backward(
     direction = weights.to(local.dtype) @ local
     if factor is not None:
         direction = direction * factor
-    head_params = _backward_heads(model, scaled, weights, heads, retain=True)
-    shared = _trainable(model.shared_parameters())
-    grads = torch.autograd.grad(
-        representation,
-        shared,
-        grad_outputs=direction.view_as(representation).to(representation.dtype),
-        allow_unused=True,
+    # one backward of sum_t c_t L_t (c: the heads' coefficients) in which the gradient that
+    # reaches z is replaced by d: heads and trunk in a single pass, as equal weighting's
+    handle = representation.register_hook(
+        lambda _incoming: direction.view_as(representation).to(representation.dtype)
     )
-    _accumulate(shared, grads)
+    try:
+        (_head_coefficients(weights, heads).to(scaled.dtype) * scaled).sum().backward()
+    finally:
+        handle.remove()
     if sync is not None:
-        _average_gradients(shared + head_params, sync)
+        params = _trainable(model.shared_parameters())
+        _average_gradients(params + _head_parameters(model, losses.shape[0]), sync)
     return weights.detach().float()
 
 
@@ -319,14 +334,21 @@ def _last_shared_layer_backward(
     factor = _loss_scale(scale, losses)
     scaled = losses * factor if factor is not None else losses
     layer = _trainable(model.last_shared_layer().parameters())
+    # short passes, as at the representation (H200, ResNet-18, 224 px, batch 64, bf16: 1.21x
+    # equal's step vmapped, 1.79x as T passes; in fp32 the BatchNorm backward had no batching
+    # rule, and shared_jacobian remembers that and goes straight to the T passes)
     jacobian = _unscaled_jacobian(scaled, layer, factor, batched=losses.is_cuda)
     if sync is not None:
         jacobian = sync.all_reduce_mean(jacobian)
     weights = method.weights_from_jacobian(jacobian, reduced).detach()
-    head_params = _backward_heads(model, scaled, weights, heads, retain=True)
-    shared = _trainable(model.shared_parameters())
     objective = (weights.to(scaled.dtype) * scaled).sum()
-    _accumulate(shared, torch.autograd.grad(objective, shared, allow_unused=True))
+    shared = _trainable(model.shared_parameters())
+    head_params = _head_parameters(model, losses.shape[0])
+    if heads == "weighted":  # heads and trunk both get w_t grad L_t: one plain backward
+        objective.backward()
+    else:
+        _backward_heads(model, scaled, weights, heads, retain=True)
+        torch.autograd.backward(objective, inputs=shared)
     if sync is not None:
         _average_gradients(shared + head_params, sync)
     return weights.float()

@@ -30,12 +30,12 @@ def famo_coefficients(logits: Tensor, losses: Tensor, min_losses: Tensor, active
     this batch, loss 0) get weight 0 and are left out of ``z`` and ``c``: their ``1/eps`` would
     otherwise take all the weight from the others.
     """
-    z = torch.softmax(logits.masked_fill(~active, -torch.inf), dim=0)
-    if not bool(active.any()):
-        return torch.zeros_like(logits)
+    # no host synchronisation (this runs every step): a task left out gets z_t = 0 through the
+    # mask, and a batch without any labels gives all zeros through the clamped denominator
+    z = torch.softmax(logits.masked_fill(~active, -torch.inf), dim=0).nan_to_num(0.0)
     inverse = torch.where(active, 1.0 / (losses - min_losses + EPSILON), torch.zeros_like(losses))
     scaled = z * inverse
-    return scaled / scaled.sum()
+    return scaled / scaled.sum().clamp(min=torch.finfo(scaled.dtype).tiny)
 
 
 def famo_logit_gradient(logits: Tensor, before: Tensor, after: Tensor, active: Tensor) -> Tensor:

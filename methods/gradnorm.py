@@ -100,12 +100,14 @@ class GradNorm(Method):
             raise self._error(f"jacobian must be a Tensor of shape ({self.num_tasks}, n)")
         if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
             raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},)")
-        norms = jacobian.detach().to("cpu", torch.float64).norm(dim=1)
-        losses = losses.detach().to("cpu", torch.float64)
-        first = torch.isnan(self.initial_losses) & (losses > 0)
-        self.initial_losses = torch.where(first, losses, self.initial_losses)
+        # all on the Jacobian's device: no host synchronisation in the middle of the backward
+        device = jacobian.device
+        norms = jacobian.detach().to(torch.float64).norm(dim=1)
+        losses = losses.detach().to(device, torch.float64)
+        initial = self.initial_losses.to(device)
+        self.initial_losses = torch.where(torch.isnan(initial) & (losses > 0), losses, initial)
         rates = relative_inverse_rates(losses, self.initial_losses)
-        weights = self.task_weights.detach().to("cpu", torch.float64)
+        weights = self.task_weights.detach().to(device, torch.float64)
         grad = gradnorm_weight_gradient(weights, norms, rates, self.hp.alpha)
         self.task_weights.grad = grad.to(self.task_weights.device, self.task_weights.dtype)
         return self.task_weights.detach().clone()
@@ -119,7 +121,7 @@ class GradNorm(Method):
     def _state(self) -> dict[str, Any]:
         return {
             "task_weights": self.task_weights.detach().to("cpu").clone(),
-            "initial_losses": self.initial_losses.clone(),
+            "initial_losses": self.initial_losses.to("cpu").clone(),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:

@@ -140,3 +140,32 @@ def test_errors():
         engine.backward(MeanOfRows(3), losses)
     with pytest.raises(ValueError, match="heads must be"):
         engine.backward(MeanOfRows(3), losses, model=net, heads="mine")
+
+
+def test_jacobian_falls_back_to_per_task_passes_and_remembers(batch, monkeypatch):
+    """Where the vmapped pass raises (an op without a batching rule), the rows come from T
+    passes, and the next call for the same parameters does not try the vmapped pass again."""
+    x, y = batch
+    net, _ = twins()
+    params = list(net.shared_parameters())
+    real_grad = torch.autograd.grad
+    batched_tries = []
+
+    def no_batching_rule(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            batched_tries.append(1)
+            raise RuntimeError("Batching rule not implemented for aten::some_op")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching_rule)
+    for _ in range(2):
+        _, losses = losses_of(net, x, y)
+        jac = engine.shared_jacobian(losses, params, batched=True)
+        expected = torch.stack(
+            [
+                torch.cat([g.flatten() for g in real_grad(losses[t], params, retain_graph=True)])
+                for t in range(3)
+            ]
+        )
+        torch.testing.assert_close(jac, expected)
+    assert len(batched_tries) == 1

@@ -10,7 +10,7 @@ from torchjd.scalarization import FAMO as ReferenceFAMO
 
 import methods
 from harness.measure import StepTimer
-from harness.trainloop import Collective, TrainStep, buffers_restored
+from harness.trainloop import Collective, TrainStep, batchnorm_statistics_frozen
 from methods import engine
 from methods.famo import famo_coefficients
 from methods.gradnorm import gradnorm_weight_gradient, relative_inverse_rates
@@ -129,13 +129,20 @@ class BNNet(nn.Module):
         return self.trunk[0]
 
 
-def test_buffers_restored_undoes_batchnorm_updates():
+def test_batchnorm_statistics_frozen_leaves_running_statistics_alone():
     net = BNNet()
+    x = torch.randn(8, 4)
     before = [b.clone() for b in net.buffers()]
-    with buffers_restored(net):
-        net(torch.randn(8, 4))
+    with batchnorm_statistics_frozen(net):
+        frozen = net(x)[1]
     for a, b in zip(before, net.buffers(), strict=True):
         assert torch.equal(a, b)
+    # the frozen forward normalised with the batch's statistics, exactly as train mode does
+    torch.testing.assert_close(frozen, net(x)[1])
+    assert int(net.trunk[1].num_batches_tracked) == 1  # that second forward counted
+    with pytest.raises(RuntimeError), batchnorm_statistics_frozen(net):
+        raise RuntimeError("interrupted")
+    assert net.trunk[1].running_mean is not None  # put back even after an error
 
 
 def test_train_step_reforwards_for_famo_without_touching_batchnorm():
@@ -158,7 +165,7 @@ def test_train_step_reforwards_for_famo_without_touching_batchnorm():
     assert int(net.trunk[1].num_batches_tracked) == 1  # ... and the re-forward does not
     assert len(seen) == 1 and seen[0].shape == (3,)
     # the losses after the step, on the same batch, in train mode
-    with torch.no_grad(), buffers_restored(net):
+    with torch.no_grad(), batchnorm_statistics_frozen(net):
         from deepchest.metrics import masked_task_losses
 
         expected = masked_task_losses(net(x)[1], y, m)

@@ -169,8 +169,14 @@ def test_describe():
     assert [i.name for i in infos] == methods.available()
     by_name = {i.name: i for i in infos}
     assert by_name["equal"] == methods.MethodInfo(
-        name="equal", level="loss", summary=by_name["equal"].summary, hyperparameters={}
+        name="equal",
+        level="loss",
+        summary=by_name["equal"].summary,
+        hyperparameters={},
+        levels=("loss",),
     )
+    assert by_name["mgda"].levels == ("parameters", "representation")
+    assert by_name["gradnorm"].levels == ("last_shared_layer",)
     dc = by_name["deepchest"]
     assert dc.level == "loss"
     assert dc.hyperparameters == {
