@@ -1,4 +1,4 @@
-"""``harness``: run, validate, list methods, rebuild a report, benchmark methods.
+"""``harness``: run, validate, list methods, rebuild a report, benchmark methods, prepare data.
 
 Every error is one line on stderr and a non-zero exit: 2 for a bad experiment file or
 arguments, 1 for a run that could not start or whose trials failed, 130 when interrupted.
@@ -163,6 +163,182 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LineBar:
+    """Progress of ``data prepare`` for logs and pipes: a line every 10 % or 30 s."""
+
+    def __init__(self, console: Console):
+        import time
+
+        self.console, self.clock = console, time.monotonic
+        self.started = self.last = self.clock()
+        self.first: int | None = None
+        self.step = self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.first is None:
+            self.first = done
+        step = 10 * done // max(total, 1)
+        if done == self.shown or (step == self.step and now - self.last < 30 and done < total):
+            return
+        self.step, self.last, self.shown = step, now, done
+        rate = (done - self.first) / max(now - self.started, 1e-9)
+        self.console.print(
+            f"prepare: {done}/{total} images ({100 * done / max(total, 1):.0f}%)"
+            + (f", {rate:.0f} images/s" if done > self.first else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _prepare_with_bar(run, console: Console):
+    """Call ``run(progress)`` with a rich bar on a terminal, plain lines otherwise."""
+    if not console.is_terminal:
+        return run(_LineBar(console))
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("decoding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} images/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("decoding", total=None, rate="—")
+        state: dict[str, float] = {}
+
+        def update(done: int, total: int) -> None:
+            import time
+
+            now = time.monotonic()
+            state.setdefault("first", done)
+            state.setdefault("started", now)
+            elapsed = max(now - state["started"], 1e-9)
+            rate = f"{(done - state['first']) / elapsed:.0f}" if elapsed > 0.5 else "—"
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        return run(update)
+
+
+def _split_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{split} {count}" for split, count in counts.items())
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from deepchest.data.prepare import PrepareFailed, check_image_size, prepare
+
+    out = Path(args.out)
+    try:
+        size = check_image_size(args.image_size)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers: {args.workers} must be at least 1")
+        if args.max_bad < 0:
+            raise ValueError(f"--max-bad: {args.max_bad} must be at least 0")
+        options: dict = {"val_fraction": args.val_fraction, "seed": args.seed}
+        for name in ("uncertain", "views"):
+            value = getattr(args, name)
+            if value is None:
+                continue
+            if args.dataset != "chexpert":
+                raise ValueError(f"--{name}: applies to chexpert only, not {args.dataset}")
+            options[name] = value
+        if not Path(args.root).is_dir():
+            raise ValueError(f"--root: {args.root} is not an existing folder")
+        from deepchest.data.readers import read_index
+
+        index = read_index(args.dataset, args.root, **options)
+        sizes = index.split_sizes()
+        print(
+            f"{index.dataset}: {len(index)} images ({_split_counts(sizes)}), "
+            f"{len(index.task_names)} tasks -> {out} at {size} px",
+            flush=True,
+        )
+        report = _prepare_with_bar(
+            lambda progress: prepare(
+                index,
+                out,
+                size,
+                workers=args.workers,
+                max_bad=args.max_bad,
+                progress=progress,
+                overwrite=args.overwrite,
+            ),
+            Console(stderr=True),
+        )
+    except PrepareFailed as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    except ValueError as exc:  # DatasetError included: bad arguments or input
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        _err(f"{out}: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err(f"interrupted; finished shards are kept in {out}: rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    print(f"prepared {report.dataset} into {out}: {report.n_images} images at {size} px")
+    print(f"  usable: {_split_counts(report.counts)}")
+    if report.n_bad:
+        print(
+            f"  bad: {report.n_bad} unreadable or missing images, left out "
+            f"(listed in {report.bad_path})"
+        )
+    else:
+        print("  bad: 0")
+    print(
+        f"  decoded {report.decoded} images in {report.seconds:.1f} s "
+        f"({report.images_per_second:.0f} images/s); reused {report.reused_shards} of "
+        f"{report.shards} shards"
+    )
+    return 0
+
+
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    import time
+
+    from deepchest.data import DatasetError
+    from deepchest.data.packed import load_packed
+
+    start = time.perf_counter()
+    try:
+        _, info = load_packed(args.dir, verify=True)
+    except DatasetError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was changed")
+        return EXIT_INTERRUPTED
+    print(
+        f"{args.dir}: ok: {info.dataset} at {info.image_size} px, {len(info.task_names)} "
+        f"tasks, {info.n_images} images in {info.shards} shards, every sha256 matches "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    print(f"  usable: {_split_counts(info.counts)}")
+    print(
+        f"  bad: {info.n_bad}"
+        + (
+            f" left out ({_split_counts(info.skipped)}; listed in {info.bad_path})"
+            if info.n_bad
+            else ""
+        )
+    )
+    if info.restamped:
+        print("  images.npy had a new modification time (copied?); content intact, time recorded")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -226,6 +402,51 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     bench.add_argument("--output", help="write the results as a JSON list to this file")
     bench.set_defaults(func=cmd_bench)
+
+    data = sub.add_parser(
+        "data", help="decode a real data set once into packed arrays (prepare), check them"
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = data_sub.add_parser(
+        "prepare",
+        help="decode every image of a data set into OUT (images.npy, index.parquet)",
+        description=(
+            "Decode every image of a data set once, on all cores, to grey uint8 squares in "
+            "OUT/images.npy (memory-mapped by training), with OUT/index.parquet (labels), "
+            "OUT/manifest.json and OUT/bad.txt (unreadable or missing images). Interrupted, "
+            "the same command resumes; other inputs into the same OUT need --overwrite."
+        ),
+    )
+    prep.add_argument("--dataset", choices=("nih", "chexpert"), required=True)
+    prep.add_argument("--root", required=True, help="the data set's folder")
+    prep.add_argument("--out", required=True, help="output folder")
+    prep.add_argument("--image-size", type=int, default=256, help="side in pixels (8 .. 2048)")
+    prep.add_argument("--workers", type=int, help="decoding processes (default: every CPU)")
+    prep.add_argument(
+        "--max-bad",
+        type=int,
+        default=0,
+        help="unreadable or missing images tolerated (left out and counted); more fail",
+    )
+    prep.add_argument("--val-fraction", type=float, default=0.1)
+    prep.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    prep.add_argument(
+        "--uncertain",
+        choices=("ignore", "zeros", "ones"),
+        help="chexpert: uncertain labels masked out (ignore) or set to 0 or 1",
+    )
+    prep.add_argument(
+        "--views", choices=("frontal", "all"), help="chexpert: frontal views only, or all"
+    )
+    prep.add_argument(
+        "--overwrite", action="store_true", help="replace OUT prepared from other inputs"
+    )
+    prep.set_defaults(func=cmd_data_prepare)
+    verify = data_sub.add_parser(
+        "verify", help="check a prepared folder, recomputing every shard's sha256"
+    )
+    verify.add_argument("dir")
+    verify.set_defaults(func=cmd_data_verify)
     return parser
 
 

@@ -1,0 +1,173 @@
+"""Reader for ChestMNIST, the chest X-ray member of MedMNIST v2 (Yang et al., Scientific Data
+2023), published on Zenodo as ``.npz`` files (the MedMNIST v2 record; the ``medmnist`` Python
+package fetches the same files). ChestMNIST is NIH ChestX-ray14 resized to 28, 64, 128 or 224
+pixels, with MedMNIST's patient-disjoint train/val/test split and the 14 NIH labels in NIH
+order. Nothing is downloaded here: the reader only reads the file it is given.
+
+Expected layout: ``root`` is either one ``.npz`` file, or a folder holding one or more of::
+
+    chestmnist.npz        28 x 28
+    chestmnist_64.npz     64 x 64
+    chestmnist_128.npz    128 x 128
+    chestmnist_224.npz    224 x 224
+
+(``image_size`` picks among them; with ``image_size=None`` the folder must hold exactly one).
+Each file holds the arrays ``train_images``, ``val_images``, ``test_images`` (uint8
+``[N, S, S]``, one grey channel) and ``train_labels``, ``val_labels``, ``test_labels``
+(integer ``[N, 14]``, values 0/1, columns in :data:`deepchest.findings.FINDINGS` order).
+Other arrays in the file are ignored.
+
+Unlike the other readers this one returns the images themselves: the arrays are already
+decoded and small enough to load (``.npz`` members cannot be memory-mapped).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepchest.data import DatasetError
+from deepchest.data.base import LabeledImages
+from deepchest.findings import FINDINGS
+
+__all__ = ["FILE_NAMES", "SPLITS", "read_chestmnist"]
+
+# image size -> published file name
+FILE_NAMES = {
+    28: "chestmnist.npz",
+    64: "chestmnist_64.npz",
+    128: "chestmnist_128.npz",
+    224: "chestmnist_224.npz",
+}
+SPLITS = ("train", "val", "test")
+
+
+def _pick_file(root: Path, image_size: int | None) -> Path:
+    if not root.exists():
+        raise DatasetError(f"{root}: ChestMNIST file or folder does not exist")
+    if root.is_file():
+        return root
+    if image_size is not None:
+        path = root / FILE_NAMES[image_size]
+        if not path.is_file():
+            present = [n for n in FILE_NAMES.values() if (root / n).is_file()]
+            raise DatasetError(
+                f"{root}: no {FILE_NAMES[image_size]} for image_size {image_size}"
+                + (f" (present: {', '.join(present)})" if present else "")
+            )
+        return path
+    present = [n for n in FILE_NAMES.values() if (root / n).is_file()]
+    if not present:
+        raise DatasetError(
+            f"{root}: no ChestMNIST file; looked for {', '.join(FILE_NAMES.values())}"
+        )
+    if len(present) > 1:
+        raise DatasetError(
+            f"{root}: several ChestMNIST files ({', '.join(present)}); choose one with image_size"
+        )
+    return root / present[0]
+
+
+def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> int:
+    """Raise unless the split's arrays are well-formed; return the image size."""
+    key_i, key_l = f"{split}_images", f"{split}_labels"
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path}: {key_i} must be uint8, got {images.dtype}")
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[1] not in FILE_NAMES:
+        raise DatasetError(
+            f"{path}: {key_i} must be [N, S, S] with S in {tuple(FILE_NAMES)}, "
+            f"got {list(images.shape)}"
+        )
+    if labels.dtype.kind not in "uib":
+        raise DatasetError(f"{path}: {key_l} must be integer 0/1, got {labels.dtype}")
+    if labels.ndim != 2 or labels.shape[1] != len(FINDINGS):
+        raise DatasetError(
+            f"{path}: {key_l} must be [N, {len(FINDINGS)}], got {list(labels.shape)}"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise DatasetError(
+            f"{path}: {key_l} has {labels.shape[0]} rows but {key_i} has {images.shape[0]} images"
+        )
+    bad = (labels != 0) & (labels != 1)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DatasetError(
+            f"{path}: {key_l}[{row}, {col}] is {labels[row, col]}; labels must be 0 or 1"
+        )
+    return int(images.shape[1])
+
+
+def read_chestmnist(
+    root: str | os.PathLike, *, image_size: int | None = None
+) -> dict[str, LabeledImages]:
+    """ChestMNIST's ``train``/``val``/``test`` splits from ``root`` (a ``.npz`` file, or a
+    folder of the published files; layout in the module docstring).
+
+    ``image_size`` (28, 64, 128 or 224) picks the file in a folder and, for a file, must match
+    its images. Returns ``LabeledImages`` with images uint8 ``[N, 1, S, S]``, labels float32,
+    mask all True and ``task_names`` = :data:`deepchest.findings.FINDINGS`. Every problem is a
+    one-line ``DatasetError`` naming the file (and array) and the problem.
+    """
+    if image_size is not None and (isinstance(image_size, bool) or image_size not in FILE_NAMES):
+        raise DatasetError(
+            f"image_size: ChestMNIST comes in {', '.join(map(str, FILE_NAMES))} pixels; "
+            f"got {image_size!r}"
+        )
+    path = _pick_file(Path(os.path.abspath(os.fspath(root))), image_size)
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not a .npz file (not a zip archive of arrays)")
+    try:
+        # mmap_mode applies to .npy files only; .npz members are read into memory
+        with np.load(path, mmap_mode="r", allow_pickle=False) as archive:
+            keys = set(archive.files)
+            for split in SPLITS:
+                for kind in ("images", "labels"):
+                    if f"{split}_{kind}" not in keys:
+                        raise DatasetError(
+                            f"{path}: missing array {split}_{kind} "
+                            f"(found: {', '.join(sorted(keys)) or 'none'})"
+                        )
+            arrays = {}
+            for split in SPLITS:
+                for kind in ("images", "labels"):
+                    key = f"{split}_{kind}"
+                    try:
+                        arrays[key] = archive[key]
+                    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
+                        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        raise DatasetError(
+                            f"{path}: array {key} cannot be read ({reason})"
+                        ) from None
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(f"{path}: not a readable .npz file ({reason})") from None
+
+    sizes = {
+        split: _check_split(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
+        for split in SPLITS
+    }
+    if len(set(sizes.values())) > 1:
+        raise DatasetError(
+            f"{path}: splits disagree in image size "
+            f"({', '.join(f'{s}_images {sizes[s]}' for s in SPLITS)})"
+        )
+    size = sizes["train"]
+    if image_size is not None and size != image_size:
+        raise DatasetError(f"{path}: images are {size} px, but image_size is {image_size}")
+    out = {}
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        out[split] = LabeledImages(
+            images=torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1),
+            labels=torch.from_numpy(labels.astype(np.float32)),
+            mask=torch.ones(labels.shape, dtype=torch.bool),
+            task_names=FINDINGS,
+        )
+    return out

@@ -1,0 +1,286 @@
+"""Load a data set packed by :func:`deepchest.data.prepare.prepare`: memory-mapped, checked.
+
+``load_packed(out)`` returns one :class:`~deepchest.data.base.LabeledImages` per split whose
+``images`` is a *view* into the memory-mapped ``images.npy``: no pixel is read until a batch
+is indexed (``images[idx]`` reads those rows only, ``images[i:j]`` a contiguous run), and the
+page cache is shared by every process that maps the same file.
+
+Why plain ``LabeledImages`` over a slice, and not an index tensor or a subclass: the prepare
+writes ``images.npy`` split-major and moves each split's unreadable images to the tail of
+its block (:mod:`deepchest.data.prepare`), so a split's usable images are always rows
+``start .. start + ok`` of the file. The view is then an ordinary ``torch.Tensor``
+(``torch.from_numpy`` of the memmap, sliced), which every consumer (the training loop's
+``images[perm[...]]`` and ``images[i:j]``, ``LabeledImages.subset``, task selection) already
+handles, with no second code path for packed data. Bad images are left out by that slice and
+counted (``PackedInfo.n_bad``, ``PackedInfo.skipped``).
+
+The file is mapped copy-on-write (``np.load(..., mmap_mode="c")``): the tensor is writable as
+torch expects, and an in-place change in memory never reaches the file.
+
+Checks, each a one-line :class:`~deepchest.data.DatasetError` naming the file:
+
+* a missing ``manifest.json``, ``images.npy`` or ``index.parquet``;
+* a prepare that is unfinished (interrupted or killed) or failed (too many bad images);
+* ``images.npy`` whose size, shape, dtype or modification time differs from the manifest
+  (truncated, replaced or written after the prepare);
+* ``index.parquet`` whose sha256 differs from the manifest (edited), or whose rows disagree
+  with the manifest's counts;
+* with ``verify=True``, every shard's sha256 is recomputed (reads the whole file once).
+
+A copy that keeps the bytes but not the modification time (``cp`` without ``-p``) is refused
+as modified; ``verify=True`` (``harness data verify DIR``) then proves the content and records
+the new time in the manifest, after which it loads without a full read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepchest.data import DatasetError
+from deepchest.data.base import LabeledImages
+from deepchest.data.index import SPLITS
+from deepchest.data.prepare import (
+    BAD,
+    FORMAT_VERSION,
+    IMAGES,
+    INDEX,
+    MANIFEST,
+    _read_manifest,
+    _shard_sha256,
+    file_sha256,
+    write_json_atomic,
+)
+
+__all__ = ["PackedInfo", "load_packed"]
+
+
+@dataclass(frozen=True)
+class PackedInfo:
+    """What a packed folder holds. ``counts``: usable images per split (the ``LabeledImages``
+    lengths); ``skipped``: unreadable or missing images per split, left out; ``n_bad``: their
+    total (listed in ``bad_path``); ``index_rows[split][i]``: the position in the reader's
+    index (and ``index.parquet``) of the split's ``i``-th image; ``verified``: every shard's
+    sha256 was checked; ``restamped``: a changed modification time of ``images.npy`` was
+    recorded after its content proved intact."""
+
+    out: Path
+    dataset: str
+    root: str
+    image_size: int
+    task_names: tuple[str, ...]
+    counts: dict[str, int]
+    skipped: dict[str, int]
+    n_bad: int
+    n_images: int
+    shards: int
+    index_rows: dict[str, np.ndarray] = field(repr=False)
+    verified: bool = False
+    restamped: bool = False
+
+    @property
+    def bad_path(self) -> Path:
+        return self.out / BAD
+
+
+def _fail(path: Path, problem: str) -> DatasetError:
+    return DatasetError(f"{path}: {problem}")
+
+
+def _check_state(path: Path, manifest: dict[str, Any]) -> None:
+    version = manifest.get("version")
+    if version != FORMAT_VERSION:
+        raise _fail(
+            path,
+            f"packed format version {version}, this version reads {FORMAT_VERSION}; "
+            "prepare the data set again",
+        )
+    state = manifest.get("state")
+    if state == "complete":
+        return
+    if state == "running":
+        shards = manifest.get("shards", [])
+        done = sum(1 for s in shards if s.get("status") == "done")
+        raise _fail(
+            path,
+            f"the prepare is unfinished ({done} of {len(shards)} shards done); rerun "
+            "harness data prepare with the same arguments to finish it",
+        )
+    if state == "failed":
+        raise _fail(
+            path,
+            f"the prepare failed: {manifest.get('n_bad')} unreadable or missing images, more "
+            f"than max_bad {manifest.get('max_bad')} (listed in {BAD}); fix them or rerun "
+            "harness data prepare with a larger --max-bad",
+        )
+    raise _fail(path, f"unknown prepare state {state!r}")
+
+
+def _check_images(
+    out: Path, manifest: dict[str, Any], verify: bool
+) -> tuple[np.ndarray, bool, bool]:
+    """Map images.npy after checking it against the manifest; returns the memmap and whether
+    the shards were verified and the modification time re-recorded."""
+    path = out / IMAGES
+    recorded = manifest["files"][IMAGES]
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise _fail(path, "missing") from None
+    if st.st_size != recorded["size"]:
+        raise _fail(
+            path,
+            f"{st.st_size} bytes, the manifest says {recorded['size']} (truncated or replaced "
+            "after the prepare)",
+        )
+    try:
+        images = np.load(path, mmap_mode="c")
+    except (OSError, ValueError) as exc:
+        raise _fail(path, f"not a readable .npy file ({exc})") from None
+    if list(images.shape) != list(manifest["shape"]) or images.dtype != np.uint8:
+        raise _fail(
+            path,
+            f"shape {list(images.shape)} {images.dtype}, the manifest says "
+            f"{list(manifest['shape'])} uint8",
+        )
+    moved = st.st_mtime_ns != recorded["mtime_ns"]
+    if moved and not verify:
+        raise _fail(
+            path,
+            "modified after the prepare (its modification time differs from the manifest); "
+            f"run harness data verify {out} to check its content",
+        )
+    if verify:
+        for i, shard in enumerate(manifest["shards"]):
+            a, b = shard["rows"]
+            if _shard_sha256(images, a, b) != shard.get("sha256"):
+                raise _fail(
+                    path,
+                    f"shard {i} (rows {a} .. {b - 1}) differs from its sha256 in the manifest "
+                    "(modified or corrupt); prepare the data set again",
+                )
+    restamped = False
+    if moved:  # verified: same bytes, new time (a copy); remember the new time
+        recorded["mtime_ns"] = st.st_mtime_ns
+        try:
+            write_json_atomic(out / MANIFEST, manifest)
+            restamped = True
+        except OSError:
+            pass
+    return images, verify, restamped
+
+
+def _read_index(out: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    path = out / INDEX
+    if not path.exists():
+        raise _fail(path, "missing")
+    recorded = manifest["files"][INDEX]
+    if path.stat().st_size != recorded["size"] or file_sha256(path) != recorded["sha256"]:
+        raise _fail(path, "edited after the prepare (its sha256 differs from the manifest)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise _fail(path, f"unreadable ({type(exc).__name__}: {exc})") from None
+    tasks = manifest["task_names"]
+    needed = ["split", "ok", "row"]
+    needed += [f"label:{t}" for t in tasks] + [f"mask:{t}" for t in tasks]
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise _fail(path, f"no column {missing[0]!r}")
+    n = manifest["shape"][0]
+    if table.num_rows != n:
+        raise _fail(path, f"{table.num_rows} rows, the manifest says {n} images")
+    columns = {
+        "split": np.asarray(table.column("split").to_pylist(), dtype=object),
+        "ok": table.column("ok").to_numpy().astype(bool),
+        "row": table.column("row").to_numpy().astype(np.int64),
+    }
+    columns["labels"] = np.stack(
+        [table.column(f"label:{t}").to_numpy().astype(np.float32) for t in tasks], axis=1
+    ).reshape(n, len(tasks))
+    columns["mask"] = np.stack(
+        [table.column(f"mask:{t}").to_numpy().astype(bool) for t in tasks], axis=1
+    ).reshape(n, len(tasks))
+    return columns
+
+
+def load_packed(
+    out: str | os.PathLike, *, verify: bool = False
+) -> tuple[dict[str, LabeledImages], PackedInfo]:
+    """The splits (``train``, ``val``, ``test``, each possibly empty) of the folder ``out``
+    written by ``prepare``, as views into the memory-mapped ``images.npy``, and what the
+    folder holds. Checks the folder against its manifest first (module docstring);
+    ``verify=True`` also recomputes every shard's sha256. Each problem is a one-line
+    ``DatasetError`` naming the file."""
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    if not out.is_dir():
+        raise _fail(out, "no such folder (prepare the data set with harness data prepare)")
+    manifest = _read_manifest(manifest_path)
+    if manifest is None:
+        raise _fail(manifest_path, "missing; not a prepared data set (harness data prepare)")
+    _check_state(manifest_path, manifest)
+    try:
+        images, verified, restamped = _check_images(out, manifest, verify)
+        columns = _read_index(out, manifest)
+        tasks = tuple(manifest["task_names"])
+        blocks = manifest["splits"]
+    except (KeyError, TypeError, IndexError) as exc:
+        raise _fail(manifest_path, f"malformed manifest ({type(exc).__name__}: {exc})") from None
+
+    everything = torch.from_numpy(images)  # shares the mapping: no copy
+    splits: dict[str, LabeledImages] = {}
+    index_rows: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    index_path = out / INDEX
+    for split in SPLITS:
+        block = blocks.get(split, {"start": 0, "images": 0, "ok": 0, "bad": 0})
+        start, ok = int(block["start"]), int(block["ok"])
+        in_split = columns["split"] == split
+        chosen = np.flatnonzero(in_split & columns["ok"])
+        if len(chosen) != ok or int(in_split.sum()) != int(block["images"]):
+            raise _fail(
+                index_path,
+                f"{len(chosen)} usable {split} images, the manifest says {ok}",
+            )
+        chosen = chosen[np.argsort(columns["row"][chosen], kind="stable")]
+        if not np.array_equal(columns["row"][chosen], np.arange(start, start + ok)):
+            raise _fail(index_path, f"the rows of split {split!r} disagree with the manifest")
+        splits[split] = LabeledImages(
+            everything[start : start + ok],
+            torch.from_numpy(columns["labels"][chosen]),
+            torch.from_numpy(columns["mask"][chosen]),
+            tasks,
+        )
+        index_rows[split] = chosen
+        counts[split] = ok
+        skipped[split] = int(block["images"]) - ok
+    if sum(skipped.values()) != int(manifest["n_bad"]):
+        raise _fail(
+            index_path,
+            f"{sum(skipped.values())} images flagged bad, the manifest says {manifest['n_bad']}",
+        )
+    info = PackedInfo(
+        out=out,
+        dataset=manifest["dataset"],
+        root=manifest["root"],
+        image_size=int(manifest["image_size"]),
+        task_names=tasks,
+        counts=counts,
+        skipped=skipped,
+        n_bad=int(manifest["n_bad"]),
+        n_images=int(manifest["shape"][0]),
+        shards=len(manifest["shards"]),
+        index_rows=index_rows,
+        verified=verified,
+        restamped=restamped,
+    )
+    return splits, info
