@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deepchest.findings import FINDINGS
 
-# Every data set an experiment file may name; `deepchest.data.READABLE` says which of them
-# this version can read (the others validate, and `harness run` refuses them in one line).
+# Every data set an experiment file may name. nih and chexpert train from a folder that
+# `harness data prepare` wrote (data.prepared); chestmnist reads its .npz (data.root).
 DATASETS = ("synthetic", "nih", "chexpert", "chestmnist")
+PREPARED_DATASETS = ("nih", "chexpert")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -45,6 +46,9 @@ def _no_duplicates(values: list, what: str) -> list:
 class DataConfig(_Strict):
     dataset: Literal["synthetic", "nih", "chexpert", "chestmnist"] = "synthetic"
     root: str | None = None
+    prepared: str | None = None
+    augment: Literal["auto"] | bool = "auto"
+    hflip: bool = False
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
     num_samples: Annotated[int, Field(ge=30, le=1_000_000)] = 3000
     tasks: Literal["all"] | list[str] = "all"
@@ -66,8 +70,21 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
-        if self.dataset != "synthetic" and self.root is None:
-            raise ValueError(f"data.root: data set {self.dataset!r} needs the path of its files")
+        if self.dataset in PREPARED_DATASETS and self.prepared is None:
+            raise ValueError(
+                f"data.prepared: data set {self.dataset!r} trains from a prepared folder; make "
+                f"it once with `harness data prepare --dataset {self.dataset} --root "
+                f"{self.root or 'DIR'} --out OUT` and set data.prepared: OUT"
+            )
+        if self.dataset == "chestmnist" and self.root is None:
+            raise ValueError(
+                "data.root: data set 'chestmnist' needs the path of its .npz file (or folder)"
+            )
+        if self.prepared is not None and self.dataset not in PREPARED_DATASETS:
+            raise ValueError(
+                f"data.prepared: only {', '.join(PREPARED_DATASETS)} are prepared; data set "
+                f"{self.dataset!r} is read directly"
+            )
         if isinstance(self.tasks, list):
             valid = self.available_tasks()
             for i, task in enumerate(self.tasks):
@@ -78,8 +95,15 @@ class DataConfig(_Strict):
         return self
 
     def available_tasks(self) -> list[str]:
-        noise = [f"noise_{k + 1}" for k in range(self.noise_tasks)]
-        return list(FINDINGS) + (noise if self.dataset == "synthetic" else [])
+        if self.dataset == "synthetic":
+            return list(FINDINGS) + [f"noise_{k + 1}" for k in range(self.noise_tasks)]
+        from deepchest.data.readers import TASK_NAMES
+
+        return list(TASK_NAMES[self.dataset])
+
+    def augments(self) -> bool:
+        """``augment: auto`` augments the real data sets and leaves the synthetic one alone."""
+        return self.dataset != "synthetic" if self.augment == "auto" else self.augment
 
     def task_names(self) -> list[str]:
         return self.available_tasks() if self.tasks == "all" else list(self.tasks)

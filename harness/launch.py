@@ -75,9 +75,13 @@ def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> 
         train["pretrained"] = str(Path(train["pretrained"]).resolve())
     if params.get("initial_weights"):
         params["initial_weights"] = str(Path(params["initial_weights"]).resolve())
+    data = dict(d["data"], augment=cfg.data.augments())
+    for key in ("root", "prepared"):
+        if data[key]:
+            data[key] = str(Path(data[key]).expanduser().resolve())
     return {
         **identity,
-        "data": d["data"],
+        "data": data,
         "train": train,
         "method_params": params,
         "device": "cuda" if gpus > 0 else "cpu",
@@ -92,7 +96,8 @@ def preflight(cfg: ExperimentConfig, local: bool) -> None:
     """Fail before Ray starts on what can be checked here. Files are checked only for a local
     run: on a cluster they need to exist on the nodes, not on the driver."""
     try:
-        check_source(cfg.data.dataset, cfg.data.root)
+        if local:
+            check_source(cfg.data.model_dump(mode="json"))
     except DatasetError as exc:
         raise RunError(str(exc)) from None
     pretrained = cfg.train.pretrained

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 import methods
-from deepchest.data import LabeledImages, load_splits, to_model_input
+from deepchest.data import LabeledImages, load_splits
+from deepchest.data.augment import AugmentSettings, augment_batch, eval_batch
 from deepchest.metrics import TaskMetrics, masked_task_losses, task_metrics
 from deepchest.models import MultiTaskNet
 from harness.measure import StepTimer
@@ -290,6 +291,13 @@ class _Trial:
         seed_everything(spec["seed"])
 
         self.splits = load_splits(spec["data"])
+        self.image_size = int(spec["data"]["image_size"])
+        augment = spec["data"].get("augment", False)
+        self.augment = AugmentSettings(hflip=bool(spec["data"].get("hflip", False)))
+        if augment is not True:  # "auto" is resolved by the launcher; tests may pass bools
+            self.augment = AugmentSettings.none()
+        # its own stream: the augmentation draws do not shift the model's initialisation
+        self.augment_rng = torch.Generator().manual_seed(spec["seed"] * 7_919 + 17)
         self.train_set = self.splits["train"]
         self.tasks = list(self.train_set.task_names)
         train = spec["train"]
@@ -384,8 +392,17 @@ class _Trial:
             shutil.rmtree(directory, ignore_errors=True)
 
     # ---- evaluation --------------------------------------------------------------------
-    def _input(self, images: Tensor) -> Tensor:
-        x = to_model_input(images.to(self.device, non_blocking=True))
+    def _input(self, images: Tensor, *, train: bool = False) -> Tensor:
+        """uint8 images -> model input of ``data.image_size`` on the device: augmented for
+        training (``data.augment``), resized only for evaluation. The uint8 batch crosses to
+        the device and the float work happens there."""
+        images = images.to(self.device, non_blocking=True)
+        if train:
+            x = augment_batch(
+                images, self.image_size, generator=self.augment_rng, settings=self.augment
+            )
+        else:
+            x = eval_batch(images, self.image_size)
         return x.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
@@ -431,7 +448,7 @@ class _Trial:
         for step in range(steps):
             with timer.phase("data"):
                 idx = perm[step * global_batch + rank * bs : step * global_batch + (rank + 1) * bs]
-                x = self._input(data.images[idx])
+                x = self._input(data.images[idx], train=True)
                 y = data.labels[idx].to(self.device, non_blocking=True)
                 m = data.mask[idx].to(self.device, non_blocking=True)
             try:

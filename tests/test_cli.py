@@ -51,12 +51,13 @@ def test_validate_bad_file_names_each_key(tmp_path):
     assert any("train.epochs:" in ln for ln in lines)
 
 
-def test_run_missing_file_and_missing_data_root(tmp_path):
+def test_run_missing_file_and_missing_prepared_folder(tmp_path):
     assert_one_line_errors(harness("run", str(tmp_path / "nope.yaml")), 2)
-    cfg = tiny_config(tmp_path, data={"dataset": "nih", "root": str(tmp_path / "no-nih")})
+    cfg = tiny_config(tmp_path, data={"dataset": "nih", "prepared": str(tmp_path / "no-nih")})
     lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
     assert lines == [
-        f"harness: error: data.root: {tmp_path / 'no-nih'} does not exist (data set 'nih')"
+        f"harness: error: {tmp_path / 'no-nih'}: no such folder (prepare the data set with "
+        "harness data prepare)"
     ]
     # nothing was left behind that a resume could mistake for a run
     assert not (tmp_path / "runs").exists()

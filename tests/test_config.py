@@ -58,7 +58,17 @@ def errors_of(raw: dict) -> list[str]:
         ({"data": {"image_size": 100000}}, "data.image_size: Input should be less than or equal"),
         ({"data": {"tasks": ["Mass", "Mass"]}}, "data.tasks[1]: duplicate task 'Mass'"),
         ({"data": {"tasks": ["Mass", "Tumour"]}}, "data.tasks[1]: unknown task 'Tumour'"),
-        ({"data": {"dataset": "nih"}}, "data.root: data set 'nih' needs the path of its files"),
+        ({"data": {"dataset": "nih"}}, "data.prepared: data set 'nih' trains from a prepared"),
+        ({"data": {"dataset": "chestmnist"}}, "data.root: data set 'chestmnist' needs the path"),
+        (
+            {"data": {"dataset": "synthetic", "prepared": "x"}},
+            "data.prepared: only nih, chexpert are prepared",
+        ),
+        (
+            {"data": {"dataset": "chexpert", "prepared": "x", "tasks": ["Effusion"]}},
+            "data.tasks[0]: unknown task 'Effusion'; available: No Finding,",
+        ),
+        ({"data": {"augment": "sometimes"}}, "data.augment:"),
         ({"resources": {"cpus_per_worker": 0}}, "resources.cpus_per_worker: Input should be"),
         ({"resources": {"gpus_per_worker": "many"}}, "resources.gpus_per_worker:"),
         ({"colour": "red"}, "colour: unknown key"),

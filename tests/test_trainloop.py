@@ -146,3 +146,34 @@ def test_every_registered_method_trains(tmp_path, method):
     assert 0.0 <= out["test_mean_auroc"] <= 1.0
     train_rows = [r for r in out["rows"] if r["split"] == "train"]
     assert all(math.isfinite(r["weight"]) and r["weight"] > 0 for r in train_rows)
+
+
+@pytest.mark.parametrize("method", methods.available())
+def test_every_method_trains_with_masked_labels(tmp_path, monkeypatch, method):
+    """Unknown labels (CheXpert's uncertain ones) through loss, method and metrics: 40% of the
+    labels masked at random, and one task without any label in the training split."""
+    from deepchest.data import LabeledImages
+
+    real = trainloop.load_splits
+
+    def masked(data):
+        out = {}
+        for k, (split, d) in enumerate(real(data).items()):
+            g = torch.Generator().manual_seed(k)
+            mask = torch.rand(d.mask.shape, generator=g) > 0.4
+            if split == "train":
+                mask[:, 3] = False
+            out[split] = LabeledImages(d.images, d.labels, mask, d.task_names)
+        return out
+
+    monkeypatch.setattr(trainloop, "load_splits", masked)
+    out = train_trial(spec_for(tmp_path, method=method, epochs=2), MemoryReporter())
+    assert out["status"] == "completed", out["error"]
+    train = [r for r in out["rows"] if r["split"] == "train"]
+    assert all(math.isfinite(r["weight"]) for r in train)
+    assert all(
+        r["n_labeled"] == 0 and math.isnan(r["auroc"])
+        for r in train
+        if r["task"] == (train[3]["task"])
+    )
+    assert math.isfinite(out["test_mean_auroc"])
