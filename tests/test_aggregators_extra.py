@@ -15,56 +15,13 @@ from methods.aligned_mtl import AlignedMTL, aligned_mtl_weights, balance_transfo
 from methods.cagrad import CAGrad, cagrad_weights
 from methods.gradient import GradientAggregator, solver_gramian
 from methods.nash_mtl import NashMTL, nash_mtl_weights
+from tests.jacobians import F64, J_FIXED, SIZES, cases, make_jacobian, ones
 
 torchjd_aggregation = pytest.importorskip("torchjd.aggregation")
 pytest.importorskip("cvxpy")  # torchjd's CAGrad and NashMTL need it (extras cagrad, nash-mtl)
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
-F64 = torch.float64
-J_FIXED = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=F64)
-SIZES = (2, 3, 5, 8, 14)
-KINDS = ("random", "wide", "rank1", "rank2", "duplicate", "zero", "scaled", "one_zero_row")
 CLASSES: tuple[type[GradientAggregator], ...] = (CAGrad, AlignedMTL, NashMTL)
-
-
-def make_jacobian(kind: str, num_tasks: int, seed: int = 0) -> Tensor:
-    gen = torch.Generator().manual_seed(seed * 100 + num_tasks)
-    n = 20
-
-    def randn(*shape: int) -> Tensor:
-        return torch.randn(*shape, generator=gen, dtype=F64)
-
-    if kind == "random":
-        return randn(num_tasks, n)
-    if kind == "correlated":  # a common component: the usual case in training
-        return randn(1, n) + 0.5 * randn(num_tasks, n)
-    if kind == "wide":  # fewer parameters than tasks: rank <= 3
-        return randn(num_tasks, 3)
-    if kind == "rank1":
-        return randn(num_tasks, 1) @ randn(1, n)
-    if kind == "rank2":
-        return randn(num_tasks, 2) @ randn(2, n)
-    if kind == "duplicate":
-        j = randn(num_tasks, n)
-        j[-1] = j[0]
-        return j
-    if kind == "zero":
-        return torch.zeros(num_tasks, n, dtype=F64)
-    if kind == "scaled":  # row norms from 1e-3 to 1e3
-        return randn(num_tasks, n) * torch.logspace(-3, 3, num_tasks, dtype=F64)[:, None]
-    if kind == "one_zero_row":
-        j = randn(num_tasks, n)
-        j[num_tasks // 2] = 0.0
-        return j
-    raise AssertionError(kind)
-
-
-def cases() -> list[tuple[str, int]]:
-    return [(kind, t) for kind in KINDS for t in SIZES]
-
-
-def ones(t: int) -> Tensor:
-    return torch.ones(t, dtype=F64)
 
 
 def frobenius(j: Tensor) -> float:

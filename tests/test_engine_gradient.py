@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torchjd.aggregation import Mean
 from torchjd.autojac import jac_to_grad, mtl_backward
 
 from methods import engine
 from methods.base import Method
+from tests.toy_nets import tanh_net
 
 
 class MeanOfRows(Method):
@@ -28,25 +28,6 @@ class MeanOfRows(Method):
         return jacobian.mean(0), torch.full((self.num_tasks,), 1 / self.num_tasks)
 
 
-class TwoHeadNet(nn.Module):
-    """A trunk without BatchNorm and one linear head per task."""
-
-    def __init__(self, tasks: int = 3):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(tasks))
-
-    def forward(self, x):
-        rep = self.trunk(x)
-        return rep, torch.cat([h(rep) for h in self.heads], 1)
-
-    def shared_parameters(self):
-        return self.trunk.parameters()
-
-    def task_parameters(self, t):
-        return self.heads[t].parameters()
-
-
 def losses_of(net, x, y):
     rep, logits = net(x)
     return rep, ((logits - y) ** 2).mean(0)
@@ -60,8 +41,8 @@ def batch():
 
 def twins():
     torch.manual_seed(1)
-    a = TwoHeadNet().double()
-    b = TwoHeadNet().double()
+    a = tanh_net().double()
+    b = tanh_net().double()
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -134,7 +115,7 @@ def test_loss_scaling_is_divided_out_of_the_jacobian(batch):
 
 
 def test_errors():
-    net = TwoHeadNet()
+    net = tanh_net()
     losses = losses_of(net, torch.randn(4, 5), torch.randn(4, 3))[1]
     with pytest.raises(ValueError, match="needs the model"):
         engine.backward(MeanOfRows(3), losses)

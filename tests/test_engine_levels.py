@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 from torchjd.aggregation import MGDA as ReferenceMGDA
 from torchjd.aggregation import PCGrad as ReferencePCGrad
 
@@ -17,33 +16,12 @@ import methods
 from harness.measure import StepTimer
 from harness.trainloop import Collective, TorchCollective, TrainStep
 from methods import engine
+from tests.toy_nets import ToyNet, tanh_net
 
 
-class Net(nn.Module):
-    """A trunk without BatchNorm (so a split batch is the same computation) and linear heads."""
-
-    def __init__(self, tasks: int = 3):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(tasks))
-
-    def forward(self, x):
-        rep = self.trunk(x)
-        return rep, torch.cat([h(rep) for h in self.heads], 1)
-
-    def shared_parameters(self):
-        return self.trunk.parameters()
-
-    def task_parameters(self, t):
-        return self.heads[t].parameters()
-
-    def last_shared_layer(self):
-        return self.trunk[2]
-
-
-def make_net(seed: int = 1, tasks: int = 3) -> Net:
+def make_net(seed: int = 1, tasks: int = 3) -> ToyNet:
     torch.manual_seed(seed)
-    return Net(tasks).double()
+    return tanh_net(tasks).double()
 
 
 def batch(seed: int = 0, n: int = 16, tasks: int = 3):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torchjd.scalarization import FAMO as ReferenceFAMO
 
 import methods
@@ -14,19 +13,8 @@ from harness.trainloop import Collective, TrainStep, batchnorm_statistics_frozen
 from methods import engine
 from methods.famo import famo_coefficients
 from methods.gradnorm import gradnorm_weight_gradient, relative_inverse_rates
-
-
-def toy_problem(seed=0, num_tasks=3):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, num_tasks))
-    x = torch.randn(16, 4)
-    y = torch.randn(16, num_tasks) * torch.arange(1, num_tasks + 1)  # different loss scales
-
-    def make_losses(m=model):
-        return ((m(x) - y) ** 2).mean(dim=0)
-
-    return model, make_losses
-
+from tests.test_methods_loss_level import toy_problem
+from tests.toy_nets import batchnorm_net
 
 # ============================================================================================
 # FAMO
@@ -107,30 +95,8 @@ def test_famo_state_round_trip():
     torch.testing.assert_close(again.logits, m.logits)  # the Adam moments came along
 
 
-class BNNet(nn.Module):
-    """A trunk with BatchNorm, one head per task."""
-
-    def __init__(self, tasks=3):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(tasks))
-
-    def forward(self, x):
-        rep = self.trunk(x)
-        return rep, torch.cat([h(rep) for h in self.heads], 1)
-
-    def shared_parameters(self):
-        return self.trunk.parameters()
-
-    def task_parameters(self, t):
-        return self.heads[t].parameters()
-
-    def last_shared_layer(self):
-        return self.trunk[0]
-
-
 def test_batchnorm_statistics_frozen_leaves_running_statistics_alone():
-    net = BNNet()
+    net = batchnorm_net()
     x = torch.randn(8, 4)
     before = [b.clone() for b in net.buffers()]
     with batchnorm_statistics_frozen(net):
@@ -147,7 +113,7 @@ def test_batchnorm_statistics_frozen_leaves_running_statistics_alone():
 
 def test_train_step_reforwards_for_famo_without_touching_batchnorm():
     torch.manual_seed(0)
-    net = BNNet()
+    net = batchnorm_net()
     method = methods.create("famo", 3)
     seen = []
     original = method.on_step_end
@@ -207,8 +173,8 @@ def test_closed_form_matches_double_backward_and_leaves_network_grads_alone(seed
     the paper): the same gradient as the method's closed form, and the network receives
     exactly sum_t w_t grad L_t."""
     torch.manual_seed(seed)
-    net = BNNet(tasks=4).double()
-    twin = BNNet(tasks=4).double()
+    net = batchnorm_net(tasks=4).double()
+    twin = batchnorm_net(tasks=4).double()
     twin.load_state_dict(net.state_dict())
     x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)
     method = methods.create("gradnorm", 4)
