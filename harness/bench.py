@@ -231,7 +231,7 @@ def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -
             step(*batch)
             step.timer.end_step(settings.batch_size)
     times = [statistics.median(_step_seconds(step.timer)) * 1000 for step in steps]
-    del steps
+    del steps, step  # the last loop variable would keep a network on the device
     memory = []
     for spec in specs:
         say(f"measuring the peak memory of {spec.text}")

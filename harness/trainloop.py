@@ -296,8 +296,6 @@ class _Trial:
         self.augment = AugmentSettings(hflip=bool(spec["data"].get("hflip", False)))
         if augment is not True:  # "auto" is resolved by the launcher; tests may pass bools
             self.augment = AugmentSettings.none()
-        # its own stream: the augmentation draws do not shift the model's initialisation
-        self.augment_rng = torch.Generator().manual_seed(spec["seed"] * 7_919 + 17)
         self.train_set = self.splits["train"]
         self.tasks = list(self.train_set.task_names)
         train = spec["train"]
@@ -437,6 +435,11 @@ class _Trial:
         world, rank = self.coll.world_size, self.coll.rank
         global_batch = bs * world
         order = torch.Generator().manual_seed(self.spec["seed"] * 100_003 + self.epoch)
+        # the augmentation's own stream, per epoch (a resumed trial draws what it would have)
+        # and per worker (each worker's images get their own crops)
+        self.augment_rng = torch.Generator().manual_seed(
+            (self.spec["seed"] * 100_003 + self.epoch) * 1_009 + 17 + rank
+        )
         perm = torch.randperm(len(data), generator=order)
         steps = len(data) // global_batch  # drop the ragged last batch (BatchNorm)
         weight_sum = torch.zeros(data.num_tasks, device=self.device)

@@ -6,6 +6,7 @@ method only ever sees detached values.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -74,7 +75,9 @@ def backward(
     all-reduce switched off, e.g. inside ``DistributedDataParallel.no_sync``): ``J`` is
     all-reduced (parameters, last shared layer) or gathered over the workers' samples
     (representation), so every worker finds the same weights as one process on the union of the
-    batches; every gradient that is still local is then averaged over the workers.
+    batches; every gradient that is still local is then averaged over the workers. (Exactly so
+    when every worker's batch has the same number of labels per task; with masked labels the
+    workers' mean losses are averaged with equal weight, as DDP does for the loss level.)
     """
     if method.level not in LEVELS:
         raise NotImplementedError(
@@ -123,9 +126,18 @@ def backward(
     return _last_shared_layer_backward(method, losses, detached, model, scale, heads, sync)
 
 
-#: (parameters, dtype, device type) for which the vmapped Jacobian raised (an op without a
-#: batching rule, e.g. BatchNorm's backward in fp32 on CUDA): those go straight to T passes.
-_NO_BATCHING_RULE: set[tuple] = set()
+#: id of a parameter for which the vmapped Jacobian raised (an op without a batching rule,
+#: e.g. BatchNorm's backward in fp32 on CUDA) -> how many more calls go straight to T passes.
+#: An entry leaves with its parameter (so a reused id starts clean); the count lets a later
+#: call (another dtype under AMP) try the vmapped pass again.
+_NO_BATCHING_RULE: dict[int, int] = {}
+_SKIP_BATCHED_CALLS = 200
+
+
+def _remember_no_batching_rule(param: Tensor) -> None:
+    if id(param) not in _NO_BATCHING_RULE:
+        weakref.finalize(param, _NO_BATCHING_RULE.pop, id(param), None)
+    _NO_BATCHING_RULE[id(param)] = _SKIP_BATCHED_CALLS
 
 
 def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool = True) -> Tensor:
@@ -151,8 +163,12 @@ def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool =
             offset += p.numel()
 
     # where the vmapped pass failed once for these parameters it fails every step: skip the try
-    key = (id(params[0]) if params else 0, len(params), losses.dtype, losses.device.type)
-    if batched and key not in _NO_BATCHING_RULE:
+    # remembered for parameters only: a representation is a new tensor every step
+    key = params[0] if params and params[0].is_leaf else None
+    skips = _NO_BATCHING_RULE.get(id(key), 0) if key is not None else 0
+    if skips:
+        _NO_BATCHING_RULE[id(key)] = skips - 1
+    if batched and not skips:
         eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
         try:
             grads = torch.autograd.grad(
@@ -165,8 +181,11 @@ def shared_jacobian(losses: Tensor, params: Sequence[Tensor], *, batched: bool =
             )
             fill(slice(None), grads)
             return jacobian
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError:  # an op without a vmap rule: one pass per task
-            _NO_BATCHING_RULE.add(key)
+            if key is not None:
+                _remember_no_batching_rule(key)
     for t in range(num_tasks):
         grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
         fill(slice(t, t + 1), grads)
@@ -341,6 +360,10 @@ def _last_shared_layer_backward(
     if sync is not None:
         jacobian = sync.all_reduce_mean(jacobian)
     weights = method.weights_from_jacobian(jacobian, reduced).detach()
+    if factor is not None:  # the method's own gradients sit in the optimizer too: the
+        for p in method.parameters():  # GradScaler divides every .grad there by the scale
+            if p.grad is not None:
+                p.grad.mul_(factor.to(p.grad.dtype))
     objective = (weights.to(scaled.dtype) * scaled).sum()
     shared = _trainable(model.shared_parameters())
     head_params = _head_parameters(model, losses.shape[0])

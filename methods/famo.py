@@ -22,7 +22,7 @@ EPSILON = 1e-8
 
 
 def famo_coefficients(logits: Tensor, losses: Tensor, min_losses: Tensor, active: Tensor) -> Tensor:
-    """The gradient coefficients of FAMO's objective, ``w_t = z_t / (c (L_t - b_t + eps))``.
+    """The gradient coefficients of FAMO's objective, ``w_t = c z_t / (L_t - b_t + eps)``.
 
     FAMO's objective is ``c sum_t z_t log(L_t - b_t + eps)`` with ``z = softmax(logits)`` and the
     constant ``c = (sum_t z_t / (L_t - b_t + eps))^-1``; its gradient is ``sum_t w_t grad L_t``

@@ -161,7 +161,16 @@ class GradientAggregator(Method):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise self._error(f"losses must be a Tensor of shape ({num_tasks},), got {shape}")
         with torch.no_grad():
-            direction, weights = self.compute(jacobian.detach(), losses.detach())
+            try:
+                direction, weights = self.compute(jacobian.detach(), losses.detach())
+            except (RuntimeError, ValueError, IndexError):
+                # a solver fails on an inf/NaN Jacobian (an fp16 step whose scaled gradients
+                # overflowed): return NaN, as a plain backward would, so that GradScaler skips
+                # the step; only checked on failure, so finite steps pay nothing for it
+                if bool(torch.isfinite(jacobian).all()):
+                    raise
+                direction = torch.full_like(jacobian[0], torch.nan)
+                weights = torch.full((num_tasks,), torch.nan, dtype=jacobian.dtype)
         return (
             direction.to(device=jacobian.device, dtype=jacobian.dtype),
             weights.to(device=jacobian.device, dtype=jacobian.dtype),

@@ -535,3 +535,19 @@ def test_nash_mtl_weights_function_matches_class() -> None:
     j = make_jacobian("random", 5)
     _, weights = NashMTL(5, max_norm=0.3).aggregate(j, ones(5))
     torch.testing.assert_close(weights, nash_mtl_weights(solver_gramian(j), max_norm=0.3))
+
+
+@pytest.mark.parametrize(
+    "name", ["pcgrad", "mgda", "upgrad", "imtl_g", "cagrad", "aligned_mtl", "nash_mtl"]
+)
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_non_finite_jacobian_gives_a_non_finite_direction_not_an_error(name, bad):
+    """An fp16 step whose scaled gradients overflowed: GradScaler must see a non-finite
+    gradient and skip the step, so no solver may raise on it."""
+    import methods
+
+    j = make_jacobian("random", 5)
+    j[2, 3] = bad
+    direction, weights = methods.create(name, 5).aggregate(j, ones(5))
+    assert direction.shape == (j.shape[1],) and weights.shape == (5,)
+    assert not bool(torch.isfinite(direction).all())

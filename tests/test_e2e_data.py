@@ -82,3 +82,18 @@ def test_run_refuses_a_prepared_folder_of_another_data_set(ray_session, tmp_path
     assert main(["run", str(write_config(tmp_path, cfg))]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"harness: error: data.prepared: {packed} holds data set 'nih', not 'chexpert'"]
+
+
+def test_chestmnist_folder_without_the_configured_size_names_the_files(tmp_path):
+    from deepchest.data import DatasetError, load_splits
+
+    for name, size in (("chestmnist.npz", 28), ("chestmnist_64.npz", 64)):
+        np.savez_compressed(tmp_path / name, **_chestmnist_arrays(size=size))
+    data = {"dataset": "chestmnist", "root": str(tmp_path), "image_size": 96, "tasks": "all"}
+    try:
+        load_splits(data)
+    except DatasetError as exc:
+        message = str(exc)
+    assert "chestmnist.npz, chestmnist_64.npz and none of data.image_size 96 px" in message
+    data["image_size"] = 64  # the published size present is picked
+    assert load_splits(data)["train"].images.shape[-1] == 64

@@ -150,3 +150,15 @@ def test_jacobian_falls_back_to_per_task_passes_and_remembers(batch, monkeypatch
         )
         torch.testing.assert_close(jac, expected)
     assert len(batched_tries) == 1
+
+
+def test_a_freed_parameter_takes_its_no_batching_memo_with_it():
+    p = torch.nn.Parameter(torch.ones(3))
+    engine._remember_no_batching_rule(p)
+    key = id(p)
+    assert engine._NO_BATCHING_RULE[key] == engine._SKIP_BATCHED_CALLS
+    del p
+    import gc
+
+    gc.collect()
+    assert key not in engine._NO_BATCHING_RULE

@@ -249,3 +249,18 @@ def test_gradnorm_state_round_trip():
     again.load_state_dict(method.state_dict())
     assert again.task_weights.tolist() == pytest.approx([0.7, 1.3])
     assert again.initial_losses.tolist() == [1.0, 3.0]
+
+
+def test_gradnorm_weight_gradient_carries_the_loss_scale():
+    """Under fp16 the GradScaler divides every gradient of the optimizer by the scale, the
+    method's weights included: their gradient must carry the scale like the network's."""
+    grads = []
+    for scale in (None, lambda t: t * 1024):
+        torch.manual_seed(0)
+        net = batchnorm_net(tasks=3).double()
+        x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+        method = methods.create("gradnorm", 3)
+        losses = ((net(x)[1] - y) ** 2).mean(0)
+        engine.backward(method, losses, model=net, scale=scale)
+        grads.append(method.task_weights.grad.clone())
+    torch.testing.assert_close(grads[1], 1024 * grads[0])

@@ -62,8 +62,18 @@ def _chestmnist(data: dict[str, Any]) -> dict[str, LabeledImages]:
 
     root = Path(data["root"])
     size = data["image_size"]
-    wanted = size if root.is_dir() and (root / FILE_NAMES.get(size, "")).is_file() else None
-    return read_chestmnist(root, image_size=wanted)
+    if not root.is_dir():
+        return read_chestmnist(root)
+    if (root / FILE_NAMES.get(size, "")).is_file():
+        return read_chestmnist(root, image_size=size)
+    present = [name for name in FILE_NAMES.values() if (root / name).is_file()]
+    if len(present) > 1:
+        raise DatasetError(
+            f"data.root: {root} holds {', '.join(present)} and none of data.image_size {size} "
+            "px; set data.root to the file to read (the images are resized to "
+            "data.image_size on the training device)"
+        )
+    return read_chestmnist(root)
 
 
 def _prepared(data: dict[str, Any], *, verify: bool = False) -> dict[str, LabeledImages]:
