@@ -443,6 +443,7 @@ class _Trial:
         perm = torch.randperm(len(data), generator=order)
         steps = len(data) // global_batch  # drop the ragged last batch (BatchNorm)
         weight_sum = torch.zeros(data.num_tasks, device=self.device)
+        weighted_steps = torch.zeros((), device=self.device)
         loss_sum = torch.zeros(data.num_tasks, device=self.device)
         correct = torch.zeros(data.num_tasks, device=self.device)
         labeled = torch.zeros(data.num_tasks, device=self.device)
@@ -464,12 +465,17 @@ class _Trial:
             correct += (((logits > 0) == (y > 0.5)) & m).sum(0)
             labeled += m.sum(0)
             timer.end_step(len(idx) * world)
-            weight_sum += weights.float()
+            # a skipped fp16 overflow step has NaN weights: the epoch's mean leaves it out
+            # (without a host synchronisation)
+            finite = torch.isfinite(weights).all()
+            weight_sum += torch.where(finite, weights.float(), 0.0)
+            weighted_steps += finite
             loss_sum += shared.float()
         self.train_time_s += time.perf_counter() - started
         counts = self.coll.all_reduce_mean(torch.stack([correct, labeled]))  # ratio of sums
         accuracy = torch.where(counts[1] > 0, counts[0] / counts[1].clamp(min=1), math.nan)
-        return (weight_sum / steps).cpu(), (loss_sum / steps).cpu(), accuracy.cpu()
+        weights = weight_sum / weighted_steps.clamp(min=1)
+        return weights.cpu(), (loss_sum / steps).cpu(), accuracy.cpu()
 
     def _rows(self, split: str, metrics: TaskMetrics, epoch: int, weights: Tensor) -> list[dict]:
         total = float(weights.sum())

@@ -193,3 +193,19 @@ def test_resume_with_augmentation_continues_the_same_run(tmp_path):
         return repr([{k: v for k, v in r.items() if k != "train_time_s"} for r in rows])
 
     assert epoch3(resumed) == epoch3(straight)
+
+
+def test_steps_with_non_finite_weights_are_left_out_of_the_epoch_mean(tmp_path, monkeypatch):
+    """An fp16 overflow step (skipped by GradScaler) reports NaN weights: the epoch's logged
+    weight is the mean over the other steps, not NaN."""
+    real = trainloop.engine.backward
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        weights = real(*args, **kwargs)
+        calls["n"] += 1
+        return weights * math.nan if calls["n"] % 2 else weights
+
+    monkeypatch.setattr(trainloop.engine, "backward", sometimes_nan)
+    out = train_trial(spec_for(tmp_path, method="equal", epochs=1), MemoryReporter())
+    assert {r["weight"] for r in out["rows"] if r["split"] == "train"} == {1.0}
