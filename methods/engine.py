@@ -208,9 +208,15 @@ def _head_parameters(model: MultiTaskModel, num_tasks: int) -> list[torch.nn.Par
     return _trainable(p for t in range(num_tasks) for p in model.task_parameters(t))
 
 
-def _loss_scale(scale: Callable[[Tensor], Tensor] | None, like: Tensor) -> Tensor | None:
-    """The AMP loss-scale factor (a 0-d tensor), or None without loss scaling."""
-    return scale(torch.ones((), device=like.device)) if scale is not None else None
+def _scaled_losses(
+    scale: Callable[[Tensor], Tensor] | None, losses: Tensor
+) -> tuple[Tensor | None, Tensor]:
+    """``(factor, losses * factor)``: the AMP loss-scale factor (a 0-d tensor) and the losses
+    to differentiate, or ``(None, losses)`` without loss scaling."""
+    if scale is None:
+        return None, losses
+    factor = scale(torch.ones((), device=losses.device))
+    return factor, losses * factor
 
 
 def _unscaled_jacobian(
@@ -267,8 +273,7 @@ def _parameters_backward(
     the written gradients carry it, as ``GradScaler.step`` expects. With ``sync``, ``J`` is
     all-reduced first, so ``d`` is the same on every worker; only the heads are averaged after.
     """
-    factor = _loss_scale(scale, losses)
-    scaled = losses * factor if factor is not None else losses
+    factor, scaled = _scaled_losses(scale, losses)
     shared = _trainable(model.shared_parameters())
     # T retained passes, never the vmapped batch: they hold J plus one pass's gradients, the
     # batch holds T passes' (measured, ResNet-18, 14 tasks: +0.63 GB over equal vs +5.3 GB at
@@ -310,8 +315,7 @@ def _representation_backward(
     workers (the union batch's mean loss), so ``w`` is the union's; the trunk's backward of the
     local ``w^T J_local`` averaged over the workers is then the union's update.
     """
-    factor = _loss_scale(scale, losses)
-    scaled = losses * factor if factor is not None else losses
+    factor, scaled = _scaled_losses(scale, losses)
     # T short passes through the heads: on CUDA one vmapped pass launches far fewer kernels
     # (measured on an H200, ResNet-18, 224 px, batch 64, bf16: 1.31x equal's step vs 2.03x);
     # on CPU the T passes (1.07x)
@@ -350,8 +354,7 @@ def _last_shared_layer_backward(
     """GradNorm's level: ``J`` [T, n_W] at the last shared layer's parameters only (T short
     passes: the graph above ``W`` is the top of the trunk and the heads), then one backward of
     ``sum_t w_t L_t`` for the network (heads: ``w_t`` or 1)."""
-    factor = _loss_scale(scale, losses)
-    scaled = losses * factor if factor is not None else losses
+    factor, scaled = _scaled_losses(scale, losses)
     layer = _trainable(model.last_shared_layer().parameters())
     # short passes, as at the representation (H200, ResNet-18, 224 px, batch 64, bf16: 1.21x
     # equal's step vmapped, 1.79x as T passes; in fp32 the BatchNorm backward had no batching
