@@ -46,7 +46,6 @@ def spec(method: str, backbone: str, amp: str, image_size: int, epochs: int, see
             "weight_decay": 0.0,
             "momentum": 0.9,
             "amp": amp,
-            "loader_workers": 0,
             "pretrained": False,
             "max_failures": 0,
         },

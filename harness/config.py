@@ -153,7 +153,6 @@ class TrainConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    loader_workers: Annotated[int, Field(ge=0, le=64)] = 2
     pretrained: Literal[False] | str = False
     heads: Literal["weighted", "own"] = "weighted"
     max_failures: Annotated[int, Field(ge=0)] = 1
@@ -263,9 +262,18 @@ def _key_path(loc: tuple) -> str:
     return path
 
 
+# keys of earlier versions, with why they went (an old config then says what to do)
+REMOVED_KEYS: dict[tuple[str, ...], str] = {
+    ("train", "loader_workers"): "removed: images come from the prepared memory-mapped array, "
+    "gathered in the training process; delete the key",
+}
+
+
 def _message(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "extra_forbidden":
+        if tuple(error["loc"]) in REMOVED_KEYS:
+            return f"unknown key ({REMOVED_KEYS[tuple(error['loc'])]})"
         return "unknown key"
     return msg
 

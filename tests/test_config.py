@@ -52,6 +52,7 @@ def errors_of(raw: dict) -> list[str]:
         ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
         ({"train": {"epochs": "4"}}, "train.epochs: Input should be a valid integer"),
         ({"train": {"optimiser": "adam"}}, "train.optimiser: unknown key"),
+        ({"train": {"loader_workers": 2}}, "train.loader_workers: unknown key (removed: images"),
         ({"train": {"amp": "yes"}}, "train.amp: Input should be 'auto', 'bf16', 'fp16' or 'off'"),
         ({"data": {"dataset": "mnist"}}, "data.dataset: Input should be 'synthetic'"),
         ({"data": {"image_size": 0}}, "data.image_size: Input should be greater than or equal"),
