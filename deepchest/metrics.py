@@ -1,8 +1,9 @@
 """Per-task losses and metrics for multi-label classification with a label mask.
 
 Metrics are exact and computed on a whole split (never averaged over batches): AUROC is the
-rank-based area (scikit-learn), NaN where a task has only one class among its labelled
-examples. Masked entries (unknown labels) count nowhere.
+rank-based area and AUPRC the average precision (scikit-learn), both NaN where a task has only
+one class among its labelled examples; F1 is at probability 0.5, NaN where a task has no
+positive label. Masked entries (unknown labels) count nowhere.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -28,12 +29,20 @@ def masked_task_losses(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class TaskMetrics:
-    """One value per task, each a float64 ``Tensor[T]``; ``n_labeled`` is int64."""
+    """One value per task, each a float64 ``Tensor[T]`` (``n_labeled``, ``n_positive`` int64),
+    and two whole-sample figures: ``exact_match``, the fraction of examples whose every labelled
+    finding is predicted right, and ``trivial_exact_match``, the same for the predictor that
+    always says negative (the fraction of examples without a positive label)."""
 
     loss: Tensor
     accuracy: Tensor
     auroc: Tensor
+    auprc: Tensor
+    f1: Tensor
     n_labeled: Tensor
+    n_positive: Tensor
+    exact_match: float
+    trivial_exact_match: float
 
     @property
     def mean_auroc(self) -> float:
@@ -47,6 +56,14 @@ class TaskMetrics:
     def mean_loss(self) -> float:
         return _nanmean(self.loss)
 
+    @property
+    def mean_auprc(self) -> float:
+        return _nanmean(self.auprc)
+
+    @property
+    def macro_f1(self) -> float:
+        return _nanmean(self.f1)
+
 
 def _nanmean(values: Tensor) -> float:
     finite = values[~torch.isnan(values)]
@@ -54,7 +71,13 @@ def _nanmean(values: Tensor) -> float:
 
 
 def task_metrics(logits: Tensor, labels: Tensor, mask: Tensor) -> TaskMetrics:
-    """Loss, accuracy at probability 0.5 and AUROC per task over a whole split."""
+    """Loss, accuracy and F1 at probability 0.5, AUROC and AUPRC per task over a whole split.
+
+    With p_it = [z_it > 0] and only labelled entries counted::
+
+        F1_t        = 2 TP_t / (2 TP_t + FP_t + FN_t)        (NaN when task t has no positive)
+        exact_match = #{i : p_it = y_it for every labelled t} / #{i : some t labelled}
+    """
     logits, mask = logits.double().cpu(), mask.cpu().bool()
     labels = torch.where(mask, labels.double().cpu(), 0.0)  # unknown labels count nowhere
     num_tasks = labels.shape[1]
@@ -67,9 +90,36 @@ def task_metrics(logits: Tensor, labels: Tensor, mask: Tensor) -> TaskMetrics:
     has = n_labeled > 0
     loss = torch.where(has, elementwise.sum(0) / n_labeled.clamp(min=1), nan)
     accuracy = torch.where(has, correct.sum(0) / n_labeled.clamp(min=1), nan)
-    auroc = nan.clone()
+    predicted = logits > 0
+    positive = mask & (labels > 0.5)
+    n_positive = positive.sum(0)
+    true_pos = (predicted & positive).sum(0).double()
+    false_pos = (predicted & mask & ~positive).sum(0).double()
+    false_neg = n_positive.double() - true_pos
+    f1 = torch.where(
+        n_positive > 0, 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1), nan
+    )
+    auroc, auprc = nan.clone(), nan.clone()
     for t in range(num_tasks):
         y = labels[mask[:, t], t]
         if y.numel() and 0 < y.sum() < y.numel():
-            auroc[t] = roc_auc_score(y.numpy(), logits[mask[:, t], t].numpy())
-    return TaskMetrics(loss=loss, accuracy=accuracy, auroc=auroc, n_labeled=n_labeled.long())
+            scores = logits[mask[:, t], t].numpy()
+            auroc[t] = roc_auc_score(y.numpy(), scores)
+            auprc[t] = average_precision_score(y.numpy(), scores)
+    any_labeled = mask.any(1)
+    all_right = ((predicted == (labels > 0.5)) | ~mask).all(1)
+    all_negative = ~positive.any(1)
+    examples = int(any_labeled.sum())
+    return TaskMetrics(
+        loss=loss,
+        accuracy=accuracy,
+        auroc=auroc,
+        auprc=auprc,
+        f1=f1,
+        n_labeled=n_labeled.long(),
+        n_positive=n_positive.long(),
+        exact_match=float((all_right & any_labeled).sum()) / examples if examples else math.nan,
+        trivial_exact_match=(
+            float((all_negative & any_labeled).sum()) / examples if examples else math.nan
+        ),
+    )

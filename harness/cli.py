@@ -57,20 +57,32 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(run_dir: Path, title: str) -> None:
+def _print_summary(results, table, title: str) -> None:
     import reports
 
-    results = reports.load_run(run_dir)
-    _wide_console().print(reports.leaderboard_table(reports.leaderboard(results.trials), title))
+    _wide_console().print(reports.summary_rich(table, title, results.workload_is_backbone))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import reports
 
-    run_dir = Path(args.run_dir)
-    path = reports.write_report(run_dir)
-    _print_summary(run_dir, f"{run_dir.name}: test mean AUROC over seeds")
-    print(f"report: {path}")
+    if not 0 < args.target_fraction <= 1.5:
+        raise reports.ReportError(
+            f"--target-fraction must be in (0, 1.5], got {args.target_fraction}"
+        )
+    written = reports.write_report(
+        args.run_dirs,
+        out=args.out,
+        options=reports.ReportOptions(baseline=args.baseline, target_fraction=args.target_fraction),
+    )
+    if args.baseline not in set(written.results.trials["method"].dropna()):
+        _err(
+            f"warning: baseline method {args.baseline!r} is not in these runs; the report "
+            "leaves out the comparisons with it"
+        )
+    _print_summary(written.results, written.summary, f"{written.results.name}: summary")
+    print(f"report: {written.html}")
+    print(f"summary: {written.summary_csv}, {written.summary_md}")
     return 0
 
 
@@ -82,7 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_experiment(
         cfg, address=args.address, resume=args.resume, overwrite=args.overwrite
     )
-    _print_summary(outcome.run_dir, f"{cfg.name}: test mean AUROC over seeds")
+    import reports
+
+    results = reports.load_runs([outcome.run_dir])
+    table = reports.summary_table(results.trials, results.epochs)
+    _print_summary(results, table, f"{cfg.name}: summary")
     print(f"report: {outcome.report}")
     failed = outcome.failed
     diverged = [r for r in outcome.records if r.status == "diverged"]
@@ -372,8 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
     methods_ = sub.add_parser("methods", help="list the registered task-weighting methods")
     methods_.set_defaults(func=cmd_methods)
 
-    report = sub.add_parser("report", help="rebuild report.html of a run directory")
-    report.add_argument("run_dir")
+    report = sub.add_parser(
+        "report",
+        help="rebuild the report of one run directory, or merge several into one comparison",
+        description="Write the HTML report, summary.csv and summary.md from run directories' "
+        "Parquet tables and manifests (no torch or Ray needed).",
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument(
+        "--out",
+        help="the HTML file to write (default: RUN_DIR/report.html; required with several)",
+    )
+    report.add_argument(
+        "--baseline", default="equal", help="method the others are compared with (default: equal)"
+    )
+    report.add_argument(
+        "--target-fraction",
+        type=float,
+        default=0.98,
+        help="time to result: the target is this fraction of the baseline's final mean val "
+        "AUROC (default: 0.98)",
+    )
     report.set_defaults(func=cmd_report)
 
     bench = sub.add_parser(

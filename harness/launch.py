@@ -404,7 +404,7 @@ def run_experiment(
 
     from reports import write_report
 
-    report = write_report(run_dir)
+    report = write_report(run_dir).html
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
 

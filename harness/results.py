@@ -32,6 +32,13 @@ TRIALS_SCHEMA = pa.schema(
         ("val_mean_auroc", pa.float64()),
         ("test_mean_auroc", pa.float64()),
         ("test_mean_accuracy", pa.float64()),
+        ("test_mean_auprc", pa.float64()),
+        ("test_macro_f1", pa.float64()),
+        ("test_exact_match", pa.float64()),
+        ("test_trivial_exact_match", pa.float64()),
+        ("n_train", pa.int64()),
+        ("n_val", pa.int64()),
+        ("n_test", pa.int64()),
         ("images_per_second", pa.float64()),
         ("step_time_ms", pa.float64()),
         ("data_time_ms", pa.float64()),
@@ -58,10 +65,13 @@ EPOCHS_SCHEMA = pa.schema(
         ("loss", pa.float64()),
         ("accuracy", pa.float64()),
         ("auroc", pa.float64()),
+        ("auprc", pa.float64()),
+        ("f1", pa.float64()),
         ("weight", pa.float64()),
         ("weight_normalized", pa.float64()),
         ("n_labeled", pa.int64()),
-        ("train_time_s", pa.float64()),
+        ("n_positive", pa.int64()),
+        ("train_time_s", pa.float64()),  # cumulative training time at the end of the epoch
     ]
 )
 

@@ -4,15 +4,22 @@ Imports pandas, pyarrow, plotly, rich, PyYAML and the standard library only (nev
 or the project's other packages), so a report can be rebuilt anywhere from a run's results.
 """
 
-from reports.html import write_report
-from reports.load import ReportError, RunResults, load_run
-from reports.summary import leaderboard, leaderboard_table
+from reports.html import ReportOptions, WrittenReport, render_report, write_report
+from reports.load import Comparison, ReportError, RunResults, load_run, load_runs
+from reports.summary import summary_table
+from reports.tables import summary_markdown, summary_rich
 
 __all__ = [
+    "Comparison",
     "ReportError",
+    "ReportOptions",
     "RunResults",
-    "leaderboard",
-    "leaderboard_table",
+    "WrittenReport",
     "load_run",
+    "load_runs",
+    "render_report",
+    "summary_markdown",
+    "summary_rich",
+    "summary_table",
     "write_report",
 ]

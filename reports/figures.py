@@ -20,7 +20,7 @@ TEMPLATE = "plotly_white"
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13)
 PALETTE: tuple[str, ...] = tuple(qualitative.Plotly) + tuple(qualitative.Dark24)
 
-Config = tuple[str, str]  # (method, backbone)
+Config = tuple[str, str]  # (method, workload)
 
 
 def method_palette(methods: Iterable[str]) -> dict[str, str]:
@@ -34,9 +34,9 @@ def label(text: object) -> str:
     return html.escape(str(text), quote=False)
 
 
-def config_label(method: object, backbone: object) -> str:
-    """How a (method, backbone) pair is named in figures: ``method [backbone]``."""
-    return f"{method} [{backbone}]"
+def config_label(method: object, workload: object) -> str:
+    """How a (method, workload) pair is named in figures: ``method [workload]``."""
+    return f"{method} [{workload}]"
 
 
 def _base_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int) -> None:
@@ -55,62 +55,73 @@ def _none_if_missing(value: object) -> float | None:
     return None if is_missing(value) else float(value)  # type: ignore[arg-type]
 
 
-def per_task_auroc_heatmap(
-    per_task: pd.DataFrame, configs: Sequence[Config], tasks: Sequence[str]
+def task_heatmap(
+    values: pd.DataFrame,
+    configs: Sequence[Config],
+    tasks: Sequence[str],
+    *,
+    column: str,
+    title: str,
+    z_title: str,
+    digits: int = 3,
+    diverging: bool = False,
+    lower_is_better: bool = False,
 ) -> go.Figure:
-    """Rows = configs (in the given order, top to bottom), columns = tasks, value = mean AUROC.
+    """Rows = configs (given order, top to bottom), columns = tasks, cell = ``values[column]``.
 
-    ``per_task`` has columns method, backbone, task, mean, std, n
-    (see :func:`reports.summary.per_task_test_auroc`). Cells without a finite AUROC are
-    left blank and annotated ``n/a``.
+    ``values`` has columns method, workload, task and ``column`` (and ``std``/``n`` when it is
+    a mean over seeds, shown on hover). A ``diverging`` map is centred on 0 and coloured so that
+    green means better (``lower_is_better`` flips it, e.g. for a loss difference). Cells without
+    a finite value are blank and annotated ``n/a``.
     """
-    cells = {(r.method, r.backbone, r.task): r for r in per_task.itertuples(index=False)}
+    cells = {(r.method, r.workload, r.task): r for r in values.itertuples(index=False)}
     z, text, hover = [], [], []
-    for method, backbone in configs:
+    for method, workload in configs:
         z_row, text_row, hover_row = [], [], []
         for task in tasks:
-            cell = cells.get((method, backbone, task))
-            mean = None if cell is None else _none_if_missing(cell.mean)
-            z_row.append(mean)
-            text_row.append("n/a" if mean is None else fmt_number(mean, 3))
-            seeds = 0 if cell is None else int(cell.n)
-            summary = MISSING if cell is None else fmt_mean_std(cell.mean, cell.std, 3)
+            cell = cells.get((method, workload, task))
+            value = None if cell is None else _none_if_missing(getattr(cell, column))
+            z_row.append(value)
+            text_row.append("n/a" if value is None else fmt_number(value, digits))
+            detail = MISSING if value is None else fmt_number(value, digits)
+            if cell is not None and hasattr(cell, "std"):
+                seeds = int(cell.n)
+                detail = fmt_mean_std(getattr(cell, column), cell.std, digits)
+                detail += f" ({seeds} seed{'s' if seeds != 1 else ''})"
             hover_row.append(
-                f"{label(config_label(method, backbone))}<br>{label(task)}<br>"
-                f"AUROC {summary} ({seeds} seed{'s' if seeds != 1 else ''})"
+                f"{label(config_label(method, workload))}<br>{label(task)}<br>{z_title} {detail}"
             )
         z.append(z_row)
         text.append(text_row)
         hover.append(hover_row)
-
     finite = [v for row in z for v in row if v is not None]
-    low, high = (min(finite), max(finite)) if finite else (0.5, 1.0)
-    if high - low < 0.02:
-        low, high = low - 0.01, high + 0.01
+    if diverging:
+        span = max((abs(v) for v in finite), default=0.0) or 0.01
+        low, high = -span, span
+        colorscale = "RdYlGn_r" if lower_is_better else "RdYlGn"
+    else:
+        low, high = (min(finite), max(finite)) if finite else (0.5, 1.0)
+        if high - low < 0.02:
+            low, high = low - 0.01, high + 0.01
+        colorscale = "Viridis_r" if lower_is_better else "Viridis"
     fig = go.Figure(
         go.Heatmap(
             z=z,
             x=[label(t) for t in tasks],
-            y=[label(config_label(m, b)) for m, b in configs],
+            y=[label(config_label(m, w)) for m, w in configs],
             text=text,
             texttemplate="%{text}",
             hovertext=hover,
             hoverinfo="text",
-            colorscale="Viridis",
+            colorscale=colorscale,
             zmin=low,
             zmax=high,
             xgap=2,
             ygap=2,
-            colorbar=dict(title=dict(text="AUROC"), thickness=14),
+            colorbar=dict(title=dict(text=z_title), thickness=14),
         )
     )
-    _base_layout(
-        fig,
-        "Per-task test AUROC (mean over seeds)",
-        "Task",
-        "Method [backbone]",
-        height=200 + 40 * len(configs),
-    )
+    _base_layout(fig, title, "Finding", "Method [workload]", height=220 + 34 * len(configs))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(tickangle=-35, type="category", side="bottom")
     return fig
@@ -127,24 +138,23 @@ def config_bar_chart(
 ) -> go.Figure:
     """One bar per config (mean over seeds) with a std error bar, coloured by method.
 
-    ``stats`` has columns method, backbone, mean, std, n
-    (see :func:`reports.summary.metric_by_config`). Configs absent from ``stats`` or with a
-    missing mean are skipped.
+    ``stats`` has columns method, workload, mean, std, n. Configs absent from ``stats`` or with
+    a missing mean are skipped.
     """
-    rows = {(r.method, r.backbone): r for r in stats.itertuples(index=False)}
+    rows = {(r.method, r.workload): r for r in stats.itertuples(index=False)}
     xs, ys, errors, colours, texts, hovers = [], [], [], [], [], []
-    for method, backbone in configs:
-        row = rows.get((method, backbone))
+    for method, workload in configs:
+        row = rows.get((method, workload))
         if row is None or is_missing(row.mean):
             continue
-        xs.append(label(config_label(method, backbone)))
+        xs.append(label(config_label(method, workload)))
         ys.append(float(row.mean))
         errors.append(_none_if_missing(row.std))
         colours.append(palette.get(str(method), PALETTE[0]))
         texts.append(fmt_number(row.mean, digits))
         seeds = int(row.n)
         hovers.append(
-            f"{label(config_label(method, backbone))}<br>{fmt_mean_std(row.mean, row.std, digits)}"
+            f"{label(config_label(method, workload))}<br>{fmt_mean_std(row.mean, row.std, digits)}"
             f" ({seeds} seed{'s' if seeds != 1 else ''})"
         )
     fig = go.Figure(
@@ -160,7 +170,312 @@ def config_bar_chart(
             hoverinfo="text",
         )
     )
-    _base_layout(fig, title, "Method [backbone]", y_title, height=420)
+    _base_layout(fig, title, "Method [workload]", y_title, height=420)
     fig.update_xaxes(type="category")
     fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+DASH = {"train": "solid", "val": "dash"}
+
+
+def _selector(labels: Sequence[str], visibility: Sequence[list[bool]], x: float = 0.0) -> dict:
+    """A plotly dropdown: choosing ``labels[i]`` shows the traces flagged in ``visibility[i]``."""
+    return dict(
+        type="dropdown",
+        x=x,
+        xanchor="left",
+        y=1.0,
+        yanchor="bottom",
+        pad=dict(b=6),
+        showactive=True,
+        buttons=[
+            dict(label=label(text), method="update", args=[{"visible": list(flags)}])
+            for text, flags in zip(labels, visibility, strict=True)
+        ],
+    )
+
+
+def loss_curves(
+    curves: pd.DataFrame,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    palette: dict[str, str],
+    *,
+    title: str,
+) -> go.Figure:
+    """Train (solid) and val (dashed) loss per epoch, one line per method and split, for the
+    task picked in a dropdown (the first entry is the mean over findings).
+
+    ``curves`` is :func:`reports.summary.curves` of the loss, restricted to one workload.
+    """
+    choices = ["mean", *tasks]
+    fig = go.Figure()
+    owner: list[str] = []
+    for task in choices:
+        for method in methods:
+            for split in ("train", "val"):
+                part = curves[
+                    (curves["task"] == task)
+                    & (curves["method"] == method)
+                    & (curves["split"] == split)
+                ].sort_values("epoch")
+                if part.empty:
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=part["epoch"].tolist(),
+                        y=[_none_if_missing(v) for v in part["mean"]],
+                        mode="lines+markers",
+                        name=label(f"{method} · {split}"),
+                        legendgroup=label(method),
+                        line=dict(color=palette.get(method, PALETTE[0]), dash=DASH[split]),
+                        visible=task == "mean",
+                        hovertemplate=f"{label(method)} · {split}<br>epoch %{{x}}<br>"
+                        "loss %{y:.4f}<extra></extra>",
+                    )
+                )
+                owner.append(task)
+    names = ["mean over findings", *tasks]
+    visibility = [[o == task for o in owner] for task in choices]
+    _base_layout(fig, title, "Epoch", "Loss (mean over seeds)", height=470)
+    fig.update_layout(updatemenus=[_selector(names, visibility)], margin=dict(t=100))
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def val_auroc_per_epoch(
+    curves: pd.DataFrame, methods: Sequence[str], palette: dict[str, str], *, title: str
+) -> go.Figure:
+    """Mean val AUROC per epoch, one line per method, with ± one std over seeds as error bars.
+
+    ``curves`` is :func:`reports.summary.curves` of the AUROC for one workload.
+    """
+    fig = go.Figure()
+    for method in methods:
+        part = curves[
+            (curves["task"] == "mean") & (curves["method"] == method) & (curves["split"] == "val")
+        ].sort_values("epoch")
+        if part.empty:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=part["epoch"].tolist(),
+                y=[_none_if_missing(v) for v in part["mean"]],
+                error_y=dict(
+                    type="data", array=[_none_if_missing(v) for v in part["std"]], visible=True
+                ),
+                mode="lines+markers",
+                name=label(method),
+                line=dict(color=palette.get(method, PALETTE[0])),
+                hovertemplate=f"{label(method)}<br>epoch %{{x}}<br>AUROC %{{y:.3f}}<extra></extra>",
+            )
+        )
+    _base_layout(fig, title, "Epoch", "Mean val AUROC", height=420)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def weight_trajectories(
+    curves: pd.DataFrame, methods: Sequence[str], tasks: Sequence[str], *, title: str
+) -> go.Figure:
+    """Task weights per epoch, normalised to sum 1, one line per finding, for the method picked
+    in a dropdown; the dotted line at 1/T is equal weighting.
+
+    ``curves`` is :func:`reports.summary.curves` of ``weight_normalized`` for one workload.
+    """
+    task_colours = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(tasks)}
+    fig = go.Figure()
+    owner: list[str] = []
+    for method in methods:
+        for task in tasks:
+            part = curves[
+                (curves["task"] == task)
+                & (curves["method"] == method)
+                & (curves["split"] == "train")
+            ].sort_values("epoch")
+            if part.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["epoch"].tolist(),
+                    y=[_none_if_missing(v) for v in part["mean"]],
+                    mode="lines+markers",
+                    name=label(task),
+                    line=dict(color=task_colours[task]),
+                    visible=method == methods[0],
+                    hovertemplate=f"{label(method)} · {label(task)}<br>epoch %{{x}}<br>"
+                    "weight %{y:.4f}<extra></extra>",
+                )
+            )
+            owner.append(method)
+    if tasks:
+        fig.add_hline(
+            y=1 / len(tasks), line=dict(color="#888", dash="dot"), annotation_text="equal"
+        )
+    visibility = [[o == method for o in owner] for method in methods]
+    _base_layout(fig, title, "Epoch", "Weight (sums to 1 over findings)", height=470)
+    fig.update_layout(updatemenus=[_selector(list(methods), visibility)], margin=dict(t=100))
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def step_time_stack(
+    cost: pd.DataFrame, configs: Sequence[Config], phases: Sequence[str], *, title: str
+) -> go.Figure:
+    """One stacked bar per config: the median step time split into phases (ms).
+
+    ``cost`` is :func:`reports.summary.cost_table` (columns ``<phase>_time_ms``).
+    """
+    rows = {(r["method"], r["workload"]): r for _, r in cost.iterrows()}
+    present = [c for c in configs if c in rows]
+    xs = [label(config_label(m, w)) for m, w in present]
+    colours = ("#8da0cb", "#66c2a5", "#fc8d62", "#e78ac3", "#a6d854")
+    fig = go.Figure()
+    for i, phase in enumerate(phases):
+        ys = [_none_if_missing(rows[c][f"{phase}_time_ms"]) for c in present]
+        fig.add_trace(
+            go.Bar(
+                x=xs,
+                y=ys,
+                name=phase if phase != "backward" else "backward + weighting",
+                marker=dict(color=colours[i % len(colours)]),
+                hovertemplate=f"%{{x}}<br>{phase} %{{y:.1f}} ms<extra></extra>",
+            )
+        )
+    _base_layout(fig, title, "Method [workload]", "Median time per step (ms)", height=440)
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def pareto_plot(summary: pd.DataFrame, palette: dict[str, str], *, title: str) -> go.Figure:
+    """Mean test AUROC against images/s per config, with each workload's Pareto front (no
+    other config is both faster and more accurate) as a grey step line.
+
+    ``summary`` is :func:`reports.summary.summary_table` without the trivial rows.
+    """
+    fig = go.Figure()
+    symbols = ("circle", "square", "diamond", "triangle-up", "cross", "x")
+    for w_index, (workload, group) in enumerate(summary.groupby("workload", sort=False)):
+        group = group.dropna(subset=["images_per_second_mean", "test_mean_auroc_mean"])
+        if group.empty:
+            continue
+        for _, row in group.iterrows():
+            fig.add_trace(
+                go.Scatter(
+                    x=[row["images_per_second_mean"]],
+                    y=[row["test_mean_auroc_mean"]],
+                    mode="markers+text",
+                    text=[label(row["method"])],
+                    textposition="top center",
+                    marker=dict(
+                        size=13,
+                        color=palette.get(row["method"], PALETTE[0]),
+                        symbol=symbols[w_index % len(symbols)],
+                        line=dict(width=1, color="#333"),
+                    ),
+                    name=label(config_label(row["method"], workload)),
+                    hovertemplate=f"{label(config_label(row['method'], workload))}<br>"
+                    "%{x:,.0f} images/s<br>AUROC %{y:.3f}<extra></extra>",
+                )
+            )
+        front = group.sort_values("images_per_second_mean", ascending=False)
+        best, xs, ys = -float("inf"), [], []
+        for _, row in front.iterrows():
+            if row["test_mean_auroc_mean"] > best:
+                best = row["test_mean_auroc_mean"]
+                xs.append(row["images_per_second_mean"])
+                ys.append(best)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color="#999", dash="dot", shape="hv"),
+                name=label(f"Pareto front [{workload}]"),
+                hoverinfo="skip",
+            )
+        )
+    _base_layout(fig, title, "Training images per second", "Mean test AUROC", height=460)
+    return fig
+
+
+def time_to_target_strip(
+    per_trial: pd.DataFrame, configs: Sequence[Config], palette: dict[str, str], *, title: str
+) -> go.Figure:
+    """One dot per trial at the training time it took to reach the target; trials that never
+    reached it are crosses in a "never" column at the right, so none is dropped."""
+    reached = per_trial[per_trial["reached"]]
+    horizon = float(reached["time_s"].max()) if len(reached) else 1.0
+    never_x = horizon * 1.15
+    fig = go.Figure()
+    for method, workload in configs:
+        part = per_trial[(per_trial["method"] == method) & (per_trial["workload"] == workload)]
+        if part.empty:
+            continue
+        y = label(config_label(method, workload))
+        for hit, symbol in ((True, "circle"), (False, "x")):
+            sub = part[part["reached"] == hit]
+            if sub.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["time_s"].tolist() if hit else [never_x] * len(sub),
+                    y=[y] * len(sub),
+                    mode="markers",
+                    marker=dict(
+                        size=11, symbol=symbol, color=palette.get(method, PALETTE[0]), opacity=0.8
+                    ),
+                    name=label(config_label(method, workload))
+                    + ("" if hit else " · never reached"),
+                    customdata=list(
+                        zip(sub["seed"].astype(int), sub["status"].astype(str), strict=True)
+                    ),
+                    hovertemplate=(
+                        "seed %{customdata[0]} (%{customdata[1]})<br>"
+                        + ("%{x:.1f} s<extra></extra>" if hit else "never reached<extra></extra>")
+                    ),
+                    showlegend=False,
+                )
+            )
+    fig.add_vline(x=never_x, line=dict(color="#bbb", dash="dot"))
+    fig.add_annotation(x=never_x, y=1.02, yref="paper", text="never", showarrow=False)
+    _base_layout(
+        fig,
+        title,
+        "Training time until the target (s)",
+        "Method [workload]",
+        height=200 + 38 * len(configs),
+    )
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_xaxes(rangemode="tozero")
+    return fig
+
+
+def profile_plot(
+    taus: Sequence[float],
+    profiles: dict[str, list[float]],
+    areas: dict[str, float],
+    palette: dict[str, str],
+    *,
+    title: str,
+) -> go.Figure:
+    """AlgoPerf performance profiles: fraction of workloads solved within tau x the fastest."""
+    fig = go.Figure()
+    for method, fractions in sorted(profiles.items(), key=lambda kv: -areas.get(kv[0], 0)):
+        fig.add_trace(
+            go.Scatter(
+                x=list(taus),
+                y=fractions,
+                mode="lines",
+                line=dict(color=palette.get(method, PALETTE[0]), shape="hv", width=2.5),
+                name=label(f"{method} (area {areas.get(method, float('nan')):.2f})"),
+                hovertemplate=f"{label(method)}<br>tau %{{x:.2f}}<br>%{{y:.0%}}<extra></extra>",
+            )
+        )
+    _base_layout(
+        fig, title, "tau (time / fastest method's time)", "Fraction of workloads", height=420
+    )
+    fig.update_yaxes(range=[-0.03, 1.03], tickformat=".0%")
     return fig

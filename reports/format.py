@@ -43,6 +43,38 @@ def fmt_mean_std(mean: Any, std: Any, digits: int = 3) -> str:
     return f"{fmt_number(mean, digits)} ± {fmt_number(std, digits)}"
 
 
+def fmt_ci(mean: Any, low: Any, high: Any, digits: int = 3) -> str:
+    """A symmetric interval as ``"0.812 ± 0.011"`` (mean ± half its width); the mean alone
+    when there is no interval (one seed)."""
+    if is_missing(mean):
+        return MISSING
+    if is_missing(low) or is_missing(high):
+        return fmt_number(mean, digits)
+    return f"{fmt_number(mean, digits)} ± {fmt_number((float(high) - float(low)) / 2, digits)}"
+
+
+def fmt_signed(value: Any, digits: int = 3) -> str:
+    """``+0.012`` / ``−0.004`` (a true minus sign), or an em dash."""
+    if is_missing(value):
+        return MISSING
+    text = f"{float(value):+,.{digits}f}"
+    return text.replace("-", "−")
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value: ``0.034``, ``<0.001``, or an em dash."""
+    if is_missing(value):
+        return MISSING
+    return "<0.001" if float(value) < 0.001 else f"{float(value):.3f}"
+
+
+def fmt_ratio(value: Any) -> str:
+    """``1.23×``, or an em dash."""
+    if is_missing(value) or math.isinf(float(value)):
+        return MISSING
+    return f"{float(value):.2f}×"
+
+
 def fmt_int(value: Any) -> str:
     """An integer count or epoch number, or an em dash."""
     if is_missing(value):

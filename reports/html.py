@@ -11,9 +11,11 @@ body and append a :class:`Section` to ``SECTIONS``.
 from __future__ import annotations
 
 import html
+import json
+import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,21 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
+from reports import summary as sm
 from reports.figures import (
     Config,
     config_bar_chart,
+    loss_curves,
     method_palette,
-    per_task_auroc_heatmap,
+    pareto_plot,
+    profile_plot,
+    step_time_stack,
+    task_heatmap,
+    time_to_target_strip,
+    val_auroc_per_epoch,
+    weight_trajectories,
 )
 from reports.format import (
-    AUROC_DIGITS,
     MEMORY_DIGITS,
     MISSING,
     THROUGHPUT_DIGITS,
@@ -37,20 +46,21 @@ from reports.format import (
     fmt_duration,
     fmt_int,
     fmt_number,
+    fmt_p,
+    fmt_ratio,
+    fmt_signed,
     fmt_timestamp,
     is_missing,
     parse_timestamp,
 )
-from reports.load import RunResults, load_run
-from reports.summary import (
-    LEADERBOARD_HEADERS,
-    completed_trials,
-    leaderboard,
-    leaderboard_cells,
-    leaderboard_markdown,
-    metric_by_config,
-    per_task_test_auroc,
-    status_counts,
+from reports.load import Comparison, ReportError, RunResults, data_label, load_runs
+from reports.tables import (
+    SUMMARY_CAPTION,
+    TEXT_COLUMNS,
+    best_cells,
+    summary_cells,
+    summary_headers,
+    summary_markdown,
 )
 
 REPORT_FILE = "report.html"
@@ -65,7 +75,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; color: var(--fg); background: #fff; line-height: 1.45;
        font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 64px; }
+main { max-width: 1280px; margin: 0 auto; padding: 24px 28px 64px; }
 h1 { font-size: 1.7rem; margin: 0 0 4px; overflow-wrap: anywhere; }
 h2 { font-size: 1.25rem; margin: 40px 0 10px; padding-bottom: 4px;
      border-bottom: 1px solid var(--line); }
@@ -96,6 +106,17 @@ tr.incomplete td.count { color: var(--bad); font-weight: 600; }
 .status-diverged { color: var(--warn); }
 .callout { border-left: 4px solid var(--bad); background: #fff5f5; padding: 8px 12px;
            margin: 16px 0; }
+.callout.warn { border-left-color: var(--warn); background: #fff8e5; }
+td.best { font-weight: 700; }
+.star { color: var(--warn); margin-left: 3px; }
+tr.trivial td { color: var(--muted); font-style: italic; }
+td.better { color: var(--ok); font-weight: 600; }
+td.worse { color: var(--bad); font-weight: 600; }
+ul.tally { margin: 4px 0 18px; padding-left: 20px; font-size: 0.92rem; }
+details { margin: 8px 0 16px; }
+summary { cursor: pointer; color: #0969da; }
+pre { background: var(--bg-alt); padding: 10px 12px; overflow-x: auto; font-size: 0.82rem;
+      border-radius: 4px; }
 .empty { color: var(--muted); font-style: italic; }
 figure { margin: 10px 0 0; }
 """
@@ -112,22 +133,51 @@ def _plotly_js() -> str:
     return plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
 
 
+DEFAULT_BASELINE = "equal"
+DEFAULT_TARGET_FRACTION = 0.98
+STUDIED_METHOD = "deepchest"  # the method under study: compared with everything too
+
+
+@dataclass
+class ReportOptions:
+    baseline: str = DEFAULT_BASELINE
+    target_fraction: float = DEFAULT_TARGET_FRACTION
+
+
 @dataclass
 class ReportContext:
     """What every section may draw on, computed once."""
 
-    results: RunResults
-    board: pd.DataFrame  # reports.leaderboard(trials)
+    results: Comparison
+    options: ReportOptions
+    summary: pd.DataFrame  # reports.summary.summary_table, trivial rows included
     palette: dict[str, str]  # method -> colour, shared by every figure and table
-    configs: list[Config]  # (method, backbone) in leaderboard order
+    configs: list[Config]  # (method, workload), workload by workload, best first
+    methods: list[str] = field(default_factory=list)  # sorted
 
     @property
     def trials(self) -> pd.DataFrame:
         return self.results.trials
 
     @property
+    def epochs(self) -> pd.DataFrame:
+        return self.results.epochs
+
+    @property
     def completed(self) -> pd.DataFrame:
-        return completed_trials(self.results.trials)
+        return sm.completed_trials(self.results.trials)
+
+    @property
+    def baseline(self) -> str:
+        return self.options.baseline
+
+    @property
+    def workloads(self) -> list[str]:
+        return sm.workloads(self.results.trials)
+
+    def workload_heading(self, workload: str) -> str:
+        """An ``<h3>`` per workload, only when there are several."""
+        return f"<h3>{esc(workload)}</h3>" if len(self.workloads) > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -137,11 +187,21 @@ class Section:
     render: Callable[[ReportContext], str]
 
 
-def build_context(results: RunResults) -> ReportContext:
-    board = leaderboard(results.trials)
+def build_context(results: Comparison, options: ReportOptions | None = None) -> ReportContext:
+    options = options or ReportOptions()
+    table = sm.summary_table(results.trials, results.epochs)
     palette = method_palette(results.trials["method"].dropna())
-    configs = [(row.method, row.backbone) for row in board.itertuples(index=False)]
-    return ReportContext(results=results, board=board, palette=palette, configs=configs)
+    ranked = table[table["method"] != sm.TRIVIAL]
+    configs = [(row.method, row.workload) for row in ranked.itertuples(index=False)]
+    methods = sorted(set(results.trials["method"].dropna()))
+    return ReportContext(
+        results=results,
+        options=options,
+        summary=table,
+        palette=palette,
+        configs=configs,
+        methods=methods,
+    )
 
 
 # --- building blocks ---------------------------------------------------------------------
@@ -185,122 +245,530 @@ def table_html(headers: list[tuple[str, str]], rows: list[str]) -> str:
 # --- sections ----------------------------------------------------------------------------
 
 
-def section_header(ctx: ReportContext) -> str:
-    """Run name, start/end, trials by status, git commit, devices."""
-    results, manifest = ctx.results, ctx.results.manifest
-    started, finished = manifest.get("started_at"), manifest.get("finished_at")
-    finished_text = fmt_timestamp(finished) if finished else "not finished"
-    start_dt, end_dt = parse_timestamp(started), parse_timestamp(finished)
-    if start_dt and end_dt and (start_dt.tzinfo is None) == (end_dt.tzinfo is None):
-        finished_text += f" (took {fmt_duration((end_dt - start_dt).total_seconds())})"
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
-    counts = status_counts(ctx.trials) if not ctx.trials.empty else {}
+
+def _first_value(frame: pd.DataFrame, column: str) -> Any:
+    values = frame[column].dropna() if column in frame.columns else pd.Series(dtype=float)
+    return values.iloc[0] if len(values) else None
+
+
+def section_header(ctx: ReportContext) -> str:
+    """Title, the trials by status and the table of contents."""
+    counts = sm.status_counts(ctx.trials) if not ctx.trials.empty else {}
     total = sum(counts.values())
     by_status = ", ".join(
         f'<span class="status status-{esc(s)}">{n} {esc(s)}</span>' for s, n in counts.items()
     )
-    trials_text = f"{total} total" + (f": {by_status}" if by_status else "")
-    listed = set((manifest.get("trials") or {}).keys())
-    unreported = sorted(listed - set(ctx.trials["trial_id"].dropna()))
-    if unreported:
-        trials_text += (
-            f'; <span class="status status-failed">{len(unreported)} listed in the manifest '
-            "without a results row</span>"
-        )
-
-    devices = sorted({str(d) for d in ctx.trials["device"].dropna().unique()})
-    commit = manifest.get("git_commit")
-    items: list[tuple[str, str]] = [
-        ("Started", esc(fmt_timestamp(started))),
-        ("Finished", esc(finished_text)),
-        ("Trials", trials_text),
-        ("Git commit", f"<code>{esc(commit)}</code>" if commit else MISSING),
-        ("Device(s)", ", ".join(f"<code>{esc(d)}</code>" for d in devices) or MISSING),
-        ("Harness", esc(manifest.get("harness_version") or MISSING)),
-        ("Run directory", f"<code>{esc(results.run_dir)}</code>"),
-    ]
-    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
     callout = ""
     if total and ctx.completed.empty:
         callout = (
             '<p class="callout">No trial completed, so there are no metrics to compare; '
-            "the trials table below lists each trial's error.</p>"
+            "the provenance section lists each trial's error.</p>"
         )
     elif not total:
         callout = '<p class="callout">This run has no trial results.</p>'
     nav = "".join(f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in SECTIONS)
+    runs = len(ctx.results.runs)
+    subtitle = "Multi-task task-weighting benchmark report"
+    if runs > 1:
+        subtitle += f" · {runs} runs merged"
     return (
-        f"<header><h1>{esc(results.name)}</h1>"
-        '<p class="subtitle">Multi-task task-weighting benchmark report</p>'
-        f'<dl class="meta">{meta}</dl>{callout}<nav>{nav}</nav></header>'
+        f"<header><h1>{esc(ctx.results.name)}</h1>"
+        f'<p class="subtitle">{subtitle} · {total} trials'
+        f"{': ' + by_status if by_status else ''}</p>{callout}<nav>{nav}</nav></header>"
     )
 
 
-def section_leaderboard(ctx: ReportContext) -> str:
-    """Method x backbone: test AUROC and accuracy mean ± std, throughput, memory, counts."""
-    if ctx.board.empty:
-        return empty_html("No trials, so there is no leaderboard.")
-    text_columns = (1, 2)  # method, backbone
-    headers = [(h, "" if i in text_columns else "num") for i, h in enumerate(LEADERBOARD_HEADERS)]
-    rows = []
-    for rank, (_, row) in enumerate(ctx.board.iterrows(), start=1):
-        texts = leaderboard_cells(row, rank)
-        cells = [
-            f'<td class="num">{esc(text)}</td>'
-            if i not in text_columns
-            else f"<td>{esc(text)}</td>"
-            for i, text in enumerate(texts)
+def _what_was_run(ctx: ReportContext) -> str:
+    items: list[tuple[str, str]] = []
+    for run in ctx.results.runs:
+        cfg, trials = run.config, run.trials
+        prefix = f"{run.name}: " if len(ctx.results.runs) > 1 else ""
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        sizes = [
+            f"{split} {fmt_int(_first_value(trials, f'n_{split}'))}"
+            for split in ("train", "val", "test")
         ]
-        cells[1] = f"<td>{method_cell(row['method'], ctx.palette)}</td>"
-        cells[-1] = f'<td class="num count">{esc(texts[-1])}</td>'
-        incomplete = row["n_completed"] < row["n_trials"]
-        row_class = ' class="incomplete"' if incomplete else ""
+        where = data.get("prepared") or data.get("root")
+        items.append(
+            (
+                f"{prefix}Data",
+                f"{esc(data_label(cfg))}, {_plural(len(run.tasks), 'finding')}"
+                + (f" from <code>{esc(where)}</code>" if where else "")
+                + f"; images: {esc(', '.join(sizes))}",
+            )
+        )
+        train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+        seeds = sorted({int(s) for s in trials["seed"].dropna()})
+        items.append(
+            (
+                f"{prefix}Grid",
+                f"methods {esc(', '.join(sorted(set(trials['method'].dropna()))))}; "
+                f"backbones {esc(', '.join(sorted(set(trials['backbone'].dropna()))))}; "
+                f"seeds {esc(', '.join(map(str, seeds)))}; "
+                f"{esc(train.get('epochs', MISSING))} epochs, "
+                f"batch {esc(train.get('batch_size', MISSING))}",
+            )
+        )
+        devices = sorted({str(d) for d in trials["device"].dropna().unique()})
+        hardware = run.manifest.get("hardware") or {}
+        cpu = hardware.get("cpu_count")
+        memory = hardware.get("memory_gb")
+        host = ", ".join(
+            x
+            for x in (
+                f"{cpu} CPU cores" if cpu else "",
+                f"{memory} GB memory" if memory else "",
+            )
+            if x
+        )
+        items.append(
+            (
+                f"{prefix}Hardware",
+                ", ".join(f"<code>{esc(d)}</code>" for d in devices) or MISSING,
+            )
+        )
+        if host:
+            items[-1] = (items[-1][0], items[-1][1] + f" on a host with {esc(host)}")
+    meta = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items)
+    return f'<dl class="meta">{meta}</dl>'
+
+
+def summary_table_html(ctx: ReportContext) -> str:
+    table = ctx.summary
+    headers = [
+        (h, "" if i in TEXT_COLUMNS else "num")
+        for i, h in enumerate(summary_headers(ctx.results.workload_is_backbone))
+    ]
+    best = best_cells(table)
+    rows = []
+    for index, row in table.iterrows():
+        texts = summary_cells(row)
+        cells = []
+        for i, text in enumerate(texts):
+            mark = (index, i) in best
+            cls = "" if i in TEXT_COLUMNS else "num"
+            cls += " best" if mark else ""
+            content = esc(text) + ('<span class="star" title="best">★</span>' if mark else "")
+            cells.append(f'<td class="{cls.strip()}">{content}</td>')
+        trivial = row["method"] == sm.TRIVIAL
+        if not trivial:
+            cells[1] = f"<td>{method_cell(row['method'], ctx.palette)}</td>"
+            cells[-1] = f'<td class="num count">{esc(texts[-1])}</td>'
+        classes = []
+        if trivial:
+            classes.append("trivial")
+        elif row["n_completed"] < row["n_trials"]:
+            classes.append("incomplete")
+        row_class = f' class="{" ".join(classes)}"' if classes else ""
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
     caption = (
-        "Each row is one method and backbone, best test mean AUROC first; values are the mean "
-        "± std over completed seeds (— when there is a single seed or no value), and "
-        "“Completed” counts completed trials out of all trials, failed and diverged ones "
-        "being excluded from every mean."
+        SUMMARY_CAPTION[0].upper()
+        + SUMMARY_CAPTION[1:]
+        + ". Accuracy is the mean over findings at probability 0.5, exact match the fraction "
+        "of test images whose every labelled finding is right, macro F1 the mean F1 over "
+        "findings; “Completed” counts completed trials out of all, failed and diverged ones "
+        "being left out of every mean."
     )
     return table_html(headers, rows) + f'<p class="caption">{caption}</p>'
 
 
-def section_per_task(ctx: ReportContext) -> str:
-    """Heatmap of per-task test AUROC, method [backbone] x task."""
-    if ctx.completed.empty:
-        return empty_html("No completed trials, so there is no per-task AUROC to show.")
-    per_task = per_task_test_auroc(ctx.trials, ctx.results.epochs)
-    if per_task.empty:
-        return empty_html("The completed trials have no test-split rows in epochs.parquet.")
-    configs = [
-        c for c in ctx.configs if c in set(zip(per_task.method, per_task.backbone, strict=True))
-    ]
-    tasks = [t for t in ctx.results.tasks if t in set(per_task.task)]
-    fig = per_task_auroc_heatmap(per_task, configs, tasks)
-    caption = (
-        "Each cell is the test AUROC on one task (column), averaged over the completed seeds "
-        "of one method and backbone (row, best overall first); brighter is better, colours "
-        "span the range seen in this run, and “n/a” marks a task whose test split has a "
-        "single class."
+def section_summary(ctx: ReportContext) -> str:
+    """What was run, and the answer in one table."""
+    if ctx.trials.empty:
+        return _what_was_run(ctx) + empty_html("No trials, so there is nothing to compare.")
+    return _what_was_run(ctx) + summary_table_html(ctx)
+
+
+def _seed_warning(table: pd.DataFrame) -> str:
+    few = table[~table["enough"].astype(bool)]
+    if few.empty:
+        return ""
+    least = int(few["n"].min())
+    return (
+        f'<p class="callout warn">Only {least} paired seed{"s" if least != 1 else ""} for '
+        "some comparisons: with fewer than 3 the interval and p-value say almost nothing "
+        "(shown as — where they cannot be computed). Run more seeds before trusting a "
+        "difference.</p>"
     )
-    return figure_html(fig, "fig-per-task-auroc", caption)
+
+
+def _paired_table(ctx: ReportContext, table: pd.DataFrame) -> str:
+    headers = [("Method", ""), ("Seeds", "num")]
+    for metric in sm.PAIRED_METRICS:
+        headers += [
+            (f"Δ {metric.header} [95% CI]", "num"),
+            ("p", "num"),
+            ("p (Holm)", "num"),
+        ]
+    rows = []
+    for method in ctx.methods:
+        mine = table[table["method"] == method]
+        if mine.empty:
+            continue
+        cells = [f"<td>{method_cell(method, ctx.palette)}</td>"]
+        cells.append(f'<td class="num">{int(mine["n"].iloc[0])}</td>')
+        for metric in sm.PAIRED_METRICS:
+            part = mine[mine["metric"] == metric.column]
+            if part.empty:
+                cells += ['<td class="num">—</td>'] * 3
+                continue
+            r = part.iloc[0]
+            diff = fmt_signed(r["mean_diff"], metric.digits)
+            if not is_missing(r["low"]):
+                diff += (
+                    f" [{fmt_signed(r['low'], metric.digits)}, "
+                    f"{fmt_signed(r['high'], metric.digits)}]"
+                )
+            significant = not is_missing(r["p_holm"]) and r["p_holm"] < 0.05
+            cls = "num"
+            if significant:
+                cls += " better" if r["mean_diff"] > 0 else " worse"
+            cells += [
+                f'<td class="{cls}">{esc(diff)}</td>',
+                f'<td class="num">{esc(fmt_p(r["p_value"]))}</td>',
+                f'<td class="{cls}">{esc(fmt_p(r["p_holm"]))}</td>',
+            ]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return table_html(headers, rows)
+
+
+def section_paired(ctx: ReportContext) -> str:
+    """Differences to the baseline and to DeepChest, paired by seed, Holm-corrected."""
+    if ctx.completed.empty:
+        return empty_html("No completed trials, so there is nothing to compare.")
+    references = [ctx.baseline] + ([STUDIED_METHOD] if ctx.baseline != STUDIED_METHOD else [])
+    parts = []
+    for reference in references:
+        table = sm.paired_comparisons(ctx.trials, reference)
+        parts.append(f"<h3>Against {esc(reference)}</h3>")
+        if reference not in set(ctx.trials["method"]):
+            parts.append(empty_html(f"Method {reference!r} is not in this comparison."))
+            continue
+        if table.empty:
+            parts.append(empty_html(f"No other method has completed trials beside {reference!r}."))
+            continue
+        for workload in ctx.workloads:
+            here = table[table["workload"] == workload]
+            if here.empty:
+                continue
+            parts.append(ctx.workload_heading(workload) + _seed_warning(here))
+            parts.append(_paired_table(ctx, here))
+        parts.append(
+            '<p class="caption">Each row is one method minus '
+            f"{esc(reference)} on the same seeds: the mean difference in mean test AUROC and in "
+            "mean accuracy with a 95% paired t-interval, its two-sided paired t-test p-value, "
+            "and the p-value Holm-corrected over the methods in the table; a difference that "
+            "survives the correction at 5% is green when the method is better and red when it "
+            "is worse.</p>"
+        )
+    return "".join(parts)
+
+
+def section_per_task(ctx: ReportContext) -> str:
+    """Per-finding test AUROC, its difference to the baseline and the per-task loss change."""
+    if ctx.completed.empty:
+        return empty_html("No completed trials, so there is nothing per finding to show.")
+    auroc = sm.per_task(ctx.trials, ctx.epochs, "auroc")
+    if auroc.empty:
+        return empty_html("The completed trials have no test rows in epochs.parquet.")
+    tasks = [t for t in ctx.results.tasks if t in set(auroc["task"])]
+    present = set(zip(auroc["method"], auroc["workload"], strict=True))
+    configs = [c for c in ctx.configs if c in present]
+    parts = [
+        figure_html(
+            task_heatmap(
+                auroc,
+                configs,
+                tasks,
+                column="mean",
+                title="Test AUROC per finding (mean over seeds)",
+                z_title="AUROC",
+            ),
+            "fig-task-auroc",
+            "Each cell is the test AUROC of one finding (column) for one method (row, best "
+            "overall first), averaged over completed seeds; brighter is better and “n/a” marks "
+            "a finding whose test split has a single class.",
+        )
+    ]
+    baseline = ctx.baseline
+    if baseline not in set(auroc["method"]):
+        parts.append(empty_html(f"No completed {baseline!r} trial, so no differences to it."))
+        return "".join(parts)
+    others = [c for c in configs if c[0] != baseline]
+    if not others:
+        parts.append(empty_html(f"Only {baseline!r} ran, so there is no difference to show."))
+        return "".join(parts)
+    diff = sm.per_task_difference(auroc, baseline)
+    parts.append(
+        figure_html(
+            task_heatmap(
+                diff,
+                others,
+                tasks,
+                column="diff",
+                title=f"Test AUROC minus {baseline}'s, per finding",
+                z_title="Δ AUROC",
+                diverging=True,
+            ),
+            "fig-task-auroc-diff",
+            f"Each cell is a method's mean test AUROC on one finding minus {esc(baseline)}'s "
+            "on the same workload; green is better than the baseline, red worse, white equal.",
+        )
+    )
+    loss = sm.per_task(ctx.trials, ctx.epochs, "loss")
+    loss_diff = sm.per_task_difference(loss, baseline)
+    parts.append(
+        figure_html(
+            task_heatmap(
+                loss_diff,
+                others,
+                tasks,
+                column="diff",
+                title=f"Test loss minus {baseline}'s, per finding",
+                z_title="Δ loss",
+                digits=4,
+                diverging=True,
+                lower_is_better=True,
+            ),
+            "fig-task-loss-diff",
+            f"Each cell is a method's mean test binary cross-entropy on one finding minus "
+            f"{esc(baseline)}'s; green (negative) means the method lowered that finding's loss, "
+            "red means it raised it.",
+        )
+    )
+    counts = []
+    for (method, workload), group in loss_diff.groupby(["method", "workload"], sort=False):
+        finite = group["diff"].dropna()
+        counts.append(
+            f"<li>{method_cell(method, ctx.palette)}"
+            f"{' [' + esc(workload) + ']' if len(ctx.workloads) > 1 else ''}: lower test loss "
+            f"than {esc(baseline)} on {int((finite < 0).sum())} of {len(finite)} findings, "
+            f"higher on {int((finite > 0).sum())}</li>"
+        )
+    parts.append(f'<ul class="tally">{"".join(counts)}</ul>')
+    return "".join(parts)
+
+
+def section_dynamics(ctx: ReportContext) -> str:
+    """Loss curves per task (selector), mean val AUROC per epoch, task-weight trajectories."""
+    if ctx.completed.empty:
+        return empty_html("No completed trials, so there are no training curves to show.")
+    loss = sm.curves(ctx.epochs, ctx.trials, "loss")
+    auroc = sm.curves(ctx.epochs, ctx.trials, "auroc")
+    weights = sm.curves(ctx.epochs, ctx.trials, "weight_normalized")
+    parts = []
+    for n, workload in enumerate(ctx.workloads):
+        methods = [m for m, w in ctx.configs if w == workload]
+        if not methods:
+            continue
+        tasks = [t for t in ctx.results.tasks if t in set(loss["task"])]
+        suffix = f" [{workload}]" if len(ctx.workloads) > 1 else ""
+        parts.append(ctx.workload_heading(workload))
+        parts.append(
+            figure_html(
+                loss_curves(
+                    loss[loss["workload"] == workload],
+                    methods,
+                    tasks,
+                    ctx.palette,
+                    title=f"Train and val loss per epoch{suffix}",
+                ),
+                f"fig-loss-curves-{n}",
+                "Solid lines are the training split's loss, dashed the validation split's, both "
+                "measured after each epoch without augmentation and averaged over seeds; pick a "
+                "finding in the menu (default: the mean over findings), click a legend entry to "
+                "hide a line. A widening gap between solid and dashed is overfitting.",
+            )
+        )
+        parts.append(
+            figure_html(
+                val_auroc_per_epoch(
+                    auroc[auroc["workload"] == workload],
+                    methods,
+                    ctx.palette,
+                    title=f"Mean val AUROC per epoch{suffix}",
+                ),
+                f"fig-val-auroc-{n}",
+                "Each line is a method's validation AUROC, averaged over findings and then over "
+                "seeds, after each epoch; error bars are ± one std over seeds. Higher and "
+                "earlier is better.",
+            )
+        )
+        parts.append(
+            figure_html(
+                weight_trajectories(
+                    weights[weights["workload"] == workload],
+                    methods,
+                    tasks,
+                    title=f"Task weights per epoch{suffix}",
+                ),
+                f"fig-weights-{n}",
+                "Each line is one finding's task weight during an epoch (the mean over its "
+                "steps, normalised so the findings sum to 1, averaged over seeds) for the "
+                "method picked in the menu; the dotted line is equal weighting. Lines that "
+                "spread apart show a method shifting effort between findings.",
+            )
+        )
+    return "".join(parts)
+
+
+def _cost_table_html(ctx: ReportContext, cost: pd.DataFrame) -> str:
+    headers = [
+        ("Method", ""),
+        ("Workload" if not ctx.results.workload_is_backbone else "Backbone", ""),
+        ("Images/s", "num"),
+        (f"vs {ctx.baseline}", "num"),
+        ("Peak memory (MB)", "num"),
+        (f"vs {ctx.baseline}", "num"),
+        ("Step (ms)", "num"),
+    ]
+    rows = {(r["method"], r["workload"]): r for _, r in cost.iterrows()}
+    body = []
+    for config in ctx.configs:
+        if config not in rows:
+            continue
+        r = rows[config]
+        body.append(
+            "<tr>"
+            f"<td>{method_cell(config[0], ctx.palette)}</td><td>{esc(config[1])}</td>"
+            f'<td class="num">{fmt_number(r["images_per_second"], THROUGHPUT_DIGITS)}</td>'
+            f'<td class="num">{fmt_ratio(r["images_per_second_ratio"])}</td>'
+            f'<td class="num">{fmt_number(r["peak_memory_mb"], MEMORY_DIGITS)}</td>'
+            f'<td class="num">{fmt_ratio(r["peak_memory_mb_ratio"])}</td>'
+            f'<td class="num">{fmt_number(r["step_time_ms"], 1)}</td>'
+            "</tr>"
+        )
+    return table_html(headers, body) + (
+        '<p class="caption">Means over completed seeds of training throughput (images per '
+        "second of training step time, after the first steps' warm-up), peak memory (CUDA "
+        f"allocator peak on GPU, process RSS on CPU) and median step time; the ratios divide "
+        f"by {esc(ctx.baseline)} on the same workload, so 0.80× throughput is 20% slower.</p>"
+    )
+
+
+def _time_to_target_html(ctx: ReportContext) -> str:
+    goal = sm.targets(ctx.trials, ctx.epochs, ctx.baseline, ctx.options.target_fraction)
+    per_trial = sm.time_to_target_trials(ctx.trials, ctx.epochs, goal)
+    parts = ["<h3>Time to result</h3>"]
+    missing = [w for w, t in goal.by_workload.items() if is_missing(t)]
+    if missing:
+        parts.append(
+            empty_html(
+                f"No completed {ctx.baseline!r} trial on {', '.join(missing)}, so there is no "
+                "target to time against there."
+            )
+        )
+    if per_trial.empty or all(is_missing(t) for t in goal.by_workload.values()):
+        return "".join(parts)
+    targets_text = "; ".join(
+        f"{esc(w) + ': ' if len(goal.by_workload) > 1 else ''}{fmt_number(t, 4)}"
+        for w, t in goal.by_workload.items()
+        if not is_missing(t)
+    )
+    parts.append(
+        f"<p>Target: mean val AUROC ≥ {goal.fraction:g} × {esc(ctx.baseline)}'s final mean val "
+        f"AUROC (averaged over its seeds) = <strong>{targets_text}</strong>. Time is cumulative "
+        "training time (evaluation excluded) at the end of the first epoch whose validation "
+        "reaches the target, as the MLCommons AlgoPerf benchmark times training algorithms.</p>"
+    )
+    summary = sm.time_to_target_summary(per_trial, ctx.baseline)
+    headers = [
+        ("Method", ""),
+        ("Workload" if not ctx.results.workload_is_backbone else "Backbone", ""),
+        ("Reached", "num"),
+        ("Median time", "num"),
+        ("Fastest – slowest", "num"),
+        ("Median epochs", "num"),
+        (f"Time vs {ctx.baseline}", "num"),
+    ]
+    rows = {(r["method"], r["workload"]): r for _, r in summary.iterrows()}
+    body = []
+    for config in ctx.configs:
+        if config not in rows:
+            continue
+        r = rows[config]
+        never = "not reached"
+        median = never if math.isinf(r["median_time_s"]) else fmt_duration(r["median_time_s"])
+        epochs = never if math.isinf(r["median_epochs"]) else fmt_number(r["median_epochs"], 1)
+        spread = (
+            f"{fmt_duration(r['min_time_s'])} – {fmt_duration(r['max_time_s'])}"
+            if r["n_reached"]
+            else MISSING
+        )
+        cls = ' class="incomplete"' if r["n_reached"] < r["n"] else ""
+        body.append(
+            f"<tr{cls}><td>{method_cell(config[0], ctx.palette)}</td><td>{esc(config[1])}</td>"
+            f'<td class="num count">{int(r["n_reached"])}/{int(r["n"])}</td>'
+            f'<td class="num">{esc(median)}</td><td class="num">{esc(spread)}</td>'
+            f'<td class="num">{esc(epochs)}</td><td class="num">{fmt_ratio(r["ratio"])}</td></tr>'
+        )
+    parts.append(table_html(headers, body))
+    parts.append(
+        '<p class="caption">Per method, how many trials reached the target, the median time '
+        "(“not reached” once half or more never did; trials that never reach it count as "
+        "infinitely slow rather than being dropped), the fastest and slowest trial that "
+        f"reached it, and the median time divided by {esc(ctx.baseline)}'s (below 1× is "
+        "faster).</p>"
+    )
+    parts.append(
+        figure_html(
+            time_to_target_strip(
+                per_trial, ctx.configs, ctx.palette, title="Training time to the target, per trial"
+            ),
+            "fig-time-to-target",
+            "Each dot is one trial (hover for its seed) at the training time it needed to reach "
+            "the target; crosses in the “never” column are trials that did not reach it "
+            "within their epochs.",
+        )
+    )
+    parts.append("<h3>Performance profiles</h3>")
+    if len(ctx.workloads) < 2:
+        parts.append(
+            empty_html(
+                "Performance profiles compare methods across several workloads; this report has "
+                "one. Merge runs of other backbones or data sets (harness report RUN_DIR "
+                "RUN_DIR ... --out FILE) to see them."
+            )
+        )
+        return "".join(parts)
+    profiles, areas = sm.performance_profiles(summary)
+    parts.append(
+        figure_html(
+            profile_plot(
+                sm.PROFILE_TAUS,
+                profiles,
+                areas,
+                ctx.palette,
+                title="Performance profiles of time to target",
+            ),
+            "fig-profiles",
+            "For each method, the fraction of workloads on which its median time to the target "
+            "is within tau times the fastest method's on that workload (AlgoPerf); a curve "
+            "higher and further left is better, and the area over tau in [1, 4] (legend, 1 = "
+            "fastest everywhere) summarises it in one number.",
+        )
+    )
+    return "".join(parts)
 
 
 def section_cost(ctx: ReportContext) -> str:
-    """Bar charts of throughput and peak memory per method x backbone."""
+    """Throughput and memory with ratios, step-time phases, Pareto plot, time to result."""
     if ctx.completed.empty:
-        return empty_html("No completed trials, so there is no throughput or memory to show.")
-    parts = []
-    charts = [
+        return empty_html("No completed trials, so there is no cost to show.")
+    cost = sm.cost_table(ctx.trials, ctx.baseline)
+    parts = [_cost_table_html(ctx, cost)]
+    for column, div_id, title, y_title, digits, caption in (
         (
             "images_per_second",
             "fig-throughput",
             "Training throughput",
             "Images per second",
             THROUGHPUT_DIGITS,
-            "Each bar is the mean training throughput in images per second over the completed "
-            "seeds of one method and backbone, with an error bar of ± one std across seeds "
-            "(none for a single seed); taller is faster.",
+            "Each bar is a method's mean training throughput over completed seeds with ± one "
+            "std across seeds; taller is faster.",
         ),
         (
             "peak_memory_mb",
@@ -308,15 +776,16 @@ def section_cost(ctx: ReportContext) -> str:
             "Peak memory",
             "Peak memory (MB)",
             MEMORY_DIGITS,
-            "Each bar is the mean peak memory in MB during training over the completed seeds of "
-            "one method and backbone, with an error bar of ± one std across seeds (none for a "
-            "single seed); shorter is leaner.",
+            "Each bar is a method's mean peak memory during training over completed seeds with "
+            "± one std across seeds; shorter is leaner.",
         ),
-    ]
-    for column, div_id, title, y_title, digits, caption in charts:
-        parts.append(f"<h3>{esc(title)}</h3>")
-        stats = metric_by_config(ctx.trials, column)
-        if stats.empty or stats["mean"].isna().all():
+    ):
+        stats = (
+            ctx.completed.groupby(sm.CONFIG_KEYS)[column]
+            .agg(mean="mean", std="std", n="count")
+            .reset_index()
+        )
+        if stats["mean"].isna().all():
             parts.append(empty_html(f"{title} was not recorded for any completed trial."))
             continue
         fig = config_bar_chart(
@@ -328,19 +797,101 @@ def section_cost(ctx: ReportContext) -> str:
             digits=digits,
         )
         parts.append(figure_html(fig, div_id, caption))
+    parts.append(
+        figure_html(
+            step_time_stack(cost, ctx.configs, sm.PHASES, title="Where a training step goes"),
+            "fig-step-phases",
+            "Each bar is a method's median training step split into loading the batch (data), "
+            "the forward pass, the backward pass with the task weighting (where gradient "
+            "methods pay their extra passes) and the optimizer step, averaged over seeds.",
+        )
+    )
+    methods_only = ctx.summary[ctx.summary["method"] != sm.TRIVIAL]
+    parts.append(
+        figure_html(
+            pareto_plot(methods_only, ctx.palette, title="Accuracy against speed"),
+            "fig-pareto",
+            "Each marker is a method (one marker shape per workload) at its mean training "
+            "throughput and mean test AUROC; the dotted step line joins the methods that no "
+            "other method beats on both, so up and right is better.",
+        )
+    )
+    parts.append(_time_to_target_html(ctx))
     return "".join(parts)
 
 
-def section_trials(ctx: ReportContext) -> str:
-    """Every trial with its status, best epoch, test AUROC, wall time and error line."""
+def _run_provenance(run: RunResults, show_name: bool) -> str:
+    manifest = run.manifest
+    started, finished = manifest.get("started_at"), manifest.get("finished_at")
+    finished_text = fmt_timestamp(finished) if finished else "not finished"
+    start_dt, end_dt = parse_timestamp(started), parse_timestamp(finished)
+    if start_dt and end_dt and (start_dt.tzinfo is None) == (end_dt.tzinfo is None):
+        finished_text += f" (took {fmt_duration((end_dt - start_dt).total_seconds())})"
+    commit = manifest.get("git_commit")
+    listed = set((manifest.get("trials") or {}).keys())
+    unreported = sorted(listed - set(run.trials["trial_id"].dropna()))
+
+    def mapping(value: Any) -> str:
+        if not isinstance(value, dict) or not value:
+            return MISSING
+        return ", ".join(f"{esc(k)} {esc(v)}" for k, v in value.items())
+
+    items: list[tuple[str, str]] = [
+        ("Run directory", f"<code>{esc(run.run_dir)}</code>"),
+        ("Command", f"<code>{esc(manifest.get('command') or MISSING)}</code>"),
+        ("Started", esc(fmt_timestamp(started))),
+        ("Finished", esc(finished_text)),
+        ("Git commit", f"<code>{esc(commit)}</code>" if commit else MISSING),
+        ("Harness", esc(manifest.get("harness_version") or MISSING)),
+        ("Versions", mapping(manifest.get("versions"))),
+        ("Hardware", mapping(manifest.get("hardware"))),
+        ("Ray cluster", mapping(manifest.get("cluster_resources"))),
+    ]
+    if unreported:
+        items.append(
+            (
+                "Unreported",
+                f'<span class="status status-failed">{len(unreported)} trial(s) listed in the '
+                f"manifest without a results row: {esc(', '.join(unreported))}</span>",
+            )
+        )
+    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    try:
+        import yaml
+
+        config_text = yaml.safe_dump(run.config, sort_keys=False) if run.config else ""
+    except Exception:  # a config that does not round-trip is still shown as JSON
+        config_text = json.dumps(run.config, indent=1, default=str)
+    heading = f"<h3>{esc(run.name)}</h3>" if show_name else ""
+    return (
+        f'{heading}<dl class="meta">{meta}</dl>'
+        f"<details><summary>Resolved configuration</summary><pre>{esc(config_text)}</pre>"
+        "</details>"
+    )
+
+
+def section_provenance(ctx: ReportContext) -> str:
+    """Per run: config, versions, commit, hardware, cluster, times; then every trial."""
+    several = len(ctx.results.runs) > 1
+    parts = [_run_provenance(run, several) for run in ctx.results.runs]
+    parts.append("<h3>Trials</h3>")
+    parts.append(_trials_table(ctx))
+    return "".join(parts)
+
+
+def _trials_table(ctx: ReportContext) -> str:
     trials = ctx.trials
     if trials.empty:
         return empty_html("No trials.")
-    manifest_trials: dict[str, Any] = ctx.results.manifest.get("trials") or {}
+    manifest_trials: dict[str, Any] = {}
+    for run in ctx.results.runs:
+        prefix = f"{run.name}/" if len(ctx.results.runs) > 1 else ""
+        for key, value in (run.manifest.get("trials") or {}).items():
+            manifest_trials[prefix + key] = value
     headers = [
         ("Trial", ""),
         ("Method", ""),
-        ("Backbone", ""),
+        ("Workload" if not ctx.results.workload_is_backbone else "Backbone", ""),
         ("Seed", "num"),
         ("Status", ""),
         ("Epochs", "num"),
@@ -349,23 +900,23 @@ def section_trials(ctx: ReportContext) -> str:
         ("Wall time", "num"),
         ("Error", ""),
     ]
-    ordered = trials.sort_values(["method", "backbone", "seed", "trial_id"], kind="mergesort")
+    ordered = trials.sort_values(["method", "workload", "seed", "trial_id"], kind="mergesort")
     rows = []
     for row in ordered.itertuples(index=False):
         error = row.error
-        if is_missing(error) and not isinstance(error, str):
+        if not isinstance(error, str):
             entry = manifest_trials.get(row.trial_id)
             error = entry.get("error") if isinstance(entry, dict) else None
         full = error if isinstance(error, str) else ""
         cells = [
             f"<td><code>{esc(row.trial_id)}</code></td>",
             f"<td>{method_cell(row.method, ctx.palette)}</td>",
-            f"<td>{esc(row.backbone)}</td>",
+            f"<td>{esc(row.workload)}</td>",
             f'<td class="num">{fmt_int(row.seed)}</td>',
             f'<td class="status status-{esc(row.status)}">{esc(row.status)}</td>',
             f'<td class="num">{fmt_int(row.epochs_completed)}</td>',
             f'<td class="num">{fmt_int(row.best_epoch)}</td>',
-            f'<td class="num">{fmt_number(row.test_mean_auroc, AUROC_DIGITS)}</td>',
+            f'<td class="num">{fmt_number(row.test_mean_auroc, 3)}</td>',
             f'<td class="num">{fmt_duration(row.wall_time_s)}</td>',
             f'<td class="error" title="{esc(full)}">{esc(error_line(full))}</td>'
             if full
@@ -373,27 +924,33 @@ def section_trials(ctx: ReportContext) -> str:
         ]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     caption = (
-        "One row per trial, ordered by method, backbone and seed; test AUROC is the mean over "
-        "tasks at the best validation epoch, and the error column shows the last line of a "
-        "failed or diverged trial's error (hover for the full text)."
+        "One row per trial; test AUROC is the mean over findings at the best validation epoch, "
+        "and the error column shows the line that names a failed or diverged trial's error "
+        "(hover for the full text)."
     )
     return table_html(headers, rows) + f'<p class="caption">{caption}</p>'
 
 
 SECTIONS: list[Section] = [
-    Section("leaderboard", "Leaderboard", section_leaderboard),
-    Section("per-task-auroc", "Per-task test AUROC", section_per_task),
-    Section("cost", "Throughput and memory", section_cost),
-    Section("trials", "Trials", section_trials),
+    Section("summary", "Summary", section_summary),
+    Section("paired", "Paired comparisons", section_paired),
+    Section("per-task", "Per finding", section_per_task),
+    Section("dynamics", "Training dynamics", section_dynamics),
+    Section("cost", "Cost and time to quality", section_cost),
+    Section("provenance", "Provenance", section_provenance),
 ]
 
 
 # --- the page ----------------------------------------------------------------------------
 
 
-def render_report(results: RunResults) -> str:
+def render_report(results: Comparison | RunResults, options: ReportOptions | None = None) -> str:
     """The whole report as one HTML string."""
-    ctx = build_context(results)
+    if isinstance(results, RunResults):
+        from reports.load import merge_runs
+
+        results = merge_runs([results])
+    ctx = build_context(results, options)
     body = [section_header(ctx)]
     for section in SECTIONS:
         body.append(
@@ -417,13 +974,45 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(run_dir: str | os.PathLike[str]) -> Path:
-    """Write report.html, summary.csv and summary.md into ``run_dir``; return the HTML path."""
-    results = load_run(run_dir)
-    board = leaderboard(results.trials)
-    root = results.run_dir
-    _write_text(root / SUMMARY_CSV_FILE, board.to_csv(index=False))
-    _write_text(root / SUMMARY_MD_FILE, leaderboard_markdown(board, f"{results.name}: leaderboard"))
-    report = root / REPORT_FILE
-    _write_text(report, render_report(results))
-    return report
+@dataclass
+class WrittenReport:
+    html: Path
+    summary_csv: Path
+    summary_md: Path
+    results: Comparison
+    summary: pd.DataFrame
+
+
+def write_report(
+    run_dirs: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    options: ReportOptions | None = None,
+) -> WrittenReport:
+    """Write the HTML report and, next to it, summary.csv and summary.md.
+
+    ``out`` defaults to ``report.html`` in the run directory; it is required when several run
+    directories are merged.
+    """
+    dirs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
+    seen: set[Path] = set()
+    for path in dirs:
+        if Path(path).resolve() in seen:
+            raise ReportError(f"run directory given twice: {path}")
+        seen.add(Path(path).resolve())
+    if out is None and len(dirs) > 1:
+        raise ReportError("several run directories are merged: name the report with --out FILE")
+    report = Path(out) if out is not None else Path(dirs[0]) / REPORT_FILE
+    if report.suffix.lower() not in (".html", ".htm"):
+        raise ReportError(f"--out must name an .html file, got {report}")
+    results = load_runs(dirs)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    ctx_summary = sm.summary_table(results.trials, results.epochs)
+    csv_path = report.parent / SUMMARY_CSV_FILE
+    md_path = report.parent / SUMMARY_MD_FILE
+    _write_text(csv_path, ctx_summary.to_csv(index=False))
+    _write_text(
+        md_path,
+        summary_markdown(ctx_summary, f"{results.name}: summary", results.workload_is_backbone),
+    )
+    _write_text(report, render_report(results, options))
+    return WrittenReport(report, csv_path, md_path, results, ctx_summary)

@@ -80,7 +80,30 @@ EPOCH_FLOAT_COLUMNS: tuple[str, ...] = (
     "train_time_s",
 )
 
-STRING_COLUMNS: tuple[str, ...] = ("trial_id", "method", "backbone", "status", "split", "task")
+# Columns added after the first release: a run directory written before them still loads,
+# with NaN in their place (the report then says the figure was not recorded).
+OPTIONAL_TRIAL_FLOAT_COLUMNS: tuple[str, ...] = (
+    "test_mean_auprc",
+    "test_macro_f1",
+    "test_exact_match",
+    "test_trivial_exact_match",
+    "train_time_s",
+    "n_train",
+    "n_val",
+    "n_test",
+)
+OPTIONAL_EPOCH_FLOAT_COLUMNS: tuple[str, ...] = ("auprc", "f1", "n_positive")
+
+STRING_COLUMNS: tuple[str, ...] = (
+    "trial_id",
+    "method",
+    "backbone",
+    "status",
+    "split",
+    "task",
+    "run",
+    "workload",
+)
 
 
 class ReportError(Exception):
@@ -160,7 +183,10 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _read_table(
-    path: Path, columns: tuple[str, ...], float_columns: tuple[str, ...]
+    path: Path,
+    columns: tuple[str, ...],
+    float_columns: tuple[str, ...],
+    optional_float_columns: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     _require_file(path)
     try:
@@ -171,8 +197,11 @@ def _read_table(
     if missing:
         raise ReportError(f"corrupt file {path}: missing column(s) {', '.join(missing)}")
     frame = frame.copy()
+    for column in optional_float_columns:
+        if column not in frame.columns:
+            frame[column] = float("nan")
     try:
-        for column in float_columns:
+        for column in (*float_columns, *optional_float_columns):
             frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
     except (TypeError, ValueError) as exc:
         raise ReportError(f"corrupt file {path}: {_one_line(exc)}") from exc
@@ -190,6 +219,89 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
         raise ReportError(f"run directory not found: {root}")
     manifest = _read_manifest(root / MANIFEST_FILE)
     config = _read_config(root / CONFIG_FILE)
-    trials = _read_table(root / TRIALS_FILE, TRIAL_COLUMNS, TRIAL_FLOAT_COLUMNS)
-    epochs = _read_table(root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS)
+    trials = _read_table(
+        root / TRIALS_FILE, TRIAL_COLUMNS, TRIAL_FLOAT_COLUMNS, OPTIONAL_TRIAL_FLOAT_COLUMNS
+    )
+    epochs = _read_table(
+        root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
+    )
     return RunResults(run_dir=root, trials=trials, epochs=epochs, manifest=manifest, config=config)
+
+
+@dataclass
+class Comparison:
+    """One or more run directories merged into one comparison.
+
+    Both tables gain ``run`` (the run's name) and ``workload``: what a method is trained on,
+    the backbone alone when every run used the same data, else ``backbone · data``. A
+    (method, workload) pair is a *config*; its trials differ by seed.
+    """
+
+    runs: list[RunResults]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    workload_is_backbone: bool
+
+    @property
+    def name(self) -> str:
+        return " + ".join(run.name for run in self.runs)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Findings in the first run's order, then any others the later runs add."""
+        ordered: list[str] = []
+        for run in self.runs:
+            ordered += [t for t in run.tasks if t not in ordered]
+        return ordered
+
+
+def data_label(config: dict[str, Any]) -> str:
+    """``"nih @ 224 px"``: the data set and input size a run trained on, from its config."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    dataset = data.get("dataset") or "unknown data"
+    size = data.get("image_size")
+    return f"{dataset} @ {size} px" if size else str(dataset)
+
+
+def merge_runs(runs: list[RunResults]) -> Comparison:
+    """Stack the runs' tables; refuse two runs that hold the same method, workload and seed
+    (the paired comparisons pair trials by seed, so such a merge has no single answer)."""
+    if not runs:
+        raise ReportError("no run directory given")
+    labels = [data_label(run.config) for run in runs]
+    same_data = len(set(labels)) == 1
+    names: list[str] = []
+    for run in runs:
+        name = run.name
+        while name in names:
+            name += "'"
+        names.append(name)
+    trials, epochs = [], []
+    for run, name, data in zip(runs, names, labels, strict=True):
+        for frame, out in ((run.trials, trials), (run.epochs, epochs)):
+            frame = frame.copy()
+            frame["run"] = name
+            backbone = frame["backbone"].astype(object)
+            frame["workload"] = backbone if same_data else backbone + f" · {data}"
+            if len(runs) > 1:
+                frame["trial_id"] = name + "/" + frame["trial_id"].astype(str)
+            out.append(frame)
+    merged_trials = pd.concat(trials, ignore_index=True)
+    merged_epochs = pd.concat(epochs, ignore_index=True)
+    key = ["method", "workload", "seed"]
+    twice = merged_trials[merged_trials.duplicated(key, keep=False)]
+    if len(runs) > 1 and not twice.empty:
+        row = twice.iloc[0]
+        where = ", ".join(sorted(set(twice[(twice[key] == row[key]).all(axis=1)]["run"])))
+        raise ReportError(
+            f"method {row['method']!r}, workload {row['workload']!r}, seed {row['seed']} is in "
+            f"more than one run ({where}); merge runs of different methods, backbones or data"
+        )
+    return Comparison(
+        runs=runs, trials=merged_trials, epochs=merged_epochs, workload_is_backbone=same_data
+    )
+
+
+def load_runs(run_dirs: list[str | os.PathLike[str]]) -> Comparison:
+    """Read and merge run directories (see :func:`merge_runs`)."""
+    return merge_runs([load_run(path) for path in run_dirs])

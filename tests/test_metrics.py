@@ -47,3 +47,35 @@ def test_task_with_no_labels():
     assert (logits.grad[:, 1] == 0).all()
     m = task_metrics(logits.detach(), labels, mask)
     assert math.isnan(m.loss[1]) and math.isnan(m.accuracy[1]) and m.n_labeled[1] == 0
+
+
+def test_auprc_f1_and_exact_match_by_hand():
+    # task 0: labels 1,0,1,0, scores 2, 0.5, -0.5, -1 -> ranked: +(2) -(0.5) +(-0.5) -(-1)
+    #   AP = (1/1 + 2/3) / 2; predictions 1,1,0,0 -> TP 1, FP 1, FN 1 -> F1 = 2/4
+    # task 1: labels 0,0,0,1 (one mask hole), predictions 1,0,1,0 on the labelled rows
+    logits = torch.tensor([[2.0, 1.0], [0.5, -1.0], [-0.5, 3.0], [-1.0, -2.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, False], [True, True]])
+    m = task_metrics(logits, labels, mask)
+    assert m.auprc[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert m.f1[0] == pytest.approx(0.5)
+    # task 1 labelled rows 0,1,3: labels 0,0,1, scores 1,-1,-2 -> the positive ranks last
+    assert m.auprc[1] == pytest.approx(1 / 3)
+    assert m.f1[1] == pytest.approx(0.0)  # TP 0, FP 1, FN 1
+    assert m.n_positive.tolist() == [2, 1]
+    assert m.macro_f1 == pytest.approx(0.25)
+    # per example, every labelled finding right? row 0: (1,1) vs (1,0) no; row 1: (1,0) vs
+    # (0,0) no; row 2: task 0 only, 0 vs 1 no; row 3: (0,0) vs (0,1) no
+    assert m.exact_match == 0.0
+    # examples without a positive label: row 1 only (row 2 has task 0 positive)
+    assert m.trivial_exact_match == pytest.approx(1 / 4)
+
+
+def test_exact_match_counts_only_labelled_findings():
+    logits = torch.tensor([[3.0, 9.0], [-3.0, -9.0], [5.0, 5.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    mask = torch.tensor([[True, False], [True, True], [False, False]])  # row 2: nothing known
+    m = task_metrics(logits, labels, mask)
+    assert m.exact_match == 1.0  # rows 0 and 1 right on what is known; row 2 not counted
+    assert m.trivial_exact_match == pytest.approx(1 / 2)
+    assert math.isnan(m.f1[1])  # no positive label for task 1

@@ -19,8 +19,8 @@ if str(ROOT) not in sys.path:  # the project is not installed in the venv
     sys.path.insert(0, str(ROOT))
 
 import reports  # noqa: E402
-from reports.figures import config_bar_chart, method_palette, per_task_auroc_heatmap  # noqa: E402
-from reports.summary import metric_by_config, per_task_test_auroc  # noqa: E402
+from reports import summary as sm  # noqa: E402
+from reports.figures import task_heatmap  # noqa: E402
 
 TASKS = ("Atelectasis", "Cardiomegaly", "Effusion")
 TASK_OFFSETS = (-0.05, 0.0, 0.05)  # per-task AUROC = trial mean + offset, so they average back
@@ -49,6 +49,7 @@ def make_run(
     outcomes: dict[tuple[str, int], tuple[str, str | None]] | None = None,
     test_auroc: dict[tuple[str, int], float] | None = None,
     nan_tasks: dict[str, tuple[str, ...]] | None = None,
+    dataset: str = "synthetic",
 ) -> Path:
     """Write a realistic run directory: config, manifest, trials and epochs tables.
 
@@ -84,6 +85,13 @@ def make_run(
                         "val_mean_auroc": nan if failed else auroc - 0.01,
                         "test_mean_auroc": nan if failed else auroc,
                         "test_mean_accuracy": nan if failed else 0.9 + 0.01 * seed - 0.02 * mi,
+                        "test_mean_auprc": nan if failed else auroc - 0.4,
+                        "test_macro_f1": nan if failed else 0.3 + 0.01 * mi,
+                        "test_exact_match": nan if failed else 0.5 + 0.01 * seed,
+                        "test_trivial_exact_match": nan if failed else 0.55,
+                        "n_train": 700,
+                        "n_val": 150,
+                        "n_test": 150,
                         "images_per_second": nan if failed else 1000.0 + 100 * mi + 10 * seed,
                         "step_time_ms": nan if failed else 50.0 + mi + seed,
                         "data_time_ms": nan if failed else 5.0,
@@ -112,13 +120,16 @@ def make_run(
                                     "epoch": epoch,
                                     "split": split,
                                     "task": task,
-                                    "loss": 0.5 / epoch,
+                                    "loss": 0.5 / epoch + 0.01 * mi * (ti - 1),
                                     "accuracy": 0.85,
-                                    "auroc": value,
+                                    "auroc": value - 0.02 * (n_epochs - epoch),
+                                    "auprc": value - 0.4,
+                                    "f1": 0.3,
                                     "weight": 1.0 + ti,
                                     "weight_normalized": (1.0 + ti) / 6.0,
                                     "n_labeled": 100,
-                                    "train_time_s": 60.0 * epoch,
+                                    "n_positive": 10 * (ti + 1),
+                                    "train_time_s": (60.0 + 10 * mi) * epoch,
                                 }
                             )
     trials = pd.DataFrame(trial_rows)
@@ -140,7 +151,10 @@ def make_run(
         "trials": manifest_trials,
     }
     (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    (root / "config.yaml").write_text("name: fake-run\nseeds: [0, 1]\nepochs: 2\n")
+    (root / "config.yaml").write_text(
+        f"name: fake-run\ndata: {{dataset: {dataset}, image_size: 64}}\n"
+        "train: {epochs: 2, batch_size: 64}\n"
+    )
     return root
 
 
@@ -174,7 +188,7 @@ def test_load_run_reads_all_files(run_dir: Path) -> None:
     assert len(results.trials) == 4
     assert len(results.epochs) == 4 * (2 * 2 + 1) * 3
     assert results.manifest["name"] == "fake-run"
-    assert results.config == {"name": "fake-run", "seeds": [0, 1], "epochs": 2}
+    assert results.config["data"] == {"dataset": "synthetic", "image_size": 64}
     assert results.tasks == list(TASKS)
 
 
@@ -222,30 +236,59 @@ def test_missing_run_dir(tmp_path: Path) -> None:
         reports.load_run(tmp_path / "nope")
 
 
-# --- leaderboard -------------------------------------------------------------------------
+# --- the summary table ----------------------------------------------------------------------
 
 
-def test_leaderboard_numbers_by_hand(run_dir: Path) -> None:
-    board = reports.leaderboard(reports.load_run(run_dir).trials)
-    assert list(board["method"]) == ["deepchest", "equal"]  # best test AUROC first
-    top = board.iloc[0]
-    # deepchest seeds: 0.80 and 0.82
+def comparison(*run_dirs: Path) -> reports.Comparison:
+    return reports.load_runs(list(run_dirs))
+
+
+def test_summary_numbers_by_hand(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    table = sm.summary_table(results.trials, results.epochs)
+    assert list(table["method"]) == ["deepchest", "equal", sm.TRIVIAL]  # best AUROC first
+    top = table.iloc[0]
+    # deepchest seeds: 0.80 and 0.82 -> mean 0.81, sd 0.01*sqrt(2), t_{0.975,1} = 12.706
+    half = 12.7062047 * math.sqrt(2 * 0.01**2) / math.sqrt(2)
     assert top["test_mean_auroc_mean"] == pytest.approx(0.81)
-    assert top["test_mean_auroc_std"] == pytest.approx(math.sqrt(2 * 0.01**2))
+    assert top["test_mean_auroc_low"] == pytest.approx(0.81 - half)
+    assert top["test_mean_auroc_high"] == pytest.approx(0.81 + half)
     assert top["test_mean_accuracy_mean"] == pytest.approx(0.905)
-    assert top["test_mean_accuracy_std"] == pytest.approx(math.sqrt(2 * 0.005**2))
+    assert top["test_mean_auprc_mean"] == pytest.approx(0.41)
+    assert top["test_exact_match_mean"] == pytest.approx(0.505)
+    assert top["test_macro_f1_mean"] == pytest.approx(0.30)
     assert top["images_per_second_mean"] == pytest.approx(1005.0)
-    assert top["step_time_ms_mean"] == pytest.approx(50.5)
     assert top["peak_memory_mb_mean"] == pytest.approx(2001.0)
-    assert top["wall_time_s_mean"] == pytest.approx(135.0)
-    assert (top["n_trials"], top["n_completed"]) == (2, 2)
-    second = board.iloc[1]
-    # equal seeds: 0.75 and 0.77
-    assert second["test_mean_auroc_mean"] == pytest.approx(0.76)
-    assert second["images_per_second_mean"] == pytest.approx(1105.0)
+    assert (top["rank"], top["n_trials"], top["n_completed"]) == (1, 2, 2)
+    assert table.iloc[1]["test_mean_auroc_mean"] == pytest.approx(0.76)
 
 
-def test_leaderboard_excludes_failed_and_diverged_from_means(tmp_path: Path) -> None:
+def test_trivial_row_from_test_prevalence(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    trivial = sm.summary_table(results.trials, results.epochs).iloc[-1]
+    # prevalences 10/100, 20/100, 30/100
+    assert trivial["method"] == sm.TRIVIAL
+    assert trivial["test_mean_accuracy_mean"] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    assert trivial["test_mean_auprc_mean"] == pytest.approx(0.2)
+    assert trivial["test_mean_auroc_mean"] == 0.5
+    assert trivial["test_macro_f1_mean"] == 0.0
+    assert trivial["test_exact_match_mean"] == pytest.approx(0.55)
+    assert math.isnan(trivial["images_per_second_mean"])
+
+
+def test_best_cells_per_column_lower_memory_wins(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    table = sm.summary_table(results.trials, results.epochs)
+    memory = next(m for m in sm.SUMMARY_METRICS if m.column == "peak_memory_mb")
+    speed = next(m for m in sm.SUMMARY_METRICS if m.column == "images_per_second")
+    assert sm.best_rows(table, memory) == {0}  # deepchest: 2001 MB < 2501 MB
+    assert sm.best_rows(table, speed) == {1}  # equal: 1105 images/s
+    trivial_index = len(table) - 1
+    accuracy = next(m for m in sm.SUMMARY_METRICS if m.column == "test_mean_accuracy")
+    assert trivial_index not in sm.best_rows(table, accuracy)
+
+
+def test_failed_and_diverged_left_out_of_means(tmp_path: Path) -> None:
     run = make_run(
         tmp_path,
         seeds=(0, 1, 2),
@@ -255,82 +298,245 @@ def test_leaderboard_excludes_failed_and_diverged_from_means(tmp_path: Path) -> 
         },
         test_auroc={("deepchest", 0): 0.70, ("deepchest", 2): 0.99},
     )
-    board = reports.leaderboard(reports.load_run(run).trials).set_index("method")
-    row = board.loc["deepchest"]
+    results = comparison(run)
+    table = sm.summary_table(results.trials, results.epochs).set_index("method")
+    row = table.loc["deepchest"]
     assert (row["n_trials"], row["n_completed"]) == (3, 1)
     assert row["test_mean_auroc_mean"] == pytest.approx(0.70)  # the diverged 0.99 is left out
-    assert math.isnan(row["test_mean_auroc_std"])  # one completed seed
-    assert row["images_per_second_mean"] == pytest.approx(1000.0)
-    assert board.loc["equal", "n_completed"] == 3
-    assert list(board.index) == ["equal", "deepchest"]  # 0.77 > 0.70
+    assert math.isnan(row["test_mean_auroc_low"])  # one completed seed: no interval
+    assert list(table.index[:2]) == ["equal", "deepchest"]  # 0.77 > 0.70
 
 
-def test_leaderboard_all_failed_sorted_and_counted(tmp_path: Path) -> None:
-    outcomes = {(m, s): ("failed", "boom") for m in ("deepchest", "equal") for s in (0, 1)}
-    board = reports.leaderboard(reports.load_run(make_run(tmp_path, outcomes=outcomes)).trials)
-    assert list(board["n_trials"]) == [2, 2]
-    assert list(board["n_completed"]) == [0, 0]
-    assert board["test_mean_auroc_mean"].isna().all()
-
-
-def test_leaderboard_empty_trials() -> None:
-    board = reports.leaderboard(pd.DataFrame(columns=["trial_id", "method", "backbone", "status"]))
-    assert board.empty
-    assert "test_mean_auroc_mean" in board.columns
-
-
-def test_leaderboard_table_formats_mean_std(run_dir: Path) -> None:
-    board = reports.leaderboard(reports.load_run(run_dir).trials)
+def test_summary_rich_and_markdown(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    table = sm.summary_table(results.trials, results.epochs)
     console = Console(record=True, width=250)
-    console.print(reports.leaderboard_table(board, "[bold]my run[/bold]"))
+    console.print(reports.summary_rich(table, "[bold]my run[/bold]"))
     text = console.export_text()
-    assert "0.810 ± 0.014" in text
-    assert "1,005" in text
-    assert "2/2" in text
+    half = 12.7062047 * 0.01
+    assert f"0.810 ± {half:.3f}" in text
     assert "[bold]my run[/bold]" in text  # shown literally, no markup
+    assert "always negative" in text and "2/2" in text
+    markdown = reports.summary_markdown(table, "run | one")
+    assert markdown.startswith("# run \\| one")
+    assert "**0.810 ± 0.127**\\*" in markdown  # best marked
 
 
-def test_leaderboard_table_one_seed_and_markup_names(tmp_path: Path) -> None:
+def test_one_seed_shows_the_mean_alone(tmp_path: Path) -> None:
     run = make_run(tmp_path, seeds=(0,), methods=("[red]m[/red]",))
-    board = reports.leaderboard(reports.load_run(run).trials)
+    results = comparison(run)
     console = Console(record=True, width=250)
-    console.print(reports.leaderboard_table(board, "one seed"))
+    console.print(reports.summary_rich(sm.summary_table(results.trials, results.epochs), "x"))
     text = console.export_text()
-    assert "0.800 ± —" in text
+    assert "0.800" in text and "0.800 ±" not in text
     assert "[red]m[/red]" in text
+
+
+# --- paired comparisons ---------------------------------------------------------------------
+
+
+def test_paired_comparisons_by_hand(tmp_path: Path) -> None:
+    # differences to equal per seed: a: +0.02, +0.04, +0.03 ; b: -0.01, +0.01, -0.03
+    auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
+    auroc |= {("a", s): v for s, v in enumerate((0.72, 0.76, 0.74))}
+    auroc |= {("b", s): v for s, v in enumerate((0.69, 0.73, 0.68))}
+    run = make_run(tmp_path, methods=("equal", "a", "b"), seeds=(0, 1, 2), test_auroc=auroc)
+    results = comparison(run)
+    table = sm.paired_comparisons(results.trials, "equal")
+    rows = table[table["metric"] == "test_mean_auroc"].set_index("method")
+    assert rows.loc["a", "mean_diff"] == pytest.approx(0.03)
+    # sd of (0.02, 0.04, 0.03) = 0.01; t = 0.03 / (0.01 / sqrt 3) = 5.196, df 2 -> p = 0.0351
+    assert rows.loc["a", "p_value"] == pytest.approx(0.035098, abs=1e-5)
+    half = 4.3026527 * 0.01 / math.sqrt(3)
+    assert rows.loc["a", "low"] == pytest.approx(0.03 - half)
+    assert rows.loc["b", "mean_diff"] == pytest.approx(-0.01)
+    # Holm over the two methods: the smaller p doubled, the larger kept (monotone)
+    p_a, p_b = rows.loc["a", "p_value"], rows.loc["b", "p_value"]
+    assert rows.loc["a", "p_holm"] == pytest.approx(min(1, 2 * p_a))
+    assert rows.loc["b", "p_holm"] == pytest.approx(max(min(1, 2 * p_a), p_b))
+    assert rows["enough"].all() and (rows["n"] == 3).all()
+
+
+def test_paired_pairs_only_completed_seeds(tmp_path: Path) -> None:
+    run = make_run(tmp_path, seeds=(0, 1, 2), outcomes={("deepchest", 1): ("failed", "boom")})
+    results = comparison(run)
+    table = sm.paired_comparisons(results.trials, "equal")
+    assert set(table["n"]) == {2}
+    assert not table["enough"].any()
+
+
+# --- per task, dynamics, time to target ------------------------------------------------------
+
+
+def test_per_task_difference_and_nan_tasks(tmp_path: Path) -> None:
+    run = make_run(tmp_path, nan_tasks={"deepchest": ("Cardiomegaly",)}, seeds=(0,))
+    results = comparison(run)
+    auroc = sm.per_task(results.trials, results.epochs, "auroc")
+    cells = auroc.set_index(["method", "task"])
+    assert math.isnan(cells.loc[("deepchest", "Cardiomegaly"), "mean"])
+    assert cells.loc[("deepchest", "Effusion"), "mean"] == pytest.approx(0.85)
+    diff = sm.per_task_difference(auroc, "equal").set_index("task")["diff"]
+    assert diff["Atelectasis"] == pytest.approx(0.05)
+    assert math.isnan(diff["Cardiomegaly"])
+    loss = sm.per_task(results.trials, results.epochs, "loss")
+    loss_diff = sm.per_task_difference(loss, "deepchest").set_index("task")["diff"]
+    # loss = 0.25 + 0.01 * method_index * (task_index - 1) at epoch 2: equal - deepchest
+    assert loss_diff.tolist() == pytest.approx([-0.01, 0.0, 0.01])
+
+
+def test_curves_mean_over_seeds_and_tasks(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    curves = sm.curves(results.epochs, results.trials, "auroc")
+    val = curves[(curves["split"] == "val") & (curves["method"] == "deepchest")]
+    mean = val[val["task"] == "mean"].set_index("epoch")["mean"]
+    # seeds 0.80, 0.82; epoch 1 is 0.02 lower; task offsets average out
+    assert mean[1] == pytest.approx(0.79) and mean[2] == pytest.approx(0.81)
+    weights = sm.curves(results.epochs, results.trials, "weight_normalized")
+    one = weights[(weights["split"] == "train") & (weights["task"] == "Effusion")]
+    assert one["mean"].tolist() == pytest.approx([0.5] * len(one))
+
+
+def test_time_to_target_by_hand(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    goal = sm.targets(results.trials, results.epochs, "equal", 0.98)
+    # equal's final mean val AUROC: 0.75 and 0.77 -> target 0.98 * 0.76
+    assert goal.by_workload == {"resnet18": pytest.approx(0.98 * 0.76)}
+    per_trial = sm.time_to_target_trials(results.trials, results.epochs, goal)
+    times = per_trial.set_index("trial_id")["time_s"]
+    # epoch times: deepchest 60 s per epoch, equal 70 s; equal s0 reaches at epoch 2
+    assert times.to_dict() == {
+        "deepchest-resnet18-s0": 60.0,
+        "deepchest-resnet18-s1": 60.0,
+        "equal-resnet18-s0": 140.0,
+        "equal-resnet18-s1": 70.0,
+    }
+    summary = sm.time_to_target_summary(per_trial, "equal").set_index("method")
+    assert summary.loc["equal", "median_time_s"] == pytest.approx(105.0)
+    assert summary.loc["deepchest", "ratio"] == pytest.approx(60 / 105)
+    assert summary.loc["equal", "median_epochs"] == pytest.approx(1.5)
+
+
+def test_time_to_target_never_reached_is_kept(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    goal = sm.targets(results.trials, results.epochs, "deepchest", 1.0)  # 0.81
+    per_trial = sm.time_to_target_trials(results.trials, results.epochs, goal)
+    equal = per_trial[per_trial["method"] == "equal"]
+    assert len(equal) == 2 and not equal["reached"].any()
+    summary = sm.time_to_target_summary(per_trial, "deepchest").set_index("method")
+    assert summary.loc["equal", "n_reached"] == 0
+    assert math.isinf(summary.loc["equal", "median_time_s"])
+    # deepchest s0 (0.78, 0.80) never reaches 0.81, s1 (0.80, 0.82) does at epoch 2
+    assert summary.loc["deepchest", "n_reached"] == 1
+    assert math.isinf(summary.loc["deepchest", "median_time_s"])  # half never reached
+
+
+def test_median_with_inf() -> None:
+    assert sm.median_with_inf(pd.Series([1.0, 3.0, math.inf])) == 3.0
+    assert math.isinf(sm.median_with_inf(pd.Series([1.0, math.inf])))
+    assert sm.median_with_inf(pd.Series([1.0, 3.0])) == 2.0
+    assert math.isnan(sm.median_with_inf(pd.Series([], dtype=float)))
+
+
+def test_performance_profiles_over_two_workloads() -> None:
+    summary = pd.DataFrame(
+        {
+            "method": ["a", "b", "a", "b"],
+            "workload": ["w1", "w1", "w2", "w2"],
+            "median_time_s": [10.0, 20.0, 30.0, math.inf],
+        }
+    )
+    profiles, areas = sm.performance_profiles(summary)
+    taus = list(sm.PROFILE_TAUS)
+    assert profiles["a"] == [1.0] * len(taus)
+    at = {t: f for t, f in zip(taus, profiles["b"], strict=True)}
+    assert at[1.0] == 0.0 and at[2.0] == 0.5 and at[4.0] == 0.5
+    assert areas["a"] == pytest.approx(1.0)
+    assert areas["b"] == pytest.approx((4.0 - 2.0) * 0.5 / 3.0 + 0.05 * 0.5 / 3.0 / 2, abs=0.01)
+
+
+# --- merging runs ----------------------------------------------------------------------------
+
+
+def test_merge_two_backbones(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18")
+    two = make_run(tmp_path / "b", name="r50", backbones=("resnet50",))
+    results = comparison(one, two)
+    assert results.workload_is_backbone
+    assert set(results.trials["workload"]) == {"resnet18", "resnet50"}
+    assert results.trials["trial_id"].str.contains("/").all()  # prefixed by run
+    assert results.name == "r18 + r50"
+
+
+def test_merge_two_data_sets_labels_workloads(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="n", dataset="nih")
+    two = make_run(tmp_path / "b", name="c", dataset="chexpert")
+    results = comparison(one, two)
+    assert not results.workload_is_backbone
+    assert set(results.trials["workload"]) == {
+        "resnet18 · nih @ 64 px",
+        "resnet18 · chexpert @ 64 px",
+    }
+
+
+def test_merge_refuses_the_same_trial_twice(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="first")
+    two = make_run(tmp_path / "b", name="second")
+    with pytest.raises(
+        reports.ReportError, match=r"seed 0 is in more than one run \(first, second\)"
+    ):
+        comparison(one, two)
+
+
+def test_old_run_without_new_columns_still_reports(run_dir: Path) -> None:
+    for name, drop in (
+        ("trials", ["test_mean_auprc", "test_macro_f1", "test_exact_match", "n_train"]),
+        ("epochs", ["auprc", "f1", "n_positive"]),
+    ):
+        path = run_dir / "results" / f"{name}.parquet"
+        pd.read_parquet(path).drop(columns=drop).to_parquet(path)
+    written = reports.write_report(run_dir)
+    assert written.summary["test_mean_auprc_mean"].isna().all()
+    assert "Test AUROC" in written.html.read_text(encoding="utf-8")
 
 
 # --- the written report ------------------------------------------------------------------
 
 
 def test_write_report_writes_all_files(run_dir: Path) -> None:
-    path = reports.write_report(run_dir)
-    assert path == run_dir / "report.html"
-    assert path.is_file()
+    written = reports.write_report(run_dir)
+    assert written.html == run_dir / "report.html" and written.html.is_file()
     summary = pd.read_csv(run_dir / "summary.csv")
-    board = reports.leaderboard(reports.load_run(run_dir).trials)
-    assert list(summary["method"]) == list(board["method"])
-    assert summary["test_mean_auroc_mean"].tolist() == pytest.approx(
-        board["test_mean_auroc_mean"].tolist()
-    )
+    assert list(summary["method"]) == ["deepchest", "equal", sm.TRIVIAL]
+    assert summary["test_mean_auroc_mean"].tolist() == pytest.approx([0.81, 0.76, 0.5])
     markdown = (run_dir / "summary.md").read_text(encoding="utf-8")
     assert markdown.startswith("# fake-run")
     assert "| Test AUROC |" in markdown
-    assert "0.810 ± 0.014" in markdown
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_plotly_embedded_exactly_once_and_figures_present(run_dir: Path) -> None:
-    document = reports.write_report(run_dir).read_text(encoding="utf-8")
+def test_write_merged_report_needs_out(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18")
+    two = make_run(tmp_path / "b", name="r50", backbones=("resnet50",))
+    with pytest.raises(reports.ReportError, match="--out"):
+        reports.write_report([one, two])
+    written = reports.write_report([one, two], out=tmp_path / "cmp" / "both.html")
+    assert written.html.is_file() and (tmp_path / "cmp" / "summary.csv").is_file()
+    document = written.html.read_text(encoding="utf-8")
+    assert 'id="fig-profiles"' in document  # two workloads: performance profiles
+    assert "<h3>resnet50</h3>" in document
+
+
+def test_plotly_embedded_exactly_once(run_dir: Path) -> None:
+    document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
     # The bundle's licence banner is distinctive and appears once per copy of plotly.js.
     assert len(re.findall(r"\* plotly\.js v\d", document)) == 1
-    assert document.count("Plotly.newPlot(") == 3
     head = document.split("</head>")[0]
     assert re.search(r"\* plotly\.js v\d", head)
+    assert document.count("Plotly.newPlot(") == document.count("<figure>")
 
 
 def test_no_external_resources(run_dir: Path) -> None:
-    document = reports.write_report(run_dir).read_text(encoding="utf-8")
+    document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
     tags = parse_tags(document)
     assert not [t for t, _ in tags if t == "link"]
     for tag, attrs in tags:
@@ -342,45 +548,70 @@ def test_no_external_resources(run_dir: Path) -> None:
     assert "@import" not in document.split("<script")[0]
 
 
-def test_every_section_present(run_dir: Path) -> None:
-    document = reports.write_report(run_dir).read_text(encoding="utf-8")
+SECTION_IDS = ["summary", "paired", "per-task", "dynamics", "cost", "provenance"]
+FIGURE_IDS = {
+    "fig-task-auroc",
+    "fig-task-auroc-diff",
+    "fig-task-loss-diff",
+    "fig-loss-curves-0",
+    "fig-val-auroc-0",
+    "fig-weights-0",
+    "fig-throughput",
+    "fig-peak-memory",
+    "fig-step-phases",
+    "fig-pareto",
+    "fig-time-to-target",
+}
+
+
+def test_every_section_in_order_with_its_figures(run_dir: Path) -> None:
+    document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
     tags = parse_tags(document)
+    sections = [a.get("id") for t, a in tags if t == "section"]
+    assert sections == SECTION_IDS
     ids = {attrs.get("id") for _, attrs in tags}
-    assert {"leaderboard", "per-task-auroc", "cost", "trials"} <= ids
-    assert {"fig-per-task-auroc", "fig-throughput", "fig-peak-memory"} <= ids
+    assert ids >= FIGURE_IDS
+    assert "fig-profiles" not in ids  # one workload
+    assert "compare methods across several workloads" in document
     assert "<h1>fake-run</h1>" in document
-    assert "2025-01-31 12:00:00 UTC" in document
-    assert "1 h 02 min" in document  # run duration
+    assert "2025-01-31 12:00:00 UTC" in document and "1 h 02 min" in document
     assert "4 completed" in document
     assert "0123456789abcdef0123456789abcdef01234567" in document
     assert "cuda:NVIDIA H100" in document
-    assert document.count("<figure>") == 3
-    assert document.count('<p class="caption">') >= 3 + 2  # figures + both tables
-    assert "0.810 ± 0.014" in document
-    assert "2/2" in document
+    assert "train 700, val 150, test 150" in document
+    assert "always negative" in document
+    assert "Only 2 paired seeds" in document  # fewer than 3 seeds warns
+    assert "Against equal" in document and "Against deepchest" in document
+    assert "lower test loss than equal on 1 of 3 findings" in document
+    assert document.count("<figure>") == len(FIGURE_IDS)
+    assert document.count('<p class="caption">') >= document.count("<figure>")
 
 
 def test_figures_have_titles_axis_labels_and_method_colours(run_dir: Path) -> None:
-    results = reports.load_run(run_dir)
-    palette = method_palette(results.trials["method"])
-    assert palette["deepchest"] != palette["equal"]
-    configs = [("deepchest", "resnet18"), ("equal", "resnet18")]
-    heatmap = per_task_auroc_heatmap(
-        per_task_test_auroc(results.trials, results.epochs), configs, list(TASKS)
+    from reports.html import build_context
+
+    ctx = build_context(comparison(run_dir))
+    assert ctx.palette["deepchest"] != ctx.palette["equal"]
+    figures = []
+    for section in ("per-task", "dynamics", "cost"):
+        html_text = next(s for s in __import__("reports.html").html.SECTIONS if s.anchor == section)
+        figures.append(html_text.render(ctx))
+    heatmap = task_heatmap(
+        sm.per_task(ctx.trials, ctx.epochs, "auroc"),
+        ctx.configs,
+        list(TASKS),
+        column="mean",
+        title="t",
+        z_title="AUROC",
     )
-    bars = config_bar_chart(
-        metric_by_config(results.trials, "images_per_second"),
-        configs,
-        palette,
-        title="Throughput",
-        y_title="Images per second",
-    )
-    for fig in (heatmap, bars):
-        assert fig.layout.title.text
-        assert fig.layout.xaxis.title.text
-        assert fig.layout.yaxis.title.text
-    assert list(bars.data[0].marker.color) == [palette["deepchest"], palette["equal"]]
     assert list(heatmap.data[0].text[0]) == ["0.760", "0.810", "0.860"]
+    assert heatmap.layout.xaxis.title.text and heatmap.layout.yaxis.title.text
+    # every plotly figure in the page has a title and both axis titles
+    document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
+    layouts = re.findall(r'"title":\{"text":"([^"]+)"', document)
+    assert len(layouts) >= 3 * document.count("<figure>")
+    # a method's colour is the same in the summary swatch and in the figures
+    assert document.count(ctx.palette["deepchest"]) >= 5
 
 
 def test_hostile_names_are_escaped(tmp_path: Path) -> None:
@@ -392,7 +623,7 @@ def test_hostile_names_are_escaped(tmp_path: Path) -> None:
         tasks=(HOSTILE_TASK, "Effusion"),
         outcomes={("equal", 1): ("failed", HOSTILE_ERROR)},
     )
-    document = reports.write_report(run).read_text(encoding="utf-8")
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
     for raw in (
         HOSTILE_METHOD,
         "<b>18</b>",
@@ -411,18 +642,13 @@ def test_hostile_names_are_escaped(tmp_path: Path) -> None:
     assert HOSTILE_METHOD not in markdown
 
 
-def test_markdown_escapes_pipes(tmp_path: Path) -> None:
-    run = make_run(tmp_path, methods=("a|b",))
-    reports.write_report(run)
-    assert "a\\|b" in (run / "summary.md").read_text(encoding="utf-8")
-
-
 def test_one_seed_one_method(tmp_path: Path) -> None:
     run = make_run(tmp_path, methods=("deepchest",), seeds=(0,))
-    document = reports.write_report(run).read_text(encoding="utf-8")
-    assert "0.800 ± —" in document
-    assert document.count("<figure>") == 3
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
     assert "1/1" in document
+    assert "Method &#x27;equal&#x27; is not in this comparison." in document
+    assert "No completed &#x27;equal&#x27; trial" in document
+    assert 'id="fig-task-auroc"' in document and 'id="fig-weights-0"' in document
 
 
 def test_all_trials_failed_says_so(tmp_path: Path) -> None:
@@ -430,52 +656,45 @@ def test_all_trials_failed_says_so(tmp_path: Path) -> None:
         (m, s): ("failed", "RuntimeError: boom") for m in ("deepchest", "equal") for s in (0, 1)
     }
     run = make_run(tmp_path, outcomes=outcomes)
-    document = reports.write_report(run).read_text(encoding="utf-8")
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
     assert "Plotly.newPlot(" not in document
     assert "<figure>" not in document
     assert "No trial completed" in document
-    assert "No completed trials" in document
     assert "0/2" in document
     assert "RuntimeError: boom" in document
     assert "4 failed" in document
 
 
-def test_failed_and_diverged_trials_in_trials_table(tmp_path: Path) -> None:
+def test_failed_and_diverged_trials_in_provenance(tmp_path: Path) -> None:
     run = make_run(
         tmp_path,
+        seeds=(0, 1, 2),
         outcomes={
             ("deepchest", 1): ("failed", HOSTILE_ERROR),
             ("equal", 0): ("diverged", "loss became NaN at epoch 2"),
         },
     )
-    document = reports.write_report(run).read_text(encoding="utf-8")
-    trials_section = document.split('id="trials"')[1]
-    assert "status-failed" in trials_section
-    assert "status-diverged" in trials_section
-    assert "loss became NaN at epoch 2" in trials_section
-    assert "2 completed" in document and "1 failed" in document and "1 diverged" in document
-    assert "1/2" in document
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
+    provenance = document.split('id="provenance"')[1]
+    assert "status-failed" in provenance and "status-diverged" in provenance
+    assert "loss became NaN at epoch 2" in provenance
+    assert "4 completed" in document and "1 failed" in document and "1 diverged" in document
+    assert "2/3" in document
 
 
-def test_nan_auroc_tasks(tmp_path: Path) -> None:
+def test_nan_auroc_cells_marked(tmp_path: Path) -> None:
     run = make_run(
         tmp_path, nan_tasks={"deepchest": ("Cardiomegaly",), "equal": ("Effusion",)}, seeds=(0,)
     )
-    results = reports.load_run(run)
-    per_task = per_task_test_auroc(results.trials, results.epochs).set_index(["method", "task"])
-    assert math.isnan(per_task.loc[("deepchest", "Cardiomegaly"), "mean"])
-    assert per_task.loc[("deepchest", "Effusion"), "mean"] == pytest.approx(0.85)
-    document = reports.write_report(run).read_text(encoding="utf-8")
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
     assert re.search(r'"n(/|\\u002f)a"', document)  # plotly's JSON may escape the slash
-    assert document.count("<figure>") == 3
 
 
 def test_tasks_follow_manifest_order(run_dir: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["tasks"] = ["Effusion", "Atelectasis", "Cardiomegaly"]
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    results = reports.load_run(run_dir)
-    assert results.tasks == ["Effusion", "Atelectasis", "Cardiomegaly"]
+    assert reports.load_run(run_dir).tasks == ["Effusion", "Atelectasis", "Cardiomegaly"]
 
 
 def test_reports_never_imports_torch_or_ray(run_dir: Path) -> None:
@@ -501,15 +720,75 @@ def test_manifest_trials_without_results_row_are_flagged(run_dir: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["trials"]["lost-resnet18-s0"] = {"status": "error", "error": "worker died"}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    document = reports.write_report(run_dir).read_text(encoding="utf-8")
-    assert "1 listed in the manifest without a results row" in document
+    document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
+    assert "1 trial(s) listed in the manifest without a results row" in document
 
 
 def test_run_with_no_trial_rows(run_dir: Path) -> None:
     for name in ("trials", "epochs"):
         path = run_dir / "results" / f"{name}.parquet"
         pd.read_parquet(path).iloc[0:0].to_parquet(path)
-    document = reports.write_report(run_dir).read_text(encoding="utf-8")
+    document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
     assert "This run has no trial results." in document
     assert "<figure>" not in document
     assert "No trials." in (run_dir / "summary.md").read_text(encoding="utf-8")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "250"},
+    )
+
+
+def test_cli_report_merges_and_prints_the_summary(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18", seeds=(0, 1, 2))
+    two = make_run(tmp_path / "b", name="r50", backbones=("resnet50",), seeds=(0, 1, 2))
+    out = tmp_path / "cmp" / "report.html"
+    result = run_cli(
+        "report",
+        str(one),
+        str(two),
+        "--out",
+        str(out),
+        "--baseline",
+        "deepchest",
+        "--target-fraction",
+        "0.9",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "r18 + r50: summary" in result.stdout
+    assert "always negative" in result.stdout
+    assert f"report: {out}" in result.stdout
+    document = out.read_text(encoding="utf-8")
+    assert "0.9 × deepchest" in document
+    assert "Against deepchest" in document and "Against equal" not in document
+
+
+def test_cli_report_bad_input_is_one_line(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18")
+    for args, expected in (
+        ((str(tmp_path / "nope"),), "run directory not found"),
+        ((str(one), str(one)), "given twice"),
+        ((str(one), str(make_run(tmp_path / "b", name="b", backbones=("x",)))), "--out"),
+        ((str(one), "--out", str(tmp_path / "x.txt")), ".html"),
+        ((str(one), "--target-fraction", "0"), "--target-fraction"),
+    ):
+        result = run_cli("report", *args)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_cli_report_warns_on_unknown_baseline(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18")
+    result = run_cli("report", str(one), "--baseline", "pcgard")
+    assert result.returncode == 0, result.stderr
+    assert "baseline method 'pcgard' is not in these runs" in result.stderr
