@@ -25,7 +25,7 @@ def _err(message: str) -> None:
 def _wide_console() -> Console:
     """The terminal's console; for logs and pipes one wide enough for every column of a table."""
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return console if console.is_terminal else Console(width=180)
 
 
 def _load(path: str, name: str | None = None):

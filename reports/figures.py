@@ -277,14 +277,22 @@ def val_auroc_per_epoch(
 
 
 def weight_trajectories(
-    curves: pd.DataFrame, methods: Sequence[str], tasks: Sequence[str], *, title: str
+    curves: pd.DataFrame,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    *,
+    title: str,
+    first_shown: str | None = None,
 ) -> go.Figure:
     """Task weights per epoch, normalised to sum 1, one line per finding, for the method picked
-    in a dropdown; the dotted line at 1/T is equal weighting.
+    in a dropdown (``first_shown`` at first, else the first method); the dotted line at 1/T is
+    equal weighting.
 
     ``curves`` is :func:`reports.summary.curves` of ``weight_normalized`` for one workload.
     """
     task_colours = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(tasks)}
+    methods = list(methods)
+    shown = first_shown if first_shown in methods else methods[0] if methods else None
     fig = go.Figure()
     owner: list[str] = []
     for method in methods:
@@ -303,7 +311,7 @@ def weight_trajectories(
                     mode="lines+markers",
                     name=label(task),
                     line=dict(color=task_colours[task]),
-                    visible=method == methods[0],
+                    visible=method == shown,
                     hovertemplate=f"{label(method)} · {label(task)}<br>epoch %{{x}}<br>"
                     "weight %{y:.4f}<extra></extra>",
                 )
@@ -315,7 +323,10 @@ def weight_trajectories(
         )
     visibility = [[o == method for o in owner] for method in methods]
     _base_layout(fig, title, "Epoch", "Weight (sums to 1 over findings)", height=470)
-    fig.update_layout(updatemenus=[_selector(list(methods), visibility)], margin=dict(t=100))
+    menu = _selector(methods, visibility)
+    menu["active"] = methods.index(shown) if shown in methods else 0
+    fig.update_layout(updatemenus=[menu], margin=dict(t=100))
+    fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(dtick=1)
     return fig
 

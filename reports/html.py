@@ -90,6 +90,10 @@ dl.meta dd { margin: 0; overflow-wrap: anywhere; }
 code { font: 0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.9rem; margin: 6px 0; }
+table.summary { font-size: 0.84rem; }
+table.summary th { white-space: normal; vertical-align: bottom; }
+table.summary th, table.summary td { padding: 5px 7px; }
+table.summary td:nth-child(2) { white-space: nowrap; }
 th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left;
          vertical-align: top; }
 th { background: var(--bg-alt); font-weight: 600; white-space: nowrap; }
@@ -109,6 +113,7 @@ tr.incomplete td.count { color: var(--bad); font-weight: 600; }
 .callout.warn { border-left-color: var(--warn); background: #fff8e5; }
 td.best { font-weight: 700; }
 .star { color: var(--warn); margin-left: 3px; }
+.pm { color: var(--muted); font-weight: 400; font-size: 0.9em; }
 tr.trivial td { color: var(--muted); font-style: italic; }
 td.better { color: var(--ok); font-weight: 600; }
 td.worse { color: var(--bad); font-weight: 600; }
@@ -230,14 +235,14 @@ def method_cell(method: object, palette: dict[str, str]) -> str:
     return f'<span class="swatch" style="background:{colour}"></span>{esc(method)}'
 
 
-def table_html(headers: list[tuple[str, str]], rows: list[str]) -> str:
+def table_html(headers: list[tuple[str, str]], rows: list[str], css_class: str = "") -> str:
     """``headers`` are (text, css class) pairs; ``rows`` are ready ``<tr>`` strings."""
     head = "".join(
         f'<th class="{cls}">{esc(text)}</th>' if cls else f"<th>{esc(text)}</th>"
         for text, cls in headers
     )
     return (
-        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f'<div class="table-wrap"><table class="{css_class}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
@@ -351,7 +356,9 @@ def summary_table_html(ctx: ReportContext) -> str:
             mark = (index, i) in best
             cls = "" if i in TEXT_COLUMNS else "num"
             cls += " best" if mark else ""
-            content = esc(text) + ('<span class="star" title="best">★</span>' if mark else "")
+            mean, _, half = text.partition(" ± ")
+            content = esc(mean) + (f'<span class="pm"> ± {esc(half)}</span>' if half else "")
+            content += '<span class="star" title="best">★</span>' if mark else ""
             cells.append(f'<td class="{cls.strip()}">{content}</td>')
         trivial = row["method"] == sm.TRIVIAL
         if not trivial:
@@ -366,13 +373,13 @@ def summary_table_html(ctx: ReportContext) -> str:
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
     caption = (
         SUMMARY_CAPTION[0].upper()
-        + SUMMARY_CAPTION[1:]
+        + SUMMARY_CAPTION[1:].replace("* = best", "★ = best")
         + ". Accuracy is the mean over findings at probability 0.5, exact match the fraction "
         "of test images whose every labelled finding is right, macro F1 the mean F1 over "
         "findings; “Completed” counts completed trials out of all, failed and diverged ones "
         "being left out of every mean."
     )
-    return table_html(headers, rows) + f'<p class="caption">{caption}</p>'
+    return table_html(headers, rows, "summary") + f'<p class="caption">{caption}</p>'
 
 
 def section_summary(ctx: ReportContext) -> str:
@@ -449,6 +456,14 @@ def section_paired(ctx: ReportContext) -> str:
             continue
         if table.empty:
             parts.append(empty_html(f"No other method has completed trials beside {reference!r}."))
+            continue
+        if reference != ctx.baseline and set(table["method"]) == {ctx.baseline}:
+            parts.append(
+                empty_html(
+                    f"Only {ctx.baseline} and {reference} ran: this is the comparison above "
+                    "with the sign flipped."
+                )
+            )
             continue
         for workload in ctx.workloads:
             here = table[table["workload"] == workload]
@@ -604,6 +619,7 @@ def section_dynamics(ctx: ReportContext) -> str:
                     methods,
                     tasks,
                     title=f"Task weights per epoch{suffix}",
+                    first_shown=STUDIED_METHOD,
                 ),
                 f"fig-weights-{n}",
                 "Each line is one finding's task weight during an epoch (the mean over its "
@@ -834,7 +850,7 @@ def _run_provenance(run: RunResults, show_name: bool) -> str:
     def mapping(value: Any) -> str:
         if not isinstance(value, dict) or not value:
             return MISSING
-        return ", ".join(f"{esc(k)} {esc(v)}" for k, v in value.items())
+        return ", ".join(f"{esc(k)} {esc(_resource(k, v))}" for k, v in value.items())
 
     items: list[tuple[str, str]] = [
         ("Run directory", f"<code>{esc(run.run_dir)}</code>"),
@@ -868,6 +884,15 @@ def _run_provenance(run: RunResults, show_name: bool) -> str:
         f"<details><summary>Resolved configuration</summary><pre>{esc(config_text)}</pre>"
         "</details>"
     )
+
+
+def _resource(key: object, value: Any) -> str:
+    """Ray reports memory in bytes: shown in GiB; whole numbers without a trailing .0."""
+    if isinstance(value, float) and "memory" in str(key) and value > 2**20:
+        return f"{value / 2**30:.1f} GiB"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def section_provenance(ctx: ReportContext) -> str:

@@ -13,9 +13,9 @@ from reports.format import MISSING, fmt_ci
 from reports.summary import SUMMARY_METRICS, TRIVIAL, best_rows
 
 SUMMARY_CAPTION = (
-    "mean ± half-width of the 95% t-interval over completed seeds; ranked by test AUROC within each workload; "
-    "* = best in its column; the always-negative row shows what the metrics give for a "
-    "classifier that learned nothing"
+    "mean ± half-width of the 95% t-interval over completed seeds; ranked by test AUROC "
+    "within each workload; * = best in its column; the always-negative row shows what the "
+    "metrics give for a classifier that learned nothing"
 )
 
 

@@ -582,6 +582,7 @@ def test_every_section_in_order_with_its_figures(run_dir: Path) -> None:
     assert "always negative" in document
     assert "Only 2 paired seeds" in document  # fewer than 3 seeds warns
     assert "Against equal" in document and "Against deepchest" in document
+    assert "this is the comparison above with the sign flipped" in document  # two methods
     assert "lower test loss than equal on 1 of 3 findings" in document
     assert document.count("<figure>") == len(FIGURE_IDS)
     assert document.count('<p class="caption">') >= document.count("<figure>")
