@@ -121,7 +121,9 @@ def task_heatmap(
             colorbar=dict(title=dict(text=z_title), thickness=14),
         )
     )
-    _base_layout(fig, title, "Finding", "Method [workload]", height=220 + 34 * len(configs))
+    _base_layout(
+        fig, title, "Finding", "Method [workload]", height=max(330, 230 + 34 * len(configs))
+    )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(tickangle=-35, type="category", side="bottom")
     return fig

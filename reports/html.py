@@ -423,12 +423,10 @@ def _paired_table(ctx: ReportContext, table: pd.DataFrame) -> str:
                 cells += ['<td class="num">—</td>'] * 3
                 continue
             r = part.iloc[0]
-            diff = fmt_signed(r["mean_diff"], metric.digits)
+            digits = metric.digits + 1  # differences are small: one digit more
+            diff = fmt_signed(r["mean_diff"], digits)
             if not is_missing(r["low"]):
-                diff += (
-                    f" [{fmt_signed(r['low'], metric.digits)}, "
-                    f"{fmt_signed(r['high'], metric.digits)}]"
-                )
+                diff += f" [{fmt_signed(r['low'], digits)}, {fmt_signed(r['high'], digits)}]"
             significant = not is_missing(r["p_holm"]) and r["p_holm"] < 0.05
             cls = "num"
             if significant:
