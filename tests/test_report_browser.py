@@ -60,3 +60,32 @@ def test_report_of_a_tiny_real_run_renders(chromium, ray_session, tmp_path, caps
     assert result.missing_svg == [], (
         f"figures not drawn (no svg.main-svg inside): {result.missing_svg}"
     )
+
+
+def test_merged_report_with_failures_renders(chromium, tmp_path):
+    """Two workloads (so the performance profiles are drawn), a failed and a diverged trial, a
+    finding without a test AUROC: every figure still draws without a JavaScript error."""
+    import reports
+    from tests.test_reports import make_run
+
+    one = make_run(
+        tmp_path / "a",
+        name="r18",
+        seeds=(0, 1, 2),
+        methods=("deepchest", "equal", "pcgrad"),
+        outcomes={("pcgrad", 1): ("failed", "RuntimeError: boom")},
+        nan_tasks={"equal": ("Effusion",)},
+    )
+    two = make_run(
+        tmp_path / "b",
+        name="r50",
+        backbones=("resnet50",),
+        seeds=(0, 1, 2),
+        methods=("deepchest", "equal", "pcgrad"),
+        outcomes={("deepchest", 2): ("diverged", "non-finite loss at epoch 2")},
+    )
+    written = reports.write_report([one, two], out=tmp_path / "merged" / "report.html")
+    result = render_in_chromium(written.html, tmp_path / "chromium", binary=chromium)
+    assert result.errors == [], "\n".join(result.errors)
+    assert "fig-profiles" in result.figures
+    assert result.missing_svg == [], f"figures without an SVG: {result.missing_svg}"
