@@ -590,10 +590,9 @@ def section_dynamics(ctx: ReportContext) -> str:
                     title=f"Train and val loss per epoch{suffix}",
                 ),
                 f"fig-loss-curves-{n}",
-                "Solid lines are the training split's loss, dashed the validation split's, both "
-                "measured after each epoch without augmentation and averaged over seeds; pick a "
-                "finding in the menu (default: the mean over findings), click a legend entry to "
-                "hide a line. A widening gap between solid and dashed is overfitting.",
+                "Solid lines are the training split's loss and dashed the validation split's "
+                "(after each epoch, no augmentation, mean over seeds) for the finding picked in "
+                "the menu, so a widening gap between a method's two lines is overfitting.",
             )
         )
         parts.append(
@@ -605,9 +604,8 @@ def section_dynamics(ctx: ReportContext) -> str:
                     title=f"Mean val AUROC per epoch{suffix}",
                 ),
                 f"fig-val-auroc-{n}",
-                "Each line is a method's validation AUROC, averaged over findings and then over "
-                "seeds, after each epoch; error bars are ± one std over seeds. Higher and "
-                "earlier is better.",
+                "Each line is a method's validation AUROC after each epoch (mean over findings, "
+                "then over seeds, error bars ± one std over seeds): higher and earlier is better.",
             )
         )
         parts.append(
@@ -620,10 +618,10 @@ def section_dynamics(ctx: ReportContext) -> str:
                     first_shown=STUDIED_METHOD,
                 ),
                 f"fig-weights-{n}",
-                "Each line is one finding's task weight during an epoch (the mean over its "
-                "steps, normalised so the findings sum to 1, averaged over seeds) for the "
-                "method picked in the menu; the dotted line is equal weighting. Lines that "
-                "spread apart show a method shifting effort between findings.",
+                "Each line is one finding's task weight in an epoch (mean over its steps, "
+                "normalised so the findings sum to 1, mean over seeds) for the method picked in "
+                "the menu, so lines spreading away from the dotted equal-weighting line show the "
+                "method shifting effort between findings.",
             )
         )
     return "".join(parts)
