@@ -43,7 +43,7 @@ def _base_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height:
     fig.update_layout(
         template=TEMPLATE,
         font=FONT,
-        title=dict(text=title, x=0.0, xanchor="left"),
+        title=dict(text=label(title), x=0.0, xanchor="left"),  # may hold method/workload names
         height=height,
         margin=dict(l=10, r=10, t=60, b=10),
         xaxis=dict(title=dict(text=x_title), automargin=True),
@@ -393,7 +393,9 @@ def pareto_plot(summary: pd.DataFrame, palette: dict[str, str], *, title: str) -
                     "%{x:,.0f} images/s<br>AUROC %{y:.3f}<extra></extra>",
                 )
             )
-        front = group.sort_values("images_per_second_mean", ascending=False)
+        front = group.sort_values(
+            ["images_per_second_mean", "test_mean_auroc_mean"], ascending=False
+        )
         best, xs, ys = -float("inf"), [], []
         for _, row in front.iterrows():
             if row["test_mean_auroc_mean"] > best:
@@ -420,7 +422,8 @@ def time_to_target_strip(
     """One dot per trial at the training time it took to reach the target; trials that never
     reached it are crosses in a "never" column at the right, so none is dropped."""
     reached = per_trial[per_trial["reached"]]
-    horizon = float(reached["time_s"].max()) if len(reached) else 1.0
+    known = reached["time_s"].dropna()
+    horizon = float(known.max()) if len(known) and known.max() > 0 else 1.0
     never_x = horizon * 1.15
     fig = go.Figure()
     for method, workload in configs:

@@ -390,15 +390,19 @@ def section_summary(ctx: ReportContext) -> str:
 
 
 def _seed_warning(table: pd.DataFrame) -> str:
-    few = table[~table["enough"].astype(bool)]
+    few = table[~table["enough"].astype(bool) & (table["n"] > 0)]
+    none = sorted(set(table[table["n"] == 0]["method"]))
+    out = ""
+    if none:
+        out += empty_html(f"No completed trial to pair for: {', '.join(none)}.")
     if few.empty:
-        return ""
+        return out
     least = int(few["n"].min())
-    return (
+    return out + (
         f'<p class="callout warn">Only {least} paired seed{"s" if least != 1 else ""} for '
         "some comparisons: with fewer than 3 the interval and p-value say almost nothing "
-        "(shown as — where they cannot be computed). Run more seeds before trusting a "
-        "difference.</p>"
+        "(shown as — where they cannot be computed, and never coloured as significant). Run "
+        "more seeds before trusting a difference.</p>"
     )
 
 
@@ -413,7 +417,7 @@ def _paired_table(ctx: ReportContext, table: pd.DataFrame) -> str:
     rows = []
     for method in ctx.methods:
         mine = table[table["method"] == method]
-        if mine.empty:
+        if mine.empty or int(mine["n"].iloc[0]) == 0:
             continue
         cells = [f"<td>{method_cell(method, ctx.palette)}</td>"]
         cells.append(f'<td class="num">{int(mine["n"].iloc[0])}</td>')
@@ -427,7 +431,7 @@ def _paired_table(ctx: ReportContext, table: pd.DataFrame) -> str:
             diff = fmt_signed(r["mean_diff"], digits)
             if not is_missing(r["low"]):
                 diff += f" [{fmt_signed(r['low'], digits)}, {fmt_signed(r['high'], digits)}]"
-            significant = not is_missing(r["p_holm"]) and r["p_holm"] < 0.05
+            significant = bool(r["enough"]) and not is_missing(r["p_holm"]) and r["p_holm"] < 0.05
             cls = "num"
             if significant:
                 cls += " better" if r["mean_diff"] > 0 else " worse"
@@ -446,27 +450,35 @@ def section_paired(ctx: ReportContext) -> str:
         return empty_html("No completed trials, so there is nothing to compare.")
     references = [ctx.baseline] + ([STUDIED_METHOD] if ctx.baseline != STUDIED_METHOD else [])
     parts = []
+    shown: set[str] = set()  # workloads whose comparison with the baseline is on the page
     for reference in references:
         table = sm.paired_comparisons(ctx.trials, reference)
         parts.append(f"<h3>Against {esc(reference)}</h3>")
         if reference not in set(ctx.trials["method"]):
             parts.append(empty_html(f"Method {reference!r} is not in this comparison."))
             continue
-        if table.empty:
-            parts.append(empty_html(f"No other method has completed trials beside {reference!r}."))
+        if reference not in set(ctx.completed["method"]):
+            parts.append(empty_html(f"No {reference!r} trial completed, so nothing pairs with it."))
             continue
-        if reference != ctx.baseline and set(table["method"]) == {ctx.baseline}:
-            parts.append(
-                empty_html(
-                    f"Only {ctx.baseline} and {reference} ran: this is the comparison above "
-                    "with the sign flipped."
-                )
-            )
+        if table.empty or not (table["n"] > 0).any():
+            parts.append(empty_html(f"No other method has completed trials beside {reference!r}."))
             continue
         for workload in ctx.workloads:
             here = table[table["workload"] == workload]
             if here.empty:
                 continue
+            mirrored = set(here["method"]) == {ctx.baseline} and workload in shown
+            if reference != ctx.baseline and mirrored:
+                parts.append(
+                    ctx.workload_heading(workload)
+                    + empty_html(
+                        f"Only {ctx.baseline} and {reference} ran here: this is the comparison "
+                        "above with the sign flipped."
+                    )
+                )
+                continue
+            if reference == ctx.baseline and (here["n"] > 0).any():
+                shown.add(workload)
             parts.append(ctx.workload_heading(workload) + _seed_warning(here))
             parts.append(_paired_table(ctx, here))
         parts.append(
@@ -510,7 +522,8 @@ def section_per_task(ctx: ReportContext) -> str:
     if baseline not in set(auroc["method"]):
         parts.append(empty_html(f"No completed {baseline!r} trial, so no differences to it."))
         return "".join(parts)
-    others = [c for c in configs if c[0] != baseline]
+    with_baseline = {w for m, w in configs if m == baseline}
+    others = [c for c in configs if c[0] != baseline and c[1] in with_baseline]
     if not others:
         parts.append(empty_html(f"Only {baseline!r} ran, so there is no difference to show."))
         return "".join(parts)
@@ -574,10 +587,12 @@ def section_dynamics(ctx: ReportContext) -> str:
     weights = sm.curves(ctx.epochs, ctx.trials, "weight_normalized")
     parts = []
     for n, workload in enumerate(ctx.workloads):
-        methods = [m for m, w in ctx.configs if w == workload]
+        trained = set(weights[weights["workload"] == workload]["method"])
+        methods = [m for m, w in ctx.configs if w == workload and m in trained]
         if not methods:
             continue
-        tasks = [t for t in ctx.results.tasks if t in set(loss["task"])]
+        here = set(loss[loss["workload"] == workload]["task"])
+        tasks = [t for t in ctx.results.tasks if t in here]
         suffix = f" [{workload}]" if len(ctx.workloads) > 1 else ""
         parts.append(ctx.workload_heading(workload))
         parts.append(
@@ -669,8 +684,8 @@ def _time_to_target_html(ctx: ReportContext) -> str:
     if missing:
         parts.append(
             empty_html(
-                f"No completed {ctx.baseline!r} trial on {', '.join(missing)}, so there is no "
-                "target to time against there."
+                f"No completed {ctx.baseline!r} trial with a validation score on "
+                f"{', '.join(missing)}, so there is no target to time against there."
             )
         )
     if per_trial.empty or all(is_missing(t) for t in goal.by_workload.values()):
@@ -737,7 +752,7 @@ def _time_to_target_html(ctx: ReportContext) -> str:
         )
     )
     parts.append("<h3>Performance profiles</h3>")
-    if len(ctx.workloads) < 2:
+    if summary["workload"].nunique() < 2:
         parts.append(
             empty_html(
                 "Performance profiles compare methods across several workloads; this report has "
@@ -832,7 +847,7 @@ def section_cost(ctx: ReportContext) -> str:
     return "".join(parts)
 
 
-def _run_provenance(run: RunResults, show_name: bool) -> str:
+def _run_provenance(run: RunResults, heading_name: str | None) -> str:
     manifest = run.manifest
     started, finished = manifest.get("started_at"), manifest.get("finished_at")
     finished_text = fmt_timestamp(finished) if finished else "not finished"
@@ -874,7 +889,7 @@ def _run_provenance(run: RunResults, show_name: bool) -> str:
         config_text = yaml.safe_dump(run.config, sort_keys=False) if run.config else ""
     except Exception:  # a config that does not round-trip is still shown as JSON
         config_text = json.dumps(run.config, indent=1, default=str)
-    heading = f"<h3>{esc(run.name)}</h3>" if show_name else ""
+    heading = f"<h3>{esc(heading_name)}</h3>" if heading_name else ""
     return (
         f'{heading}<dl class="meta">{meta}</dl>'
         f"<details><summary>Resolved configuration</summary><pre>{esc(config_text)}</pre>"
@@ -894,7 +909,10 @@ def _resource(key: object, value: Any) -> str:
 def section_provenance(ctx: ReportContext) -> str:
     """Per run: config, versions, commit, hardware, cluster, times; then every trial."""
     several = len(ctx.results.runs) > 1
-    parts = [_run_provenance(run, several) for run in ctx.results.runs]
+    parts = [
+        _run_provenance(run, name if several else None)
+        for run, name in zip(ctx.results.runs, ctx.results.run_names, strict=True)
+    ]
     parts.append("<h3>Trials</h3>")
     parts.append(_trials_table(ctx))
     return "".join(parts)
@@ -905,8 +923,8 @@ def _trials_table(ctx: ReportContext) -> str:
     if trials.empty:
         return empty_html("No trials.")
     manifest_trials: dict[str, Any] = {}
-    for run in ctx.results.runs:
-        prefix = f"{run.name}/" if len(ctx.results.runs) > 1 else ""
+    for run, name in zip(ctx.results.runs, ctx.results.run_names, strict=True):
+        prefix = f"{name}/" if len(ctx.results.runs) > 1 else ""
         for key, value in (run.manifest.get("trials") or {}).items():
             manifest_trials[prefix + key] = value
     headers = [

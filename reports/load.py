@@ -241,10 +241,15 @@ class Comparison:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     workload_is_backbone: bool
+    run_names: list[str] = field(default_factory=list)  # as in the ``run`` column
+
+    def __post_init__(self) -> None:
+        if not self.run_names:
+            self.run_names = [run.name for run in self.runs]
 
     @property
     def name(self) -> str:
-        return " + ".join(run.name for run in self.runs)
+        return " + ".join(self.run_names)
 
     @property
     def tasks(self) -> list[str]:
@@ -263,19 +268,41 @@ def data_label(config: dict[str, Any]) -> str:
     return f"{dataset} @ {size} px" if size else str(dataset)
 
 
+PATH_KEYS = ("root", "prepared")  # where the data sits may differ between machines
+
+
+def _data_key(run: RunResults) -> str:
+    """What makes two runs' numbers comparable: the data settings (paths aside) and findings."""
+    data = run.config.get("data") if isinstance(run.config.get("data"), dict) else {}
+    settings = {k: v for k, v in data.items() if k not in PATH_KEYS}
+    return json.dumps({"data": settings, "tasks": run.tasks}, sort_keys=True, default=str)
+
+
 def merge_runs(runs: list[RunResults]) -> Comparison:
-    """Stack the runs' tables; refuse two runs that hold the same method, workload and seed
-    (the paired comparisons pair trials by seed, so such a merge has no single answer)."""
+    """Stack the runs' tables. Runs whose data settings (paths aside) and findings agree share
+    workloads named by backbone alone; otherwise each workload also names its data, and runs
+    whose data differ beyond data set and size are told apart by run name. Two runs that hold
+    the same method, workload and seed are refused (the paired comparisons pair trials by seed,
+    so such a merge has no single answer)."""
     if not runs:
         raise ReportError("no run directory given")
-    labels = [data_label(run.config) for run in runs]
-    same_data = len(set(labels)) == 1
     names: list[str] = []
     for run in runs:
         name = run.name
         while name in names:
             name += "'"
         names.append(name)
+    keys = [_data_key(run) for run in runs]
+    same_data = len(set(keys)) == 1
+    labels = [data_label(run.config) for run in runs]
+    keys_by_label: dict[str, set[str]] = {}
+    for key, label in zip(keys, labels, strict=True):
+        keys_by_label.setdefault(label, set()).add(key)
+    # same data set and size but other settings: the run's name tells them apart
+    labels = [
+        f"{label} [{name}]" if len(keys_by_label[label]) > 1 else label
+        for label, name in zip(labels, names, strict=True)
+    ]
     trials, epochs = [], []
     for run, name, data in zip(runs, names, labels, strict=True):
         for frame, out in ((run.trials, trials), (run.epochs, epochs)):
@@ -298,7 +325,11 @@ def merge_runs(runs: list[RunResults]) -> Comparison:
             f"more than one run ({where}); merge runs of different methods, backbones or data"
         )
     return Comparison(
-        runs=runs, trials=merged_trials, epochs=merged_epochs, workload_is_backbone=same_data
+        runs=runs,
+        trials=merged_trials,
+        epochs=merged_epochs,
+        workload_is_backbone=same_data,
+        run_names=names,
     )
 
 

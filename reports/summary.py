@@ -314,18 +314,24 @@ def targets(trials: pd.DataFrame, epochs: pd.DataFrame, reference: str, fraction
 def time_to_target_trials(
     trials: pd.DataFrame, epochs: pd.DataFrame, goal: Targets
 ) -> pd.DataFrame:
-    """Per trial that trained at least one epoch: the cumulative training time (s) and the
-    epoch at which its mean val AUROC first reached its workload's target (inf / NaN when it
-    never did). Failed trials keep whatever epochs they reported."""
+    """Per trial of a workload that has a target: the epoch and the cumulative training time
+    (s) at which its mean val AUROC first reached the target. A trial that never did, failed
+    ones before their first epoch included, has ``inf`` for both (slower than any finish,
+    never dropped); a trial that reached it without a recorded time has time NaN (unknown)."""
     curve = val_auroc_curves(epochs).sort_values(["trial_id", "epoch"], kind="mergesort")
+    by_trial = dict(tuple(curve.groupby("trial_id", sort=False)))
     rows = []
     for trial in trials.itertuples(index=False):
-        mine = curve[curve["trial_id"] == trial.trial_id]
         target = goal.by_workload.get(trial.workload, math.nan)
-        if mine.empty:
-            continue
-        time = stats.time_to_target(mine["train_time_s"], mine["auroc"], target)
-        epochs_value = stats.time_to_target(mine["epoch"], mine["auroc"], target)
+        if not math.isfinite(target):
+            continue  # nothing to time against on this workload
+        mine = by_trial.get(trial.trial_id)
+        epoch = math.inf
+        time = math.inf
+        if mine is not None:
+            epoch = stats.time_to_target(mine["epoch"], mine["auroc"], target)
+            if math.isfinite(epoch):
+                time = float(mine.loc[mine["epoch"] == epoch, "train_time_s"].iloc[0])
         rows.append(
             {
                 "trial_id": trial.trial_id,
@@ -335,8 +341,8 @@ def time_to_target_trials(
                 "status": trial.status,
                 "target": target,
                 "time_s": time,
-                "epochs": epochs_value,
-                "reached": math.isfinite(time),
+                "epochs": epoch,
+                "reached": math.isfinite(epoch),
             }
         )
     columns = ["trial_id", "method", "workload", "seed", "status", "target"]
@@ -372,8 +378,9 @@ def time_to_target_summary(per_trial: pd.DataFrame, reference: str) -> pd.DataFr
     columns = ["method", "workload", "n", "n_reached", "median_time_s", "min_time_s"]
     table = pd.DataFrame(rows, columns=[*columns, "max_time_s", "median_epochs"])
     ref = table[table["method"] == reference].set_index("workload")["median_time_s"]
+    base = table["workload"].map(ref).astype(float).replace(np.inf, np.nan)  # no finite base
     with np.errstate(divide="ignore", invalid="ignore"):
-        table["ratio"] = table["median_time_s"] / table["workload"].map(ref).astype(float)
+        table["ratio"] = table["median_time_s"] / base
     return table
 
 
@@ -381,9 +388,9 @@ PROFILE_TAUS = np.round(np.linspace(1.0, 4.0, 61), 4)
 
 
 def performance_profiles(ttt_summary: pd.DataFrame) -> tuple[dict[str, list[float]], dict]:
-    """AlgoPerf profiles over workloads from each config's median time to target (a method
-    absent from a workload counts as never reaching it), and each profile's area over
-    tau in [1, 4]."""
+    """AlgoPerf profiles over the workloads in ``ttt_summary`` (those with a target) from each
+    config's median time to target (a method absent from a workload counts as never reaching
+    it), and each profile's area over tau in [1, 4]."""
     wl = list(dict.fromkeys(ttt_summary["workload"]))
     times = {}
     for method, group in ttt_summary.groupby("method", sort=True):

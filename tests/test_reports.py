@@ -793,3 +793,113 @@ def test_cli_report_warns_on_unknown_baseline(tmp_path: Path) -> None:
     result = run_cli("report", str(one), "--baseline", "pcgard")
     assert result.returncode == 0, result.stderr
     assert "baseline method 'pcgard' is not in these runs" in result.stderr
+
+
+# --- edge cases found in review ----------------------------------------------------------------
+
+
+def drop_epoch_rows(run: Path, trial_id: str) -> None:
+    path = run / "results" / "epochs.parquet"
+    frame = pd.read_parquet(path)
+    frame[frame["trial_id"] != trial_id].to_parquet(path)
+
+
+def test_trial_failing_before_its_first_epoch_counts_as_never_reached(tmp_path: Path) -> None:
+    run = make_run(tmp_path, seeds=(0, 1, 2), outcomes={("deepchest", 1): ("failed", "boom")})
+    drop_epoch_rows(run, "deepchest-resnet18-s1")
+    results = comparison(run)
+    goal = sm.targets(results.trials, results.epochs, "equal", 0.98)
+    per_trial = sm.time_to_target_trials(results.trials, results.epochs, goal)
+    failed = per_trial.set_index("trial_id").loc["deepchest-resnet18-s1"]
+    assert not failed["reached"] and math.isinf(failed["time_s"])
+    summary = sm.time_to_target_summary(per_trial, "equal").set_index("method")
+    assert (summary.loc["deepchest", "n"], summary.loc["deepchest", "n_reached"]) == (3, 2)
+
+
+def test_unknown_training_time_is_not_never_reached(run_dir: Path) -> None:
+    path = run_dir / "results" / "epochs.parquet"
+    frame = pd.read_parquet(path)
+    frame["train_time_s"] = float("nan")
+    frame.to_parquet(path)
+    results = comparison(run_dir)
+    goal = sm.targets(results.trials, results.epochs, "equal", 0.98)
+    per_trial = sm.time_to_target_trials(results.trials, results.epochs, goal)
+    assert per_trial["reached"].all()
+    assert per_trial["time_s"].isna().all()
+    summary = sm.time_to_target_summary(per_trial, "equal").set_index("method")
+    assert summary.loc["deepchest", "median_epochs"] == 1.0
+    assert math.isnan(summary.loc["deepchest", "median_time_s"])  # unknown, not "not reached"
+
+
+def test_workload_without_target_is_left_out_of_time_and_profiles(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18", methods=("deepchest", "equal"))
+    two = make_run(tmp_path / "b", name="vit", methods=("deepchest", "famo"), backbones=("vit",))
+    results = comparison(one, two)
+    goal = sm.targets(results.trials, results.epochs, "equal", 0.98)
+    assert math.isnan(goal.by_workload["vit"])
+    per_trial = sm.time_to_target_trials(results.trials, results.epochs, goal)
+    assert set(per_trial["workload"]) == {"resnet18"}
+    summary = sm.time_to_target_summary(per_trial, "equal")
+    profiles, areas = sm.performance_profiles(summary)
+    assert areas["deepchest"] == pytest.approx(1.0)  # fastest on the only workload timed
+    document = reports.write_report([one, two], out=tmp_path / "r.html").html.read_text()
+    assert 'id="fig-profiles"' not in document  # one workload with a target
+
+
+def test_ratio_to_a_baseline_that_never_reached_is_missing(run_dir: Path) -> None:
+    results = comparison(run_dir)
+    goal = sm.targets(results.trials, results.epochs, "equal", 1.0)  # equal: 0.75, 0.77 -> 0.76
+    per_trial = sm.time_to_target_trials(results.trials, results.epochs, goal)
+    summary = sm.time_to_target_summary(per_trial, "equal").set_index("method")
+    assert math.isinf(summary.loc["equal", "median_time_s"])
+    assert math.isnan(summary.loc["deepchest", "ratio"])
+
+
+def test_runs_with_other_findings_are_other_workloads(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="two", methods=("deepchest",), tasks=TASKS[:2])
+    two = make_run(tmp_path / "b", name="three", methods=("equal",))
+    results = comparison(one, two)
+    assert not results.workload_is_backbone
+    assert set(results.trials["workload"]) == {
+        "resnet18 · synthetic @ 64 px [two]",
+        "resnet18 · synthetic @ 64 px [three]",
+    }
+    assert sm.paired_comparisons(results.trials, "equal")["method"].tolist() == []
+
+
+def test_dynamics_use_each_workloads_own_findings(tmp_path: Path) -> None:
+    from reports.html import build_context, section_dynamics
+
+    one = make_run(tmp_path / "a", name="n", dataset="nih", tasks=TASKS[:2])
+    two = make_run(tmp_path / "b", name="c", dataset="chexpert")
+    page = section_dynamics(build_context(comparison(one, two)))
+    # the equal-weighting line: 1/2 on the two-finding workload, 1/3 on the other
+    assert '"y0":0.5' in page and '"y0":0.3333333333333333' in page
+
+
+def test_baseline_without_a_completed_trial(tmp_path: Path) -> None:
+    outcomes = {("equal", s): ("failed", "boom") for s in (0, 1)}
+    run = make_run(tmp_path, outcomes=outcomes)
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
+    assert "No &#x27;equal&#x27; trial completed, so nothing pairs with it." in document
+    assert "sign flipped" not in document
+
+
+def test_weights_open_on_a_method_that_trained(tmp_path: Path) -> None:
+    from reports.html import build_context, section_dynamics
+
+    outcomes = {("deepchest", s): ("failed", "boom") for s in (0, 1)}
+    run = make_run(tmp_path, outcomes=outcomes)
+    path = run / "results" / "epochs.parquet"
+    frame = pd.read_parquet(path)
+    frame[frame["method"] != "deepchest"].to_parquet(path)
+    page = section_dynamics(build_context(comparison(run)))
+    weights = page.split('id="fig-weights-0"')[1]
+    assert '"label":"equal"' in weights and '"label":"deepchest"' not in weights
+
+
+def test_hostile_baseline_in_titles_is_escaped(tmp_path: Path) -> None:
+    run = make_run(tmp_path, methods=(HOSTILE_METHOD, "equal"))
+    options = reports.ReportOptions(baseline=HOSTILE_METHOD)
+    document = reports.write_report(run, options=options).html.read_text(encoding="utf-8")
+    assert HOSTILE_METHOD not in document and "alert(1)</script>" not in document
