@@ -233,7 +233,8 @@ class Comparison:
     """One or more run directories merged into one comparison.
 
     Both tables gain ``run`` (the run's name) and ``workload``: what a method is trained on,
-    the backbone alone when every run used the same data, else ``backbone · data``. A
+    the backbone alone when every run used the same data and training settings, else
+    ``backbone · data`` (plus ``[run name]`` where data set and size agree but not the rest). A
     (method, workload) pair is a *config*; its trials differ by seed.
     """
 
@@ -269,21 +270,33 @@ def data_label(config: dict[str, Any]) -> str:
 
 
 PATH_KEYS = ("root", "prepared")  # where the data sits may differ between machines
+RETRY_KEYS = ("max_failures",)  # how often a crash is retried changes no result
 
 
-def _data_key(run: RunResults) -> str:
-    """What makes two runs' numbers comparable: the data settings (paths aside) and findings."""
-    data = run.config.get("data") if isinstance(run.config.get("data"), dict) else {}
-    settings = {k: v for k, v in data.items() if k not in PATH_KEYS}
-    return json.dumps({"data": settings, "tasks": run.tasks}, sort_keys=True, default=str)
+def _workload_key(run: RunResults) -> str:
+    """What makes two runs' numbers comparable: the data settings (paths aside), the findings
+    and the training budget and optimiser (``train``, retries aside)."""
+
+    def section(name: str, ignored: tuple[str, ...]) -> dict:
+        value = run.config.get(name)
+        return (
+            {k: v for k, v in value.items() if k not in ignored} if isinstance(value, dict) else {}
+        )
+
+    key = {
+        "data": section("data", PATH_KEYS),
+        "train": section("train", RETRY_KEYS),
+        "tasks": run.tasks,
+    }
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def merge_runs(runs: list[RunResults]) -> Comparison:
-    """Stack the runs' tables. Runs whose data settings (paths aside) and findings agree share
-    workloads named by backbone alone; otherwise each workload also names its data, and runs
-    whose data differ beyond data set and size are told apart by run name. Two runs that hold
-    the same method, workload and seed are refused (the paired comparisons pair trials by seed,
-    so such a merge has no single answer)."""
+    """Stack the runs' tables. Runs whose data settings (paths aside), findings and training
+    settings agree share workloads named by backbone alone; otherwise each workload also names
+    its data, and runs that differ beyond data set and size are told apart by run name. Two
+    runs that hold the same method, workload and seed are refused (the paired comparisons pair
+    trials by seed, so such a merge has no single answer)."""
     if not runs:
         raise ReportError("no run directory given")
     names: list[str] = []
@@ -292,7 +305,7 @@ def merge_runs(runs: list[RunResults]) -> Comparison:
         while name in names:
             name += "'"
         names.append(name)
-    keys = [_data_key(run) for run in runs]
+    keys = [_workload_key(run) for run in runs]
     same_data = len(set(keys)) == 1
     labels = [data_label(run.config) for run in runs]
     keys_by_label: dict[str, set[str]] = {}

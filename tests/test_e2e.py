@@ -46,9 +46,17 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
         "loss",
         "accuracy",
         "auroc",
+        "auprc",
+        "f1",
         "weight",
+        "n_labeled",
+        "n_positive",
+        "train_time_s",
     ):
         assert column in epochs.columns
+    for column in ("test_mean_auprc", "test_macro_f1", "test_exact_match"):
+        assert trials[column].between(0, 1).all(), column
+    assert (trials[["n_train", "n_val", "n_test"]].sum(axis=1) == 240).all()
     per_trial = epochs.groupby("trial_id").size()
     assert (per_trial == 2 * 2 * TASKS + TASKS).all()  # 2 epochs x train/val, + test
     assert set(epochs.split) == {"train", "val", "test"}
@@ -69,6 +77,22 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.html").is_file()
     assert "deepchest" in capsys.readouterr().out
+
+    # a second run on other data merges with the first into one comparison of two workloads
+    other = tiny_config(tmp_path, name="tiny-28", data={"image_size": 28})
+    assert run_cli(str(write_config(tmp_path, other, "other.yaml"))) == 0
+    merged = tmp_path / "compare" / "report.html"
+    assert (
+        main(["report", str(run_dir), str(tmp_path / "runs" / "tiny-28"), "--out", str(merged)])
+        == 0
+    )
+    assert "tiny + tiny-28: summary" in capsys.readouterr().out
+    summary = pd.read_csv(tmp_path / "compare" / "summary.csv")
+    assert set(summary.workload) == {
+        "simple_cnn · synthetic @ 32 px",
+        "simple_cnn · synthetic @ 28 px",
+    }
+    assert 'id="fig-profiles"' in merged.read_text()
 
     # the same name again is refused, --resume keeps the finished trials and trains nothing
     assert run_cli(str(path)) == 1

@@ -903,3 +903,20 @@ def test_hostile_baseline_in_titles_is_escaped(tmp_path: Path) -> None:
     options = reports.ReportOptions(baseline=HOSTILE_METHOD)
     document = reports.write_report(run, options=options).html.read_text(encoding="utf-8")
     assert HOSTILE_METHOD not in document and "alert(1)</script>" not in document
+
+
+def test_runs_with_other_training_settings_are_other_workloads(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="short", methods=("deepchest",))
+    two = make_run(tmp_path / "b", name="long", methods=("equal",))
+    config = (two / "config.yaml").read_text().replace("epochs: 2", "epochs: 20")
+    (two / "config.yaml").write_text(config.replace("synthetic", "synthetic, root: /elsewhere"))
+    results = comparison(one, two)
+    assert set(results.trials["workload"]) == {
+        "resnet18 · synthetic @ 64 px [short]",
+        "resnet18 · synthetic @ 64 px [long]",
+    }
+    # where the data sits does not matter: the same settings elsewhere share a workload
+    three = make_run(tmp_path / "c", name="moved", methods=("equal",))
+    moved = (three / "config.yaml").read_text().replace("synthetic", "synthetic, root: /x")
+    (three / "config.yaml").write_text(moved)
+    assert comparison(one, three).workload_is_backbone
