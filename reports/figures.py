@@ -181,6 +181,22 @@ def config_bar_chart(
 DASH = {"train": "solid", "val": "dash"}
 
 
+def _curve(curves: pd.DataFrame, method: str, split: str, task: str) -> pd.DataFrame:
+    """One line of :func:`reports.summary.curves`: a method's split and task, by epoch."""
+    chosen = (curves["task"] == task) & (curves["method"] == method) & (curves["split"] == split)
+    return curves[chosen].sort_values("epoch")
+
+
+def _epoch_line(part: pd.DataFrame, **style) -> go.Scatter:
+    """A line with markers over the epochs of one :func:`_curve`."""
+    return go.Scatter(
+        x=part["epoch"].tolist(),
+        y=[_none_if_missing(v) for v in part["mean"]],
+        mode="lines+markers",
+        **style,
+    )
+
+
 def _selector(labels: Sequence[str], visibility: Sequence[list[bool]], x: float = 0.0) -> dict:
     """A plotly dropdown: choosing ``labels[i]`` shows the traces flagged in ``visibility[i]``."""
     return dict(
@@ -217,18 +233,12 @@ def loss_curves(
     for task in choices:
         for method in methods:
             for split in ("train", "val"):
-                part = curves[
-                    (curves["task"] == task)
-                    & (curves["method"] == method)
-                    & (curves["split"] == split)
-                ].sort_values("epoch")
+                part = _curve(curves, method, split, task)
                 if part.empty:
                     continue
                 fig.add_trace(
-                    go.Scatter(
-                        x=part["epoch"].tolist(),
-                        y=[_none_if_missing(v) for v in part["mean"]],
-                        mode="lines+markers",
+                    _epoch_line(
+                        part,
                         name=label(f"{method} · {split}"),
                         legendgroup=label(method),
                         line=dict(color=palette.get(method, PALETTE[0]), dash=DASH[split]),
@@ -255,19 +265,15 @@ def val_auroc_per_epoch(
     """
     fig = go.Figure()
     for method in methods:
-        part = curves[
-            (curves["task"] == "mean") & (curves["method"] == method) & (curves["split"] == "val")
-        ].sort_values("epoch")
+        part = _curve(curves, method, "val", "mean")
         if part.empty:
             continue
         fig.add_trace(
-            go.Scatter(
-                x=part["epoch"].tolist(),
-                y=[_none_if_missing(v) for v in part["mean"]],
+            _epoch_line(
+                part,
                 error_y=dict(
                     type="data", array=[_none_if_missing(v) for v in part["std"]], visible=True
                 ),
-                mode="lines+markers",
                 name=label(method),
                 line=dict(color=palette.get(method, PALETTE[0])),
                 hovertemplate=f"{label(method)}<br>epoch %{{x}}<br>AUROC %{{y:.3f}}<extra></extra>",
@@ -299,18 +305,12 @@ def weight_trajectories(
     owner: list[str] = []
     for method in methods:
         for task in tasks:
-            part = curves[
-                (curves["task"] == task)
-                & (curves["method"] == method)
-                & (curves["split"] == "train")
-            ].sort_values("epoch")
+            part = _curve(curves, method, "train", task)
             if part.empty:
                 continue
             fig.add_trace(
-                go.Scatter(
-                    x=part["epoch"].tolist(),
-                    y=[_none_if_missing(v) for v in part["mean"]],
-                    mode="lines+markers",
+                _epoch_line(
+                    part,
                     name=label(task),
                     line=dict(color=task_colours[task]),
                     visible=method == shown,
