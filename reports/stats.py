@@ -80,7 +80,7 @@ def paired_difference(
         s         = sqrt(sum((d_i - mean_diff)^2) / (n - 1))
         half      = t_{(1 + confidence) / 2, n - 1} * s / sqrt(n)
         interval  = (mean_diff - half, mean_diff + half)
-        T         = mean_diff / (s / sqrt(n)),  p = 2 * P(t_{n-1} > |T|)   # scipy ttest_rel
+        T         = mean_diff / (s / sqrt(n)),  p = 2 * P(t_{n-1} > |T|)   # = scipy ttest_rel
 
     Edge cases: n == 0 gives mean_diff NaN; n < 2 gives a NaN interval and p-value. When all
     differences are equal (s == 0) the t statistic is undefined, so by convention
@@ -104,7 +104,10 @@ def paired_difference(
         p = 1.0 if mean == 0.0 else 0.0
         return PairedResult(n, mean, mean, mean, p, n >= 3)
     half = _t_half_width(sd, n, confidence)
-    p = float(stats.ttest_rel(x[keep], y[keep]).pvalue)
+    # T and p from the formula above (what ttest_rel computes), without ttest_rel's precision
+    # warning when the differences are nearly equal
+    t_stat = mean / (sd / math.sqrt(n))
+    p = float(2.0 * stats.t.sf(abs(t_stat), n - 1))
     return PairedResult(n, mean, mean - half, mean + half, p, n >= 3)
 
 

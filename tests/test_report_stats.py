@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from reports.stats import (
@@ -246,3 +247,26 @@ def test_import_does_not_pull_torch_or_ray():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_paired_p_value_equals_scipy_ttest_rel(seed: int) -> None:
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 9))
+    a = rng.normal(0.8, 0.02, n)
+    b = a + rng.normal(0.005, 0.01, n)
+    result = paired_difference(a, b)
+    assert result.p_value == pytest.approx(float(ttest_rel(a, b).pvalue), rel=1e-9)
+
+
+def test_paired_nearly_equal_differences_warn_nothing() -> None:
+    import warnings
+
+    a = [0.82, 0.84, 0.86]
+    b = [0.77, 0.79, 0.81]  # differences 0.05 up to rounding
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = paired_difference(a, b)
+    assert result.mean_diff == pytest.approx(0.05) and result.p_value < 1e-6
