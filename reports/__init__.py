@@ -1,4 +1,4 @@
-"""Reports from a harness run directory: leaderboard, summary files and a self-contained HTML.
+"""Reports from harness run directories: the summary table, summary files and a self-contained HTML.
 
 Imports pandas, pyarrow, plotly, rich, PyYAML and the standard library only (never torch, ray
 or the project's other packages), so a report can be rebuilt anywhere from a run's results.
