@@ -1,7 +1,8 @@
 """Reports from harness run directories: the summary table, summary files and a self-contained HTML.
 
-Imports pandas, pyarrow, plotly, rich, PyYAML and the standard library only (never torch, ray
-or the project's other packages), so a report can be rebuilt anywhere from a run's results.
+Imports pandas, pyarrow, plotly, scipy, rich, PyYAML and the standard library only (never
+torch, ray or the project's other packages), so a report can be rebuilt anywhere from a run's
+results.
 """
 
 from reports.html import ReportOptions, WrittenReport, render_report, write_report
