@@ -94,12 +94,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_experiment(
         cfg, address=args.address, resume=args.resume, overwrite=args.overwrite
     )
-    import reports
-
-    results = reports.load_runs([outcome.run_dir])
-    table = reports.summary_table(results.trials, results.epochs)
-    _print_summary(results, table, f"{cfg.name}: summary")
-    print(f"report: {outcome.report}")
+    written = outcome.report
+    _print_summary(written.results, written.summary, f"{cfg.name}: summary")
+    print(f"report: {written.html}")
     failed = outcome.failed
     diverged = [r for r in outcome.records if r.status == "diverged"]
     if diverged:

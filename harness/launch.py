@@ -49,7 +49,7 @@ class RunError(Exception):
 class RunOutcome:
     run_dir: Path
     records: list[TrialRecord]
-    report: Path | None
+    report: Any  # reports.WrittenReport: the HTML's path, the summary files and table
 
     @property
     def failed(self) -> list[TrialRecord]:
@@ -404,7 +404,7 @@ def run_experiment(
 
     from reports import write_report
 
-    report = write_report(run_dir).html
+    report = write_report(run_dir)
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
 

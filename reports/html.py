@@ -989,7 +989,11 @@ def render_report(results: Comparison | RunResults, options: ReportOptions | Non
         from reports.load import merge_runs
 
         results = merge_runs([results])
-    ctx = build_context(results, options)
+    return render_context(build_context(results, options))
+
+
+def render_context(ctx: ReportContext) -> str:
+    """The page around the sections of an already computed context."""
     body = [section_header(ctx)]
     for section in SECTIONS:
         body.append(
@@ -999,7 +1003,7 @@ def render_report(results: Comparison | RunResults, options: ReportOptions | Non
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{esc(results.name)} — benchmark report</title>\n"
+        f"<title>{esc(ctx.results.name)} — benchmark report</title>\n"
         f"<style>{CSS}</style>\n"
         f'<script type="text/javascript">{_plotly_js()}</script>\n'
         "</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
@@ -1045,13 +1049,13 @@ def write_report(
         raise ReportError(f"--out must name an .html file, got {report}")
     results = load_runs(dirs)
     report.parent.mkdir(parents=True, exist_ok=True)
-    ctx_summary = sm.summary_table(results.trials, results.epochs)
+    ctx = build_context(results, options)
     csv_path = report.parent / SUMMARY_CSV_FILE
     md_path = report.parent / SUMMARY_MD_FILE
-    _write_text(csv_path, ctx_summary.to_csv(index=False))
+    _write_text(csv_path, ctx.summary.to_csv(index=False))
     _write_text(
         md_path,
-        summary_markdown(ctx_summary, f"{results.name}: summary", results.workload_is_backbone),
+        summary_markdown(ctx.summary, f"{results.name}: summary", results.workload_is_backbone),
     )
-    _write_text(report, render_report(results, options))
-    return WrittenReport(report, csv_path, md_path, results, ctx_summary)
+    _write_text(report, render_context(ctx))
+    return WrittenReport(report, csv_path, md_path, results, ctx.summary)
