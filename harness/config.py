@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from deepchest.findings import FINDINGS
 
@@ -20,6 +28,9 @@ from deepchest.findings import FINDINGS
 DATASETS = ("synthetic", "nih", "chexpert", "chestmnist")
 PREPARED_DATASETS = ("nih", "chexpert")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# in method_params.<name>, this key makes <name> a variant of a registered method, so that one
+# method can run under several settings in one grid (say mgda and mgda_ub)
+VARIANT_KEY = "method"
 
 
 class ConfigError(ValueError):
@@ -116,12 +127,15 @@ class GridConfig(_Strict):
 
     @field_validator("methods")
     @classmethod
-    def _methods(cls, names: list[str]) -> list[str]:
+    def _methods(cls, names: list[str], info: ValidationInfo) -> list[str]:
         import methods
 
         available = methods.available()
+        # the variants that method_params defines (parse_config passes their names, so this
+        # error comes together with any other in the file); ExperimentConfig checks them
+        variants = (info.context or {}).get("variants", set())
         for i, name in enumerate(names):
-            if name not in available:
+            if name not in available and name not in variants:
                 raise ValueError(
                     f"[{i}]: unknown method {name!r}; available: {', '.join(available)}"
                 )
@@ -213,17 +227,42 @@ class ExperimentConfig(_Strict):
         import methods
 
         tasks = self.data.task_names()
+        available = methods.available()
         for name, params in self.method_params.items():
-            if name not in methods.available():
+            base = params.get(VARIANT_KEY)
+            if name in available and base is not None:
                 raise ValueError(
-                    f"method_params.{name}: unknown method {name!r}; "
-                    f"available: {', '.join(methods.available())}"
+                    f"method_params.{name}.{VARIANT_KEY}: {name!r} is a registered method; "
+                    "give the variant a name of its own"
                 )
+            if name not in available and base is None:
+                raise ValueError(
+                    f"method_params.{name}: unknown method {name!r}; available: "
+                    f"{', '.join(available)} (or define a variant: {name}: {{{VARIANT_KEY}: "
+                    "<registered method>, ...})"
+                )
+            if base is not None and (not isinstance(base, str) or base not in available):
+                raise ValueError(
+                    f"method_params.{name}.{VARIANT_KEY}: unknown method {base!r}; "
+                    f"available: {', '.join(available)}"
+                )
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"method_params.{name}: a variant's name must be 1-100 letters, digits, "
+                    "'.', '_' or '-' (it names the trials)"
+                )
+            base_name, hyperparameters = self.weighting_method(name)
             try:
-                methods.create(name, num_tasks=len(tasks), task_names=tasks, **params)
+                methods.create(base_name, num_tasks=len(tasks), task_names=tasks, **hyperparameters)
             except ValueError as exc:
                 raise ValueError(f"method_params.{name}: {exc}") from None
         return self
+
+    def weighting_method(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The registered method and hyperparameters behind a grid name: a variant's
+        ``method`` and the rest of its entry, or the method itself and its own entry."""
+        params = dict(self.method_params.get(name, {}))
+        return params.pop(VARIANT_KEY, name), params
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -297,7 +336,13 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys, not {raw!r}"])
     try:
-        return ExperimentConfig.model_validate(raw)
+        params = raw.get("method_params")
+        variants = {
+            name
+            for name, entry in (params.items() if isinstance(params, dict) else ())
+            if isinstance(entry, dict) and VARIANT_KEY in entry
+        }
+        return ExperimentConfig.model_validate(raw, context={"variants": variants})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
 

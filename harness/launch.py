@@ -69,7 +69,8 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> dict[str, Any]:
     """The plain dict that the training loop takes (see ``trainloop``)."""
     d = cfg.to_dict()
-    train, params = dict(d["train"]), dict(d["method_params"].get(identity["method"], {}))
+    train = dict(d["train"])
+    weighting, params = cfg.weighting_method(identity["method"])
     # Tune runs each trial in its own working directory: relative paths are the user's
     if train["pretrained"]:
         train["pretrained"] = str(Path(train["pretrained"]).resolve())
@@ -83,6 +84,7 @@ def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> 
         **identity,
         "data": data,
         "train": train,
+        "weighting_method": weighting,
         "method_params": params,
         "device": "cuda" if gpus > 0 else "cpu",
         "threads": max(1, int(cfg.resources.cpus_per_worker)),

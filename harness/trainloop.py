@@ -9,8 +9,9 @@ checkpoint. At the end: evaluate test with the weights of the best epoch by mean
 
 A trial is described by a plain dict (see ``launch.trial_spec``) so that it crosses process
 boundaries unchanged:
-``{trial_id, method, backbone, seed, data: {...}, train: {...}, method_params: {...},
-device: "cpu" | "cuda", threads: int}``.
+``{trial_id, method, backbone, seed, data: {...}, train: {...}, weighting_method,
+method_params: {...}, device: "cpu" | "cuda", threads: int}``, where ``method`` is the name in
+the grid and ``weighting_method`` the registered method it runs (they differ for a variant).
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ class _Trial:
         ).to(self.device, memory_format=self.memory_format)
         self.model = collective.wrap(self.net, self.device)
         self.method = methods.create(
-            spec["method"],
+            spec.get("weighting_method", spec["method"]),  # a variant runs its base method
             num_tasks=len(self.tasks),
             task_names=self.tasks,
             **spec.get("method_params", {}),

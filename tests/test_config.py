@@ -17,7 +17,8 @@ def test_shipped_experiments_validate(path):
 
 def test_all_methods_experiment_lists_every_registered_method():
     cfg = load_config(REPO / "experiments" / "all_methods.yaml")
-    assert sorted(cfg.grid.methods) == methods.available()
+    assert sorted({cfg.weighting_method(m)[0] for m in cfg.grid.methods}) == methods.available()
+    assert cfg.weighting_method("mgda_ub") == ("mgda", {"level": "representation"})
 
 
 def test_defaults_and_float_forms(tmp_path):
@@ -87,12 +88,55 @@ def errors_of(raw: dict) -> list[str]:
             "method_params.deepchest: method 'deepchest': signal must be one of",
         ),
         ({"method_params": {"gradnorm2": {}}}, "method_params.gradnorm2: unknown method"),
+        (
+            {"method_params": {"mgda_ub": {"method": "mgdaa"}}},
+            "method_params.mgda_ub.method: unknown method 'mgdaa'; available: ",
+        ),
+        (
+            {"method_params": {"mgda_ub": {"method": "mgda", "level": "weights"}}},
+            "method_params.mgda_ub: method 'mgda': level must be one of",
+        ),
+        (
+            {"method_params": {"mgda": {"method": "pcgrad"}}},
+            "method_params.mgda.method: 'mgda' is a registered method",
+        ),
+        (
+            {"method_params": {"a/b": {"method": "mgda"}}},
+            "method_params.a/b: a variant's name must be 1-100 letters",
+        ),
+        (
+            {"grid": {"methods": ["equal", "mgda_ub"]}},
+            "grid.methods[1]: unknown method 'mgda_ub'; available: ",
+        ),
     ],
 )
 def test_bad_keys_are_named(tmp_path, change, expected):
     lines = errors_of(tiny_config(tmp_path, **change))
     assert any(line.startswith(expected) for line in lines), lines
     assert all("\n" not in line for line in lines)
+
+
+def test_method_variants_run_a_registered_method_under_their_own_name(tmp_path):
+    cfg = parse_config(
+        tiny_config(
+            tmp_path,
+            grid={"methods": ["mgda", "mgda_ub", "deepchest_val"]},
+            method_params={
+                "mgda_ub": {"method": "mgda", "level": "representation"},
+                "deepchest_val": {"method": "deepchest", "signal": "val_loss"},
+            },
+        )
+    )
+    assert cfg.weighting_method("mgda") == ("mgda", {})
+    assert cfg.weighting_method("mgda_ub") == ("mgda", {"level": "representation"})
+    assert cfg.weighting_method("deepchest_val") == ("deepchest", {"signal": "val_loss"})
+    from harness.launch import trial_identities, trial_spec
+
+    identity = next(i for i in trial_identities(cfg) if i["method"] == "mgda_ub")
+    spec = trial_spec(cfg, identity, gpus=0)
+    assert (spec["method"], spec["weighting_method"]) == ("mgda_ub", "mgda")
+    assert spec["method_params"] == {"level": "representation"}
+    assert spec["trial_id"].startswith("mgda_ub-")
 
 
 def test_several_errors_each_one_line(tmp_path):

@@ -102,6 +102,26 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
     assert again.test_mean_auroc.tolist() == trials.test_mean_auroc.tolist()
 
 
+def test_method_variant_runs_beside_its_base_method(ray_session, tmp_path, capsys):
+    """One registered method under two settings in one grid, as a user writes it."""
+    cfg = tiny_config(
+        tmp_path,
+        name="variants",
+        grid={"methods": ["equal", "deepchest_val"]},
+        method_params={"deepchest_val": {"method": "deepchest", "signal": "val_loss"}},
+    )
+    assert run_cli(str(write_config(tmp_path, cfg))) == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "variants"
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    assert sorted(trials.trial_id) == ["deepchest_val-simple_cnn-s0", "equal-simple_cnn-s0"]
+    assert set(trials.status) == {"completed"}
+    epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet")
+    deep = epochs[(epochs.method == "deepchest_val") & (epochs.split == "train")]
+    # DeepChest's rule ran: after epoch 1 every weight went up by 10% or down by 5%
+    assert set(deep[deep.epoch == 2].weight.round(6)) <= {1.1, round(1 / 1.05, 6)}
+    assert "deepchest_val" in (run_dir / "report.html").read_text()
+
+
 def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys, monkeypatch):
     # a weights file that exists but is junk, named by a path relative to where the user
     # runs the harness (trials run in their own working directories)
