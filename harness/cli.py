@@ -66,18 +66,12 @@ def _print_summary(results, table, title: str) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     import reports
 
-    if not 0 < args.target_fraction <= 1.5:
-        raise reports.ReportError(
-            f"--target-fraction must be in (0, 1.5], got {args.target_fraction}"
-        )
-    written = reports.write_report(
-        args.run_dirs,
-        out=args.out,
-        options=reports.ReportOptions(baseline=args.baseline, target_fraction=args.target_fraction),
-    )
-    if args.baseline not in set(written.results.trials["method"].dropna()):
+    given = {"baseline": args.baseline, "target_fraction": args.target_fraction}
+    options = reports.ReportOptions(**{k: v for k, v in given.items() if v is not None})
+    written = reports.write_report(args.run_dirs, out=args.out, options=options)
+    if options.baseline not in set(written.results.trials["method"].dropna()):
         _err(
-            f"warning: baseline method {args.baseline!r} is not in these runs; the report "
+            f"warning: baseline method {options.baseline!r} is not in these runs; the report "
             "leaves out the comparisons with it"
         )
     _print_summary(written.results, written.summary, f"{written.results.name}: summary")
@@ -396,13 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         help="the HTML file to write (default: RUN_DIR/report.html; required with several)",
     )
-    report.add_argument(
-        "--baseline", default="equal", help="method the others are compared with (default: equal)"
-    )
+    report.add_argument("--baseline", help="method the others are compared with (default: equal)")
     report.add_argument(
         "--target-fraction",
         type=float,
-        default=0.98,
         help="time to result: the target is this fraction of the baseline's final mean val "
         "AUROC (default: 0.98)",
     )

@@ -5,7 +5,7 @@ torch, ray or the project's other packages), so a report can be rebuilt anywhere
 results.
 """
 
-from reports.html import ReportOptions, WrittenReport, render_report, write_report
+from reports.html import ReportOptions, WrittenReport, write_report
 from reports.load import Comparison, ReportError, RunResults, load_run, load_runs
 from reports.summary import summary_table
 from reports.tables import summary_markdown, summary_rich
@@ -18,7 +18,6 @@ __all__ = [
     "WrittenReport",
     "load_run",
     "load_runs",
-    "render_report",
     "summary_markdown",
     "summary_rich",
     "summary_table",

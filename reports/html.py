@@ -1,4 +1,4 @@
-"""The self-contained HTML report: one function per section, assembled by :func:`render_report`.
+"""The self-contained HTML report: one function per section, assembled by :func:`render_context`.
 
 The page opens offline: plotly.js is embedded once in the head, figures are emitted without
 it, and there is no external script, stylesheet or font. Every user-supplied string (run
@@ -147,6 +147,10 @@ STUDIED_METHOD = "deepchest"  # the method under study: compared with everything
 class ReportOptions:
     baseline: str = DEFAULT_BASELINE
     target_fraction: float = DEFAULT_TARGET_FRACTION
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_fraction <= 1.5:
+            raise ReportError(f"--target-fraction must be in (0, 1.5], got {self.target_fraction}")
 
 
 @dataclass
@@ -319,24 +323,13 @@ def _what_was_run(ctx: ReportContext) -> str:
         )
         devices = sorted({str(d) for d in trials["device"].dropna().unique()})
         hardware = run.manifest.get("hardware") or {}
-        cpu = hardware.get("cpu_count")
-        memory = hardware.get("memory_gb")
-        host = ", ".join(
-            x
-            for x in (
-                f"{cpu} CPU cores" if cpu else "",
-                f"{memory} GB memory" if memory else "",
-            )
-            if x
-        )
-        items.append(
-            (
-                f"{prefix}Hardware",
-                ", ".join(f"<code>{esc(d)}</code>" for d in devices) or MISSING,
-            )
-        )
-        if host:
-            items[-1] = (items[-1][0], items[-1][1] + f" on a host with {esc(host)}")
+        cpu, memory = hardware.get("cpu_count"), hardware.get("memory_gb")
+        host = [f"{cpu} CPU cores" if cpu else "", f"{memory} GB memory" if memory else ""]
+        host_text = ", ".join(part for part in host if part)
+        text = ", ".join(f"<code>{esc(d)}</code>" for d in devices) or MISSING
+        if host_text:
+            text += f" on a host with {esc(host_text)}"
+        items.append((f"{prefix}Hardware", text))
     meta = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items)
     return f'<dl class="meta">{meta}</dl>'
 
@@ -981,15 +974,6 @@ SECTIONS: list[Section] = [
 
 
 # --- the page ----------------------------------------------------------------------------
-
-
-def render_report(results: Comparison | RunResults, options: ReportOptions | None = None) -> str:
-    """The whole report as one HTML string."""
-    if isinstance(results, RunResults):
-        from reports.load import merge_runs
-
-        results = merge_runs([results])
-    return render_context(build_context(results, options))
 
 
 def render_context(ctx: ReportContext) -> str:
