@@ -3,7 +3,10 @@
 Metrics are exact and computed on a whole split (never averaged over batches): AUROC is the
 rank-based area and AUPRC the average precision (scikit-learn), both NaN where a task has only
 one class among its labelled examples; F1 is at probability 0.5, NaN where a task has no
-positive label. Masked entries (unknown labels) count nowhere.
+positive label. Because a fixed 0.5 says little on rare findings, each split also gets, per
+task, the threshold that maximises its F1 (:func:`f1_thresholds`), and F1 can be measured at
+thresholds chosen elsewhere (the trainloop picks them on validation and applies them to test).
+Masked entries (unknown labels) count nowhere.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -32,7 +36,11 @@ class TaskMetrics:
     """One value per task, each a float64 ``Tensor[T]`` (``n_labeled``, ``n_positive`` int64),
     and two whole-sample figures: ``exact_match``, the fraction of examples whose every labelled
     finding is predicted right, and ``trivial_exact_match``, the same for the predictor that
-    always says negative (the fraction of examples without a positive label)."""
+    always says negative (the fraction of examples without a positive label).
+
+    ``f1_threshold`` is the logit threshold that maximises F1 on this split and ``best_f1`` that
+    F1 (in-sample, so optimistic); ``tuned_f1`` is F1 at the thresholds given to
+    :func:`task_metrics` (chosen on another split), all NaN when none were given."""
 
     loss: Tensor
     accuracy: Tensor
@@ -43,6 +51,9 @@ class TaskMetrics:
     n_positive: Tensor
     exact_match: float
     trivial_exact_match: float
+    f1_threshold: Tensor
+    best_f1: Tensor
+    tuned_f1: Tensor
 
     @property
     def mean_auroc(self) -> float:
@@ -64,20 +75,74 @@ class TaskMetrics:
     def macro_f1(self) -> float:
         return _nanmean(self.f1)
 
+    @property
+    def macro_tuned_f1(self) -> float:
+        return _nanmean(self.tuned_f1)
+
 
 def _nanmean(values: Tensor) -> float:
     finite = values[~torch.isnan(values)]
     return float(finite.mean()) if finite.numel() else math.nan
 
 
-def task_metrics(logits: Tensor, labels: Tensor, mask: Tensor) -> TaskMetrics:
-    """Loss, accuracy and F1 at probability 0.5, AUROC and AUPRC per task over a whole split.
+def _f1(predicted: Tensor, positive: Tensor, mask: Tensor) -> Tensor:
+    """Per task ``2 TP / (2 TP + FP + FN)`` over labelled entries; NaN without a positive."""
+    n_positive = positive.sum(0)
+    true_pos = (predicted & positive).sum(0).double()
+    false_pos = (predicted & mask & ~positive).sum(0).double()
+    false_neg = n_positive.double() - true_pos
+    f1 = 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1)
+    return torch.where(n_positive > 0, f1, math.nan)
+
+
+def f1_thresholds(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per task, the logit threshold c maximising F1 of the rule ``z >= c`` over the labelled
+    entries, and that F1 (both float64 ``[T]``, NaN for a task without a positive label).
+
+    The candidates are the observed scores (scikit-learn's ``precision_recall_curve``); with
+    precision P_k and recall R_k at candidate c_k, F1_k = 2 P_k R_k / (P_k + R_k) (0 when both
+    are 0), and ties go to the lowest threshold (numpy's argmax over increasing c_k).
+    """
+    logits, mask = logits.double().cpu(), mask.cpu().bool()
+    labels = torch.where(mask, labels.double().cpu(), 0.0)
+    num_tasks = labels.shape[1]
+    threshold = torch.full((num_tasks,), math.nan, dtype=torch.float64)
+    best = threshold.clone()
+    for t in range(num_tasks):
+        y = labels[mask[:, t], t].numpy() > 0.5
+        if not y.any():
+            continue
+        precision, recall, candidates = precision_recall_curve(y, logits[mask[:, t], t].numpy())
+        # the last (precision 1, recall 0) point has no threshold
+        precision, recall = precision[:-1], recall[:-1]
+        denominator = precision + recall
+        f1 = np.divide(
+            2 * precision * recall,
+            denominator,
+            out=np.zeros_like(denominator),
+            where=denominator > 0,
+        )
+        k = int(np.argmax(f1))
+        threshold[t], best[t] = float(candidates[k]), float(f1[k])
+    return threshold, best
+
+
+def task_metrics(
+    logits: Tensor, labels: Tensor, mask: Tensor, thresholds: Tensor | None = None
+) -> TaskMetrics:
+    """Loss, accuracy and F1 at probability 0.5, AUROC and AUPRC per task over a whole split;
+    F1 at each task's own best threshold (:func:`f1_thresholds`) and, with ``thresholds`` (logits,
+    ``[T]``, NaN = none), at those.
 
     With p_it = [z_it > 0] and only labelled entries counted::
 
         F1_t        = 2 TP_t / (2 TP_t + FP_t + FN_t)        (NaN when task t has no positive)
         exact_match = #{i : p_it = y_it for every labelled t} / #{i : some t labelled}
+
+    ``tuned_f1`` is F1_t with p_it = [z_it >= thresholds_t] (Lipton et al., "Thresholding
+    Classifiers to Maximize F1 Score", 2014: choose the threshold on held-out data).
     """
+    f1_threshold, best_f1 = f1_thresholds(logits, labels, mask)
     logits, mask = logits.double().cpu(), mask.cpu().bool()
     labels = torch.where(mask, labels.double().cpu(), 0.0)  # unknown labels count nowhere
     num_tasks = labels.shape[1]
@@ -93,12 +158,11 @@ def task_metrics(logits: Tensor, labels: Tensor, mask: Tensor) -> TaskMetrics:
     predicted = logits > 0
     positive = mask & (labels > 0.5)
     n_positive = positive.sum(0)
-    true_pos = (predicted & positive).sum(0).double()
-    false_pos = (predicted & mask & ~positive).sum(0).double()
-    false_neg = n_positive.double() - true_pos
-    f1 = torch.where(
-        n_positive > 0, 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1), nan
-    )
+    f1 = _f1(predicted, positive, mask)
+    tuned_f1 = nan.clone()
+    if thresholds is not None:
+        cut = thresholds.double().cpu()
+        tuned_f1 = torch.where(torch.isnan(cut), math.nan, _f1(logits >= cut, positive, mask))
     auroc, auprc = nan.clone(), nan.clone()
     for t in range(num_tasks):
         y = labels[mask[:, t], t]
@@ -122,4 +186,7 @@ def task_metrics(logits: Tensor, labels: Tensor, mask: Tensor) -> TaskMetrics:
         trivial_exact_match=(
             float((all_negative & any_labeled).sum()) / examples if examples else math.nan
         ),
+        f1_threshold=f1_threshold,
+        best_f1=best_f1,
+        tuned_f1=tuned_f1,
     )

@@ -34,6 +34,7 @@ TRIALS_SCHEMA = pa.schema(
         ("test_mean_accuracy", pa.float64()),
         ("test_mean_auprc", pa.float64()),
         ("test_macro_f1", pa.float64()),
+        ("test_macro_f1_tuned", pa.float64()),  # at thresholds chosen on val (max F1 there)
         ("test_exact_match", pa.float64()),
         ("test_trivial_exact_match", pa.float64()),
         ("n_train", pa.int64()),
@@ -67,6 +68,8 @@ EPOCHS_SCHEMA = pa.schema(
         ("auroc", pa.float64()),
         ("auprc", pa.float64()),
         ("f1", pa.float64()),
+        ("threshold", pa.float64()),  # val, test: probability threshold chosen on val
+        ("f1_tuned", pa.float64()),  # F1 at that threshold (val: in-sample)
         ("weight", pa.float64()),
         ("weight_normalized", pa.float64()),
         ("n_labeled", pa.int64()),

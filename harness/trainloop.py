@@ -405,9 +405,10 @@ class _Trial:
         return x.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
-    def evaluate(self, data: LabeledImages) -> TaskMetrics:
-        """Metrics on a whole split; under DDP each rank predicts a contiguous shard and every
-        rank then holds all predictions, so every rank computes the same metrics."""
+    def evaluate(self, data: LabeledImages, thresholds: Tensor | None = None) -> TaskMetrics:
+        """Metrics on a whole split (F1 also at ``thresholds``, logits per task); under DDP each
+        rank predicts a contiguous shard and every rank then holds all predictions, so every
+        rank computes the same metrics."""
         n, world = len(data), self.coll.world_size
         per_rank = -(-n // world)
         start = min(n, self.coll.rank * per_rank)
@@ -425,7 +426,7 @@ class _Trial:
         self.model.train()
         if not bool(torch.isfinite(logits).all()):
             raise Diverged(f"non-finite predictions after epoch {self.epoch}")
-        return task_metrics(logits, data.labels, data.mask)
+        return task_metrics(logits, data.labels, data.mask, thresholds)
 
     # ---- training ----------------------------------------------------------------------
     def _train_epoch(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -478,8 +479,22 @@ class _Trial:
         weights = weight_sum / weighted_steps.clamp(min=1)
         return weights.cpu(), (loss_sum / steps).cpu(), accuracy.cpu()
 
-    def _rows(self, split: str, metrics: TaskMetrics, epoch: int, weights: Tensor) -> list[dict]:
+    def _rows(
+        self,
+        split: str,
+        metrics: TaskMetrics,
+        epoch: int,
+        weights: Tensor,
+        thresholds: Tensor | None = None,
+        tuned_f1: Tensor | None = None,
+    ) -> list[dict]:
+        """One row per task. ``thresholds`` (logits) and ``tuned_f1``: the operating threshold
+        chosen on validation and the F1 there (val rows: chosen this epoch, in-sample; test rows:
+        the best epoch's, applied to test); NaN on train rows."""
         total = float(weights.sum())
+        nan = torch.full((len(self.tasks),), math.nan, dtype=torch.float64)
+        probability = torch.sigmoid(thresholds.double()) if thresholds is not None else nan
+        tuned_f1 = tuned_f1 if tuned_f1 is not None else nan
         return [
             {
                 "epoch": epoch,
@@ -490,6 +505,8 @@ class _Trial:
                 "auroc": float(metrics.auroc[t]),
                 "auprc": float(metrics.auprc[t]),
                 "f1": float(metrics.f1[t]),
+                "threshold": float(probability[t]),
+                "f1_tuned": float(tuned_f1[t]),
                 "weight": float(weights[t]),
                 "weight_normalized": float(weights[t]) / total if total else math.nan,
                 "n_labeled": int(metrics.n_labeled[t]),
@@ -525,9 +542,13 @@ class _Trial:
                         "epoch": self.epoch,
                         "val_mean_auroc": score,
                         "model": copy.deepcopy(self.net.state_dict()),
+                        # test F1 is measured at the operating points chosen on validation
+                        "thresholds": val_m.f1_threshold.tolist(),
                     }
                 rows = self._rows("train", train_m, self.epoch, weights)
-                rows += self._rows("val", val_m, self.epoch, weights)
+                rows += self._rows(
+                    "val", val_m, self.epoch, weights, val_m.f1_threshold, val_m.best_f1
+                )
                 self.rows += rows
                 self._report(
                     {
@@ -548,7 +569,10 @@ class _Trial:
         test_m = None
         if status == "completed":
             self.net.load_state_dict(self.best["model"])
-            test_m = self.evaluate(self.splits["test"])
+            # a checkpoint written before thresholds were recorded has none: F1 there is NaN
+            chosen = self.best.get("thresholds") or [math.nan] * len(self.tasks)
+            thresholds = torch.tensor(chosen, dtype=torch.float64)
+            test_m = self.evaluate(self.splits["test"], thresholds)
             best_weights = torch.tensor(
                 [
                     r["weight"]
@@ -556,7 +580,9 @@ class _Trial:
                     if r["epoch"] == self.best["epoch"] and r["split"] == "train"
                 ]
             )
-            test_rows = self._rows("test", test_m, self.best["epoch"], best_weights)
+            test_rows = self._rows(
+                "test", test_m, self.best["epoch"], best_weights, thresholds, test_m.tuned_f1
+            )
         summary = {
             "status": status,
             "error": error,
@@ -567,6 +593,7 @@ class _Trial:
             "test_mean_accuracy": test_m.mean_accuracy if test_m else math.nan,
             "test_mean_auprc": test_m.mean_auprc if test_m else math.nan,
             "test_macro_f1": test_m.macro_f1 if test_m else math.nan,
+            "test_macro_f1_tuned": test_m.macro_tuned_f1 if test_m else math.nan,
             "test_exact_match": test_m.exact_match if test_m else math.nan,
             "test_trivial_exact_match": test_m.trivial_exact_match if test_m else math.nan,
             **{f"n_{split}": len(data) for split, data in self.splits.items()},

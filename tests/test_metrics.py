@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deepchest.metrics import masked_task_losses, task_metrics
+from deepchest.metrics import f1_thresholds, masked_task_losses, task_metrics
 
 
 def test_metrics_by_hand():
@@ -79,3 +79,70 @@ def test_exact_match_counts_only_labelled_findings():
     assert m.exact_match == 1.0  # rows 0 and 1 right on what is known; row 2 not counted
     assert m.trivial_exact_match == pytest.approx(1 / 2)
     assert math.isnan(m.f1[1])  # no positive label for task 1
+
+
+def test_f1_threshold_chosen_by_hand_with_mask():
+    # task 0 labels 1,0,1,0 scores 2, 0.5, -0.5, -1 (row 4 masked, its NaN label ignored):
+    #   z >= 2   -> TP 1 FP 0 FN 1 -> F1 2/3
+    #   z >= 0.5 -> TP 1 FP 1 FN 1 -> F1 1/2
+    #   z >= -.5 -> TP 2 FP 1 FN 0 -> F1 4/5  (best)
+    #   z >= -1  -> TP 2 FP 2 FN 0 -> F1 2/3
+    # task 1: no positive label -> no threshold, NaN
+    logits = torch.tensor([[2.0, 1.0], [0.5, -1.0], [-0.5, 3.0], [-1.0, -2.0], [9.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [float("nan"), 0.0]])
+    mask = torch.tensor([[True, True]] * 4 + [[False, True]])
+    threshold, best = f1_thresholds(logits, labels, mask)
+    assert threshold[0] == -0.5 and best[0] == pytest.approx(0.8)
+    assert math.isnan(threshold[1]) and math.isnan(best[1])
+    m = task_metrics(logits, labels, mask)
+    assert m.f1_threshold[0] == -0.5 and m.best_f1[0] == pytest.approx(0.8)
+    assert torch.isnan(m.tuned_f1).all()  # no thresholds given
+    assert m.f1[0] == pytest.approx(0.5)  # at probability 0.5 (z > 0): TP 1 FP 1 FN 1
+
+
+def test_tuned_f1_at_given_thresholds():
+    logits = torch.tensor([[2.0, 1.0], [0.5, -1.0], [-0.5, 3.0], [-1.0, -2.0], [9.0, 5.0]])
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[True, True]] * 4 + [[False, False]])  # row 4 counts nowhere
+    # task 0 at z >= 0.5: TP 1 FP 1 FN 1 -> 1/2 (the threshold itself counts as positive);
+    # task 1 has no threshold (NaN): its tuned F1 is NaN and the macro mean skips it
+    m = task_metrics(logits, labels, mask, thresholds=torch.tensor([0.5, float("nan")]))
+    assert m.tuned_f1[0] == pytest.approx(0.5)
+    assert math.isnan(m.tuned_f1[1])
+    assert m.macro_tuned_f1 == pytest.approx(0.5)
+    # task 1 at z >= -2 (every labelled row positive): TP 2 FP 2 FN 0 -> 2/3
+    m = task_metrics(logits, labels, mask, thresholds=torch.tensor([0.5, -2.0]))
+    assert m.tuned_f1[1] == pytest.approx(2 / 3)
+
+
+def test_trial_records_val_chosen_thresholds_and_test_f1(tmp_path):
+    import pyarrow.parquet as pq
+
+    from harness.config import parse_config
+    from harness.launch import trial_identities, trial_spec
+    from harness.results import TrialRecord, write_tables
+    from harness.trainloop import MemoryReporter, train_trial
+    from tests.conftest import tiny_config
+
+    cfg = parse_config(tiny_config(tmp_path, grid={"methods": ["equal"]}))
+    identity = trial_identities(cfg)[0]
+    out = train_trial(trial_spec(cfg, identity, gpus=0), MemoryReporter())
+    rows = out["rows"]
+    val = {r["task"]: r for r in rows if r["split"] == "val" and r["epoch"] == out["best_epoch"]}
+    test = [r for r in rows if r["split"] == "test"]
+    train = [r for r in rows if r["split"] == "train"]
+    assert all(math.isnan(r["threshold"]) and math.isnan(r["f1_tuned"]) for r in train)
+    for r in test:  # the best epoch's val threshold is the one applied to test
+        chosen = val[r["task"]]["threshold"]
+        assert r["threshold"] == chosen or math.isnan(r["threshold"]) and math.isnan(chosen)
+        assert 0.0 < r["threshold"] < 1.0 or math.isnan(r["threshold"])
+    finite = [r["f1_tuned"] for r in test if not math.isnan(r["f1_tuned"])]
+    assert finite and out["test_macro_f1_tuned"] == pytest.approx(sum(finite) / len(finite))
+    record = TrialRecord(tmp_path, identity)
+    record.replace_history(rows)
+    record.set(status="completed", summary={k: v for k, v in out.items() if k != "rows"})
+    trials_path, epochs_path = write_tables(tmp_path, [record])
+    assert pq.read_table(trials_path).column("test_macro_f1_tuned")[0].as_py() == pytest.approx(
+        out["test_macro_f1_tuned"]
+    )
+    assert {"threshold", "f1_tuned"} <= set(pq.read_table(epochs_path).column_names)
