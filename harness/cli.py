@@ -1,7 +1,8 @@
 """``harness``: run, validate, list methods, rebuild a report, benchmark methods, prepare data.
 
-Every error is one line on stderr and a non-zero exit: 2 for a bad experiment file or
-arguments, 1 for a run that could not start or whose trials failed, 130 when interrupted.
+Every error is one line on stderr (``harness: error: ...``) and one rule of exit codes holds
+for every command (``harness.errors``): 0 done, 1 the work failed (or some trials did), 2 bad
+input (experiment file, arguments, data, run directory state), 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,11 +11,29 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+from harness.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    RunError,
+    RunRefused,
+    handle_sigterm,
+    was_terminated,
+)
+
+
+def _stopped(exc: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if was_terminated(exc) else "interrupted"
+
+
+def _interrupted_code(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if was_terminated(exc) else EXIT_INTERRUPTED
 
 
 def _err(message: str) -> None:
@@ -45,15 +64,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     import methods
 
     table = Table(title="Registered task-weighting methods", title_justify="left")
-    for col in ("method", "level", "hyperparameters (defaults)", "summary"):
-        table.add_column(col)
+    # one level and one setting a line, never cut: on a narrow screen only the summary wraps
+    for col in ("method", "level", "hyperparameters\n(defaults)"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("summary", overflow="fold")
     for info in methods.describe():
-        params = ", ".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
-        table.add_row(info.name, " | ".join(info.levels), params, info.summary)
-    _wide_console().print(table)
+        params = "\n".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
+        table.add_row(*map(Text, (info.name, "\n".join(info.levels), params, info.summary)))
+    # the terminal's width; piped, $COLUMNS or 80 (rich's default): `| head` fits the screen
+    Console().print(table)
     return 0
 
 
@@ -80,13 +104,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(message: str) -> None:
+    """What a long start is doing, at once (imports and Ray's start take tens of seconds)."""
+    print(f"harness: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise RunRefused("--resume and --overwrite exclude each other; give one")
+    _note(f"reading {args.config} and loading torch ...")
     from harness.launch import run_experiment
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cfg = _load(args.config, args.name)
     outcome = run_experiment(
-        cfg, address=args.address, resume=args.resume, overwrite=args.overwrite
+        cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, notify=_note
     )
     written = outcome.report
     _print_summary(written.results, written.summary, f"{cfg.name}: summary")
@@ -114,6 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from harness import bench
+    from harness.progress import plural
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,11 +173,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if output is not None:
         bench.write_json(output, rows)
     machine = bench.machine_description(settings.device)
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
+    where = machine.get("gpu") or f"{machine['cpu']}, {plural(machine['threads'], 'thread')}"
     table = Table(
         title=(
-            f"{settings.backbone}, {settings.tasks} tasks, {settings.image_size} px, batch "
-            f"{settings.batch_size}, {settings.steps} steps, {where}, amp {settings.amp}"
+            f"{settings.backbone}, {plural(settings.tasks, 'task')}, {settings.image_size} px, "
+            f"batch {settings.batch_size}, {plural(settings.steps, 'step')}, {where}, "
+            f"amp {settings.amp}"
         ),
         title_justify="left",
     )
@@ -292,9 +326,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     except OSError as exc:
         _err(f"{out}: {exc}")
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        _err(f"interrupted; finished shards are kept in {out}: rerun the same command to resume")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        _err(
+            f"{_stopped(exc)}; finished shards are kept in {out}: rerun the same command to resume"
+        )
+        return _interrupted_code(exc)
     print(f"prepared {report.dataset} into {out}: {report.n_images} images at {size} px")
     print(f"  usable: {_split_counts(report.counts)}")
     if report.n_bad:
@@ -324,9 +360,9 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     except DatasetError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _err("interrupted; nothing was changed")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        _err(f"{_stopped(exc)}; nothing was changed")
+        return _interrupted_code(exc)
     print(
         f"{args.dir}: ok: {info.dataset} at {info.image_size} px, {len(info.task_names)} "
         f"tasks, {info.n_images} images in {info.shards} shards, every sha256 matches "
@@ -346,8 +382,16 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (exit 2) instead of usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        _err(f"{message} (see {self.prog} --help)")
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness",
         description="Benchmark multi-task task-weighting methods on chest X-ray classification.",
     )
@@ -473,31 +517,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from harness.bench import BenchError
-    from harness.config import ConfigError
-    from harness.launch import RunError
+# errors of the heavier modules, matched only once their module is loaded (it raised them)
+_BAD_INPUT_ERRORS = (
+    ("harness.config", "ConfigError"),
+    ("harness.bench", "BenchError"),
+    ("reports.load", "ReportError"),
+)
 
+
+def _exit_code(exc: Exception) -> int | None:
+    """The documented exit code of a user-facing error, None for a bug (shown as such)."""
+    if isinstance(exc, RunError):
+        return exc.exit_code
+    for module, name in _BAD_INPUT_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return EXIT_BAD_INPUT
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    handle_sigterm()
     args = build_parser().parse_args(argv)
     try:
-        from reports import ReportError
-    except ImportError:  # pragma: no cover - reports is part of this distribution
-        ReportError = RunError  # noqa: N806
-    try:
         return args.func(args)
-    except ConfigError as exc:
-        for line in exc.lines:
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            raise
+        for line in getattr(exc, "lines", None) or [str(exc)]:
             _err(line)
-        return EXIT_BAD_INPUT
-    except BenchError as exc:
-        _err(str(exc))
-        return EXIT_BAD_INPUT
-    except (RunError, ReportError) as exc:
-        _err(str(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        _err("interrupted; finished trials are kept: run again with --resume to continue")
-        return EXIT_INTERRUPTED
+        return code
+    except KeyboardInterrupt as exc:
+        if args.command == "run":
+            _err(f"{_stopped(exc)}; finished trials are kept: run again with --resume to continue")
+        else:
+            _err(f"{_stopped(exc)}; nothing half-written is left")
+        return _interrupted_code(exc)
 
 
 if __name__ == "__main__":

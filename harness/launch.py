@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,8 +26,15 @@ import yaml
 
 from deepchest.data import DatasetError, check_source
 from harness.config import ExperimentConfig
+from harness.errors import RunError, RunRefused, handle_sigterm
 from harness.progress import Progress
 from harness.results import TrialRecord, write_manifest, write_tables
+from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
+
+__all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
+
+# how long a cluster address may take to accept a TCP connection before the run gives up
+CONNECT_TIMEOUT_S = 10.0
 
 
 def _harness_version() -> str:
@@ -39,10 +44,6 @@ def _harness_version() -> str:
         return version("deepchest-harness")
     except PackageNotFoundError:  # run from a source tree that was not installed
         return "unknown"
-
-
-class RunError(Exception):
-    """A run that cannot start or go on; the message is one line for the user."""
 
 
 @dataclass
@@ -110,6 +111,28 @@ def preflight(cfg: ExperimentConfig, local: bool) -> None:
 # ---- Ray ---------------------------------------------------------------------------------
 
 
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds when nothing listens at ``host:port``: ``ray.init``
+    itself retries an unreachable GCS for minutes, logging a warning per try."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" or a name Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = (
+            f"no answer in {timeout:g} s"
+            if isinstance(exc, TimeoutError)
+            else exc.strerror or str(exc)
+        )
+        raise RunError(
+            f"could not connect to the Ray cluster at {address}: {reason} (nothing was "
+            "started or written)"
+        ) from None
+
+
 def connect(address: str | None) -> bool:
     """Start a local Ray, or join the cluster at ``address`` / ``RAY_ADDRESS``. Returns True
     when this call started Ray (and so should shut it down)."""
@@ -118,6 +141,8 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -130,6 +155,10 @@ def connect(address: str | None) -> bool:
         if "auth" in first.lower() or "token" in first.lower():
             hint = " (token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH)"
         raise RunError(f"could not connect to {where}: {first}{hint}") from None
+    finally:
+        # ray.init installs a SIGTERM handler that exits mid-run and then aborts in Ray's
+        # core worker; ours turns SIGTERM into an interruption like Ctrl-C
+        handle_sigterm()
     return True
 
 
@@ -289,52 +318,49 @@ def _now() -> str:
 # ---- the run -----------------------------------------------------------------------------
 
 
-def _differences(old: Any, new: Any, path: str = "") -> list[str]:
-    """Key paths where two resolved configs differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            d
-            for key in sorted(set(old) | set(new), key=str)
-            for d in _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-        ]
-    return [] if old == new else [path]
+def _manifest(
+    cfg: ExperimentConfig, claimed: RunDirectory, cluster: dict[str, float], concurrency: int
+) -> dict[str, Any]:
+    manifest = {
+        "name": cfg.name,
+        "harness_version": _harness_version(),
+        "started_at": _now(),
+        "finished_at": None,
+        "command": " ".join(sys.argv),
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+        "hardware": _hardware(),
+        "cluster_resources": {k: v for k, v in cluster.items() if "node:" not in k},
+        "max_concurrent_trials": concurrency,
+        "tasks": cfg.data.task_names(),
+        "trials": {},
+    }
+    stored = claimed.stored_manifest if claimed.mode == "resume" else None
+    if stored:  # the run began earlier: keep when, and list each resume
+        manifest["started_at"] = stored["started_at"]
+        manifest["resumed_at"] = [*stored.get("resumed_at", []), _now()]
+    return manifest
 
 
-def prepare_run_dir(cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> Path:
-    run_dir = Path(cfg.output.dir).resolve() / cfg.name
-    try:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if overwrite:
-                shutil.rmtree(run_dir)
-            elif resume:
-                stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-                changed = _differences(stored, cfg.to_dict())
-                if changed:
-                    raise RunError(
-                        f"--resume: the experiment differs from {run_dir / 'config.yaml'} at "
-                        f"{', '.join(changed)}; use --overwrite or another --name"
-                    )
-            else:
-                manifest = run_dir / "manifest.json"
-                finished = (
-                    manifest.is_file()
-                    and json.loads(manifest.read_text()).get("finished_at") is not None
-                )
-                state = "a finished run" if finished else "an unfinished run"
-                raise RunError(
-                    f"{run_dir} already holds {state}; pass --resume to continue it, "
-                    "--overwrite to replace it, or --name to start another"
-                )
-        elif resume:
-            raise RunError(f"{run_dir}: nothing to resume")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "trials").mkdir(exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"output.dir: cannot use {run_dir}: {exc.strerror or exc}") from None
-    except (ValueError, yaml.YAMLError) as exc:  # a corrupt manifest.json or config.yaml
-        first = str(exc).splitlines()[0]
-        raise RunError(f"{run_dir}: not a readable run directory ({first})") from None
-    return run_dir
+def _finish(run_dir: Path, records: dict[str, TrialRecord], manifest: dict[str, Any]):
+    """Tables, then the report, then ``finished_at``: a run killed on the way stays
+    unfinished, and ``--resume`` just writes what is missing."""
+    from reports import write_report
+
+    write_tables(run_dir, list(records.values()))
+    manifest["trials"] = {
+        t: {"status": r.status, "error": r.data["error"]} for t, r in records.items()
+    }
+    write_manifest(run_dir, manifest)
+    report = write_report(run_dir)
+    manifest["finished_at"] = _now()
+    write_manifest(run_dir, manifest)
+    return report
+
+
+def _say(notify, message: str) -> None:
+    if notify is not None:
+        notify(message)
 
 
 def run_experiment(
@@ -344,17 +370,57 @@ def run_experiment(
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    notify=None,
 ) -> RunOutcome:
-    address = address or cfg.cluster.address
-    preflight(cfg, local=not (address or os.environ.get("RAY_ADDRESS")))
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    identities = trial_identities(cfg)
-    records = {i["trial_id"]: TrialRecord(run_dir / "trials", i) for i in identities}
+    """Train every grid point of ``cfg`` not yet done in ``output.dir/name`` and write the
+    tables and the report there. ``notify(line)`` receives what the run is doing while it
+    starts (the CLI prints it at once: starting Ray takes tens of seconds).
+
+    Raises:
+        RunRefused: the run directory's state refuses the request (see ``harness.rundir``).
+        RunError: Ray is unreachable or too small for one trial, or the directory is in use.
+        KeyboardInterrupt: Ctrl-C or SIGTERM (``harness.errors.Terminated``); finished trials
+            are kept and ``--resume`` continues.
+    """
+    handle_sigterm()
+    address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+    preflight(cfg, local=not address)
+    if address:
+        check_reachable(address)
+    run_dir = Path(cfg.output.dir).expanduser().resolve() / cfg.name
+    config = cfg.to_dict()
+    claimed = RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite)
+    succeeded = False
+    try:
+        outcome = _run_claimed(cfg, claimed, config, address, progress, notify)
+        succeeded = True
+        return outcome
+    finally:
+        # a run that stops before any trial reported anything leaves no directory behind
+        claimed.release(discard=not succeeded)
+
+
+def _load_records(run_dir: Path, cfg: ExperimentConfig) -> dict[str, TrialRecord]:
+    (run_dir / TRIALS_DIR).mkdir(exist_ok=True)
+    records = {i["trial_id"]: TrialRecord(run_dir / TRIALS_DIR, i) for i in trial_identities(cfg)}
     for record in records.values():
         if record.status not in ("completed", "diverged"):
             record.reset()
-        record.save()
+    return records
+
+
+def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) -> RunOutcome:
+    run_dir = claimed.path
+    if claimed.mode == "resume":
+        records = _load_records(run_dir, cfg)
+        if all(r.status != "pending" for r in records.values()):
+            # every trial ended earlier (say the run was killed while writing its report)
+            _say(notify, f"every trial of {run_dir} has ended; writing the report")
+            for record in records.values():
+                record.save()
+            manifest = {**(claimed.stored_manifest or {}), "finished_at": None}
+            report = _finish(run_dir, records, manifest)
+            return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
     import ray
 
@@ -364,28 +430,33 @@ def run_experiment(
     # Tune's own Ctrl-C handler ends fit() quietly, as if the run had finished; without it
     # KeyboardInterrupt reaches the CLI and the run stays resumable.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    _say(
+        notify,
+        f"connecting to the Ray cluster at {address} ..."
+        if address
+        else f"starting a local Ray instance ({os.cpu_count()} CPUs) ...",
+    )
     started_ray = connect(address)
     try:
         cluster = ray.cluster_resources()
         gpus = resolve_gpus(cfg, cluster)
         concurrency = max_concurrent(cfg, cluster, gpus)
-        manifest = {
-            "name": cfg.name,
-            "harness_version": _harness_version(),
-            "started_at": _now(),
-            "finished_at": None,
-            "command": " ".join(sys.argv),
-            "git_commit": _git_commit(),
-            "versions": _versions(),
-            "hardware": _hardware(),
-            "cluster_resources": {k: v for k, v in cluster.items() if "node:" not in k},
-            "max_concurrent_trials": concurrency,
-            "tasks": cfg.data.task_names(),
-            "trials": {},
-        }
+        claimed.clear()  # --overwrite: the earlier run goes only now that this one can start
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        records = _load_records(run_dir, cfg)
+        for record in records.values():
+            record.save()
+        manifest = _manifest(cfg, claimed, cluster, concurrency)
         write_manifest(run_dir, manifest)
 
+        identities = trial_identities(cfg)
         todo = [i for i in identities if records[i["trial_id"]].status == "pending"]
+        _say(
+            notify,
+            f"Ray is up ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU): "
+            f"{_count(len(todo), 'trial')} to train, up to {concurrency} at once; "
+            f"results in {run_dir}",
+        )
         progress = progress or Progress.create(cfg.train.epochs)
         progress.start(identities, {t: r.status for t, r in records.items()})
         try:
@@ -393,21 +464,16 @@ def run_experiment(
                 _fit(cfg, run_dir, todo, records, progress, gpus, concurrency)
         finally:
             progress.stop()
-
-        write_tables(run_dir, list(records.values()))
-        manifest["finished_at"] = _now()
-        manifest["trials"] = {
-            t: {"status": r.status, "error": r.data["error"]} for t, r in records.items()
-        }
-        write_manifest(run_dir, manifest)
     finally:
         if started_ray:
             ray.shutdown()
 
-    from reports import write_report
-
-    report = write_report(run_dir)
+    report = _finish(run_dir, records, manifest)
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:

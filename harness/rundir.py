@@ -1,0 +1,206 @@
+"""The run directory ``output.dir/name``: what a run owns on disk, and the rules for touching it.
+
+- A folder is a run directory only when it holds a harness ``manifest.json``. Any other
+  non-empty folder is never written to or deleted, ``--overwrite`` or not.
+- One driver at a time: the driver holds an exclusive ``flock`` on ``.harness.lock`` for as
+  long as it runs; a second driver on the same directory is refused.
+- A run that stops before any trial reported anything (Ray unreachable, too few resources,
+  interrupted during start-up) removes the directory it created: nothing is left that a rerun
+  would have to ``--overwrite``.
+- ``finished_at`` in the manifest is set only once the report is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import yaml
+
+from harness.errors import RunError, RunRefused
+
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.yaml"
+REPORT_FILE = "report.html"
+LOCK_FILE = ".harness.lock"
+TRIALS_DIR = "trials"
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The harness manifest in ``path``, or None when there is none (or it is not ours)."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(manifest, dict) and {"name", "started_at"} <= manifest.keys():
+        return manifest
+    return None
+
+
+def is_finished(path: Path, manifest: dict[str, Any] | None) -> bool:
+    return bool(manifest and manifest.get("finished_at")) and (path / REPORT_FILE).is_file()
+
+
+def trained_anything(path: Path) -> bool:
+    """Whether any trial of the run in ``path`` reported an epoch or ended (a failure
+    included: its error line is worth keeping)."""
+    for record in (path / TRIALS_DIR).glob("*.json"):
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return True  # unreadable: keep it, let the user look
+        if data.get("rows") or data.get("status") != "pending":
+            return True
+    return False
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Key paths where two resolved configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for key in sorted(set(old) | set(new), key=str)
+            for d in _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        ]
+    return [] if old == new else [path]
+
+
+def _holds_only_ours(path: Path) -> bool:
+    """Empty, or nothing but a lock file that an ended driver left."""
+    return all(child.name == LOCK_FILE for child in path.iterdir())
+
+
+@dataclass
+class RunDirectory:
+    """A claimed run directory: locked by this process until :meth:`release`.
+
+    ``mode`` is ``new`` (this run created it), ``resume`` (continue the run in it) or
+    ``overwrite`` (replace the run in it; its contents go only when :meth:`clear` is called,
+    once Ray is up, so that a run that cannot start deletes nothing).
+    """
+
+    path: Path
+    mode: Literal["new", "resume", "overwrite"]
+    stored_manifest: dict[str, Any] | None
+    _lock: IO[str] | None = field(default=None, repr=False)
+    _cleared: bool = False
+
+    @classmethod
+    def claim(
+        cls, path: Path, config: dict[str, Any], *, resume: bool, overwrite: bool
+    ) -> RunDirectory:
+        """Check that ``path`` may be used as asked and lock it.
+
+        Raises:
+            RunRefused: ``--resume`` and ``--overwrite`` together; a non-empty folder that is
+                not a run directory; a run directory without ``--resume`` or ``--overwrite``;
+                ``--resume`` of nothing or of a run whose experiment differs.
+            RunError: another driver holds the directory, or it cannot be created.
+        """
+        if resume and overwrite:
+            raise RunRefused("--resume and --overwrite exclude each other; give one")
+        try:
+            existed = path.is_dir()
+            if path.exists() and not existed:
+                raise RunRefused(f"output.dir: {path} exists and is not a folder")
+            if existed and not _holds_only_ours(path) and read_manifest(path) is None:
+                raise RunRefused(
+                    f"{path} is not a harness run directory (no harness manifest.json); "
+                    "nothing was changed: choose another name or output.dir"
+                )
+            path.mkdir(parents=True, exist_ok=True)
+            lock = _lock(path)
+        except OSError as exc:
+            raise RunError(f"output.dir: cannot use {path}: {exc.strerror or exc}") from None
+        claimed = cls(path, "new", None, lock)
+        try:
+            claimed._decide(config, resume=resume, overwrite=overwrite, existed=existed)
+        except BaseException:
+            claimed.release(discard=not existed)
+            raise
+        return claimed
+
+    def _decide(
+        self, config: dict[str, Any], *, resume: bool, overwrite: bool, existed: bool
+    ) -> None:
+        manifest = read_manifest(self.path)  # read again under the lock
+        self.stored_manifest = manifest
+        if manifest is None:
+            if resume:
+                raise RunRefused(f"{self.path}: nothing to resume")
+            self.mode = "new"
+            return
+        if overwrite:
+            self.mode = "overwrite"
+            return
+        if not resume:
+            state = "a finished run" if is_finished(self.path, manifest) else "an unfinished run"
+            raise RunRefused(
+                f"{self.path} already holds {state}; pass --resume to continue it, "
+                "--overwrite to replace it, or --name to start another"
+            )
+        try:
+            stored = yaml.safe_load((self.path / CONFIG_FILE).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RunRefused(f"{self.path}: not a readable run directory ({first})") from None
+        changed = _differences(stored, config)
+        # a run that trained nothing holds nothing to keep consistent with: take the new file
+        if changed and trained_anything(self.path):
+            raise RunRefused(
+                f"--resume: the experiment differs from {self.path / CONFIG_FILE} at "
+                f"{', '.join(changed)}; use --overwrite or another --name"
+            )
+        self.mode = "resume"
+
+    def clear(self) -> None:
+        """Delete the replaced run's files (``overwrite``), keeping the lock."""
+        if self.mode != "overwrite":
+            return
+        self._cleared = True
+        for child in self.path.iterdir():
+            if child.name == LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def release(self, *, discard: bool = False) -> None:
+        """Unlock; with ``discard``, first remove the directory if no trial in it reported
+        anything (a run that could not start leaves nothing behind)."""
+        # an earlier run's files (resume, or overwrite before clear) are never removed here
+        ours = self.mode == "new" or (self.mode == "overwrite" and self._cleared)
+        if discard and ours and not trained_anything(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+def _lock(path: Path) -> IO[str]:
+    """An exclusive, non-blocking ``flock`` on ``path/.harness.lock`` holding our pid."""
+    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held until release()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunError(
+            f"{path} is in use by another harness run (pid {holder}); wait for it to end "
+            "or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
