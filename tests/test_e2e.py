@@ -95,7 +95,7 @@ def test_tiny_grid_end_to_end(ray_session, tmp_path, capsys):
     assert 'id="fig-profiles"' in merged.read_text()
 
     # the same name again is refused, --resume keeps the finished trials and trains nothing
-    assert run_cli(str(path)) == 1
+    assert run_cli(str(path)) == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert run_cli(str(path), "--resume") == 0
     again = pd.read_parquet(run_dir / "results" / "trials.parquet")
@@ -142,7 +142,7 @@ def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, caps
 
     # --resume with a changed experiment is refused, naming what changed
     cfg["train"]["epochs"] = 3
-    assert run_cli(str(write_config(tmp_path, cfg)), "--resume") == 1
+    assert run_cli(str(write_config(tmp_path, cfg)), "--resume") == 2
     assert "the experiment differs from" in capsys.readouterr().err
 
 
