@@ -4,8 +4,11 @@ Markdown summary and the HTML report, so all three show the same numbers."""
 from __future__ import annotations
 
 import html
+import textwrap
 
 import pandas as pd
+from rich.console import Console, ConsoleOptions, NewLine, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -53,31 +56,126 @@ def best_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
     return marked
 
 
-def summary_rich(table: pd.DataFrame, title: str, workload_is_backbone: bool = True) -> Table:
-    """The summary as a rich Table; names are shown literally (no markup)."""
-    out = Table(title=Text(title, style="bold"), header_style="bold")
-    for i, header in enumerate(summary_headers(workload_is_backbone)):
-        out.add_column(
-            header, justify="left" if i in TEXT_COLUMNS else "right", no_wrap=i in TEXT_COLUMNS
+def summary_rich(table: pd.DataFrame, title: str, workload_is_backbone: bool = True) -> SummaryRich:
+    """The summary for the terminal; names are shown literally (no markup). It fits the width
+    it is printed at (see ``SummaryRich``), so that no number is ever cut."""
+    return SummaryRich(table, title, workload_is_backbone)
+
+
+_IDENTITY = (0, 1, 2)  # rank, method, workload: repeated in every table of a split summary
+
+
+def _natural_width(console: Console, options: ConsoleOptions, table: Table) -> int:
+    """The width ``table`` takes with nothing wrapped (rich clamps measurements to the width)."""
+    return Measurement.get(console, options.update_width(10_000), table).maximum
+
+
+def _stack(cell: str) -> str:
+    """``"0.810 ± 0.127"`` -> the mean over ``"± 0.127"``."""
+    return cell.replace(" ± ", "\n± ")
+
+
+class SummaryRich:
+    """The summary table as a renderable that picks its layout from the console's width.
+
+    One table when every column fits on one line. Narrower, the value columns are dealt out
+    over several tables in order, each repeating rank, method and workload; when putting the
+    ± half-width under its mean makes fewer tables, the values take two lines. Value columns
+    never wrap or shrink: an 80-column terminal shows every number in full.
+    """
+
+    def __init__(self, table: pd.DataFrame, title: str, workload_is_backbone: bool = True):
+        self.title = title
+        self.headers = summary_headers(workload_is_backbone)
+        self.rows: list[tuple[list[str], set[int], str | None]] = []
+        best = best_cells(table)
+        for index, row in table.iterrows():
+            marked = {position for (label, position) in best if label == index}
+            if row["method"] == TRIVIAL:
+                style = "dim"
+            elif int(row["n_completed"]) < int(row["n_trials"]):
+                style = "incomplete"
+            else:
+                style = None
+            self.rows.append((summary_cells(row), marked, style))
+
+    def _table(self, positions: list[int], stacked: bool, first: bool, last: bool) -> Table:
+        out = Table(
+            title=Text(self.title, style="bold") if first else None,
+            header_style="bold",
+            caption=Text(SUMMARY_CAPTION if self.rows else "no trials") if last else None,
         )
-    if table.empty:
-        out.caption = Text("no trials")
+        # rows take two lines anyway: method over workload in one column saves a column's width
+        identity = [[0], [1, 2]] if stacked else [[p] for p in _IDENTITY]
+        columns = [*identity, *([p] for p in positions)]
+        for group in columns:
+            position = group[0]
+            header = "\n".join(self.headers[p] for p in group)
+            if stacked and position not in _IDENTITY:  # "Test\nAUROC": as narrow as its values
+                width = self._stacked_width(position)
+                header = "\n".join(
+                    textwrap.wrap(header, width, break_long_words=False, break_on_hyphens=False)
+                )
+            out.add_column(
+                header,
+                justify="left" if position in TEXT_COLUMNS else "right",
+                no_wrap=position not in TEXT_COLUMNS,
+                overflow="fold",  # only a name wider than the whole screen is ever folded
+            )
+        for cells, marked, style in self.rows:
+            texts = []
+            for group in columns:
+                position = group[0]
+                cell = "\n".join(cells[p] for p in group)
+                if stacked and position not in _IDENTITY:
+                    cell = _stack(cell)
+                text = Text(cell)
+                if position in marked:
+                    text.append("*")
+                    text.stylize("bold green")
+                if style == "dim":
+                    text.stylize("dim")
+                elif style == "incomplete" and position == len(cells) - 1:
+                    text.stylize("red")
+                texts.append(text)
+            out.add_row(*texts)
         return out
-    best = best_cells(table)
-    for index, row in table.iterrows():
-        cells = [Text(cell) for cell in summary_cells(row)]
-        for position, cell in enumerate(cells):
-            if (index, position) in best:
-                cell.append("*")
-                cell.stylize("bold green")
-        if row["method"] == TRIVIAL:
-            for cell in cells:
-                cell.stylize("dim")
-        elif int(row["n_completed"]) < int(row["n_trials"]):
-            cells[-1].stylize("red")
-        out.add_row(*cells)
-    out.caption = Text(SUMMARY_CAPTION)
-    return out
+
+    def _stacked_width(self, position: int) -> int:
+        """The widest line of a column's values on two lines (best marks included)."""
+        lines = [line for cells, _, _ in self.rows for line in _stack(cells[position]).split("\n")]
+        return max(len(line) + 1 for line in lines)
+
+    def _split(self, console: Console, options: ConsoleOptions, stacked: bool) -> list[list[int]]:
+        """The value columns dealt out in order over as few tables as fit ``options.max_width``."""
+        groups: list[list[int]] = [[]]
+        for position in range(len(_IDENTITY), len(self.headers)):
+            wider = self._table([*groups[-1], position], stacked, True, False)
+            fits = _natural_width(console, options, wider) <= options.max_width
+            if groups[-1] and not fits:
+                groups.append([position])
+            else:
+                groups[-1].append(position)
+        return groups
+
+    def tables(self, console: Console, options: ConsoleOptions) -> list[Table]:
+        """The tables shown at ``options.max_width``."""
+        if not self.rows:
+            return [self._table([], False, True, True)]
+        stacked = False
+        groups = self._split(console, options, stacked=False)
+        if len(groups) > 1:
+            two_line = self._split(console, options, stacked=True)
+            if len(two_line) < len(groups):
+                stacked, groups = True, two_line
+        last = len(groups) - 1
+        return [self._table(g, stacked, i == 0, i == last) for i, g in enumerate(groups)]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for i, table in enumerate(self.tables(console, options)):
+            if i:
+                yield NewLine()
+            yield table
 
 
 def _markdown_cell(text: str) -> str:
