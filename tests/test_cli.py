@@ -104,3 +104,66 @@ def test_usage_error_exits_2():
 def test_help(args):
     result = harness(*args)
     assert result.returncode == 0 and "usage: harness" in result.stdout
+
+
+def _methods_listing(columns: str | None) -> str:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "methods"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("columns", [None, "80", "200"])
+def test_methods_fit_the_width_when_piped(columns):
+    """`harness methods | head`: $COLUMNS, else 80; names and settings never cut."""
+    out = _methods_listing(columns)
+    width = int(columns or 80)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in out
+    cells = [c.strip() for line in lines for c in line.strip("│┃").split("│")]
+    for info in methods.describe():
+        assert info.name in cells
+        for key, value in info.hyperparameters.items():
+            assert f"{key}={value}" in cells
+    if width == 200:  # wide enough: every summary on the line of its method
+        for info in methods.describe():
+            assert any(info.name in line and info.summary in line for line in lines)
+
+
+def test_readme_bench_options_match_the_parser():
+    """The README's `harness bench` row lists exactly the parser's options, defaults, choices."""
+    import re
+
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    bench = commands.choices["bench"]
+    readme = (REPO / "README.md").read_text()
+    row = re.search(r"^\| `harness bench ([^`]*)`", readme, re.M).group(1)
+    documented = dict(re.findall(r"(--[\w-]+)(?: ([^\]\s]+))?", row))
+    options = [a for a in bench._actions if a.option_strings and a.dest != "help"]
+    assert set(documented) == {a.option_strings[0] for a in options}
+    for action in options:
+        shown = documented[action.option_strings[0]]
+        if action.choices:  # all choices, the default first
+            choices = shown.split("\\|")
+            assert set(choices) == set(action.choices), action.dest
+            assert action.default is None or choices[0] == action.default, action.dest
+        elif action.default is not None:
+            assert shown == str(action.default), action.dest
+        else:
+            assert shown, action.dest  # a placeholder such as N or FILE.json
+        assert (f"[{action.option_strings[0]}" in row) != action.required, action.dest
