@@ -364,9 +364,11 @@ def test_bad_images_fail_above_max_bad_and_are_left_out_within(tmp_path):
     out = tmp_path / "packed"
     with pytest.raises(TooManyBadImages) as exc:
         prepare(index, out, S, workers=2, shard_size=3)
+    # the first bad images with their reasons, relative to the root, then where all are
     assert one_line(exc) == (
-        f"{out / 'bad.txt'}: 6 of 16 images are unreadable or missing, more than max_bad 0; "
-        "they are listed there"
+        f"{root}: 6 of 16 images are unreadable or missing, more than max_bad 0: missing.png: "
+        "missing (no such file); zero.png: empty file (0 bytes); truncated.png: unreadable "
+        f"(OSError: image file is truncated) (and 3 more); all are listed in {out / 'bad.txt'}"
     )
     lines = (out / "bad.txt").read_text().splitlines()
     reasons = dict(line.split("\t") for line in lines)
@@ -380,7 +382,10 @@ def test_bad_images_fail_above_max_bad_and_are_left_out_within(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["state"] == "failed"
     with pytest.raises(DatasetError) as exc:
         load_packed(out)
-    assert "the prepare failed: 6 unreadable or missing images" in one_line(exc)
+    assert (
+        "the prepare failed: 6 unreadable or missing images, more than max_bad 0: missing.png: "
+        "missing (no such file); zero.png: empty file (0 bytes); truncated.png: " in one_line(exc)
+    )
 
     with pytest.raises(TooManyBadImages, match="more than max_bad 5"):
         prepare(index, out, S, workers=2, shard_size=3, max_bad=5)
@@ -581,8 +586,8 @@ def test_cli_too_many_bad_and_interrupted(tmp_path, capsys, fake_readers, monkey
     base += ["--image-size", "16", "--workers", "2"]
     assert main(base) == 1
     assert errors(capsys) == [
-        f"harness: error: {out / 'bad.txt'}: 1 of 5 images are unreadable or missing, more "
-        "than max_bad 0; they are listed there"
+        f"harness: error: {root}: 1 of 5 images are unreadable or missing, more than max_bad "
+        f"0: gone.png: missing (no such file); all are listed in {out / 'bad.txt'}"
     ]
     assert main([*base, "--max-bad", "1"]) == 0
     printed = capsys.readouterr().out

@@ -55,17 +55,18 @@ def _select_tasks(splits: dict[str, LabeledImages], tasks: Any) -> dict[str, Lab
     }
 
 
-def _chestmnist(data: dict[str, Any]) -> dict[str, LabeledImages]:
+def _chestmnist_choice(data: dict[str, Any]) -> tuple[Path, int | None]:
     """ChestMNIST from ``data.root``: the .npz file, or a folder holding one per size (the one
-    of ``data.image_size`` when present; the model input is resized on the device anyway)."""
-    from deepchest.data.chestmnist import FILE_NAMES, read_chestmnist
+    of ``data.image_size`` when present; the model input is resized on the device anyway).
+    Returns the root and the image size to ask the reader for."""
+    from deepchest.data.chestmnist import FILE_NAMES
 
     root = Path(data["root"])
     size = data["image_size"]
     if not root.is_dir():
-        return read_chestmnist(root)
+        return root, None
     if (root / FILE_NAMES.get(size, "")).is_file():
-        return read_chestmnist(root, image_size=size)
+        return root, size
     present = [name for name in FILE_NAMES.values() if (root / name).is_file()]
     if len(present) > 1:
         raise DatasetError(
@@ -73,7 +74,14 @@ def _chestmnist(data: dict[str, Any]) -> dict[str, LabeledImages]:
             "px; set data.root to the file to read (the images are resized to "
             "data.image_size on the training device)"
         )
-    return read_chestmnist(root)
+    return root, None
+
+
+def _chestmnist(data: dict[str, Any]) -> dict[str, LabeledImages]:
+    from deepchest.data.chestmnist import read_chestmnist
+
+    root, size = _chestmnist_choice(data)
+    return read_chestmnist(root, image_size=size)
 
 
 def _prepared(data: dict[str, Any], *, verify: bool = False) -> dict[str, LabeledImages]:
@@ -91,16 +99,59 @@ def _prepared(data: dict[str, Any], *, verify: bool = False) -> dict[str, Labele
     return splits
 
 
-def check_source(data: dict[str, Any]) -> None:
-    """Raise ``DatasetError`` unless the data set that ``data`` (the experiment file's ``data``
-    section) names can be read: the prepared folder matches its manifest, the .npz is sound.
-    Cheap: the images are memory-mapped or, for ChestMNIST, read once."""
+def _keyed(key: str, exc: DatasetError) -> DatasetError:
+    """The error with the experiment file's key in front, unless it names a key already."""
+    message = str(exc)
+    return exc if message.startswith("data.") else DatasetError(f"{key}: {message}")
+
+
+def check_source(data: dict[str, Any]) -> dict[str, int]:
+    """The number of images of each split (``train``, ``val``, ``test``) of the data set
+    that ``data`` (the experiment file's ``data`` section) names, after the checks that
+    ``load_splits`` makes: the prepared folder matches its manifest and the data set, the
+    .npz holds well-formed arrays, the tasks exist. Cheap, for pre-flight: a prepared folder's
+    manifest and index are read and its images only mapped; of a ChestMNIST .npz, the images'
+    headers and the labels. Raises ``DatasetError`` (one line, naming the key and the file);
+    an empty split is not an error here (the caller says why it needs one)."""
     dataset = data["dataset"]
     if dataset == "synthetic":
-        return
+        from deepchest.data.synthetic import split_sizes
+
+        sizes = split_sizes(data["num_samples"], data["val_fraction"], data["test_fraction"])
+        return dict(zip(("train", "val", "test"), sizes, strict=True))
+    if dataset == "chestmnist":
+        from deepchest.data.chestmnist import chestmnist_split_sizes
+        from deepchest.findings import FINDINGS
+
+        try:
+            root, size = _chestmnist_choice(data)
+            counts = chestmnist_split_sizes(root, image_size=size)
+        except DatasetError as exc:
+            raise _keyed("data.root", exc) from None
+        _check_tasks(FINDINGS, data["tasks"])
+        return counts
     if dataset not in READABLE:
         raise DatasetError(f"data.dataset: {dataset!r} is not readable; readable: {READABLE}")
-    _select_tasks(_chestmnist(data) if dataset == "chestmnist" else _prepared(data), data["tasks"])
+    from deepchest.data.packed import load_packed
+
+    try:
+        _, info = load_packed(data["prepared"])
+    except DatasetError as exc:
+        raise _keyed("data.prepared", exc) from None
+    if info.dataset != dataset:
+        raise DatasetError(
+            f"data.prepared: {data['prepared']} holds data set {info.dataset!r}, not {dataset!r}"
+        )
+    _check_tasks(info.task_names, data["tasks"])
+    return dict(info.counts)
+
+
+def _check_tasks(names: tuple[str, ...], tasks: Any) -> None:
+    missing = [t for t in tasks if t not in names] if tasks not in (None, "all") else []
+    if missing:
+        raise DatasetError(
+            f"data.tasks: unknown task {missing[0]!r}; available: {', '.join(names)}"
+        )
 
 
 def load_splits(data: dict[str, Any]) -> dict[str, LabeledImages]:

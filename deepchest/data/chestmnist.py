@@ -35,7 +35,7 @@ from deepchest.data import DatasetError
 from deepchest.data.base import LabeledImages
 from deepchest.findings import FINDINGS
 
-__all__ = ["FILE_NAMES", "SPLITS", "read_chestmnist"]
+__all__ = ["FILE_NAMES", "SPLITS", "chestmnist_split_sizes", "read_chestmnist"]
 
 # image size -> published file name
 FILE_NAMES = {
@@ -73,15 +73,17 @@ def _pick_file(root: Path, image_size: int | None) -> Path:
     return root / present[0]
 
 
-def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> int:
-    """Raise unless the split's arrays are well-formed; return the image size."""
+def _check_split(
+    path: Path, split: str, shape: tuple[int, ...], dtype: np.dtype, labels: np.ndarray
+) -> int:
+    """Raise unless the split's arrays (the images' shape and dtype, the labels) are
+    well-formed; return the image size."""
     key_i, key_l = f"{split}_images", f"{split}_labels"
-    if images.dtype != np.uint8:
-        raise DatasetError(f"{path}: {key_i} must be uint8, got {images.dtype}")
-    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[1] not in FILE_NAMES:
+    if dtype != np.uint8:
+        raise DatasetError(f"{path}: {key_i} must be uint8, got {dtype}")
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] not in FILE_NAMES:
         raise DatasetError(
-            f"{path}: {key_i} must be [N, S, S] with S in {tuple(FILE_NAMES)}, "
-            f"got {list(images.shape)}"
+            f"{path}: {key_i} must be [N, S, S] with S in {tuple(FILE_NAMES)}, got {list(shape)}"
         )
     if labels.dtype.kind not in "uib":
         raise DatasetError(f"{path}: {key_l} must be integer 0/1, got {labels.dtype}")
@@ -89,9 +91,9 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray)
         raise DatasetError(
             f"{path}: {key_l} must be [N, {len(FINDINGS)}], got {list(labels.shape)}"
         )
-    if labels.shape[0] != images.shape[0]:
+    if labels.shape[0] != shape[0]:
         raise DatasetError(
-            f"{path}: {key_l} has {labels.shape[0]} rows but {key_i} has {images.shape[0]} images"
+            f"{path}: {key_l} has {labels.shape[0]} rows but {key_i} has {shape[0]} images"
         )
     bad = (labels != 0) & (labels != 1)
     if bad.any():
@@ -99,7 +101,85 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray)
         raise DatasetError(
             f"{path}: {key_l}[{row}, {col}] is {labels[row, col]}; labels must be 0 or 1"
         )
-    return int(images.shape[1])
+    return int(shape[1])
+
+
+def _check_sizes(path: Path, sizes: dict[str, int], image_size: int | None) -> None:
+    if len(set(sizes.values())) > 1:
+        raise DatasetError(
+            f"{path}: splits disagree in image size "
+            f"({', '.join(f'{s}_images {sizes[s]}' for s in SPLITS)})"
+        )
+    size = sizes["train"]
+    if image_size is not None and size != image_size:
+        raise DatasetError(f"{path}: images are {size} px, but image_size is {image_size}")
+
+
+def _npz_file(root: str | os.PathLike, image_size: int | None) -> Path:
+    if image_size is not None and (isinstance(image_size, bool) or image_size not in FILE_NAMES):
+        raise DatasetError(
+            f"image_size: ChestMNIST comes in {', '.join(map(str, FILE_NAMES))} pixels; "
+            f"got {image_size!r}"
+        )
+    path = _pick_file(Path(os.path.abspath(os.fspath(root))), image_size)
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not a .npz file (not a zip archive of arrays)")
+    return path
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+_READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error)
+
+
+def _missing(path: Path, keys: set[str]) -> None:
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            if f"{split}_{kind}" not in keys:
+                raise DatasetError(
+                    f"{path}: missing array {split}_{kind} "
+                    f"(found: {', '.join(sorted(keys)) or 'none'})"
+                )
+
+
+def chestmnist_split_sizes(
+    root: str | os.PathLike, *, image_size: int | None = None
+) -> dict[str, int]:
+    """The number of images of each split of the ChestMNIST file that ``read_chestmnist``
+    would read, with the same one-line ``DatasetError`` checks, cheaply: the images' ``.npy``
+    headers are read, not their pixels (only the small label arrays are read whole)."""
+    path = _npz_file(root, image_size)
+    sizes, counts = {}, {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            _missing(path, set(members))
+            for split in SPLITS:
+                key = f"{split}_images"
+                try:
+                    with archive.open(members[key]) as f:
+                        version = np.lib.format.read_magic(f)
+                        if version == (1, 0):
+                            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                        else:
+                            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    key = f"{split}_labels"
+                    with archive.open(members[key]) as f:
+                        labels = np.lib.format.read_array(f, allow_pickle=False)
+                except _READ_ERRORS as exc:
+                    raise DatasetError(
+                        f"{path}: array {key} cannot be read ({_reason(exc)})"
+                    ) from None
+                sizes[split] = _check_split(path, split, shape, dtype, labels)
+                counts[split] = int(shape[0])
+    except DatasetError:
+        raise
+    except _READ_ERRORS as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({_reason(exc)})") from None
+    _check_sizes(path, sizes, image_size)
+    return counts
 
 
 def read_chestmnist(
@@ -113,54 +193,32 @@ def read_chestmnist(
     mask all True and ``task_names`` = :data:`deepchest.findings.FINDINGS`. Every problem is a
     one-line ``DatasetError`` naming the file (and array) and the problem.
     """
-    if image_size is not None and (isinstance(image_size, bool) or image_size not in FILE_NAMES):
-        raise DatasetError(
-            f"image_size: ChestMNIST comes in {', '.join(map(str, FILE_NAMES))} pixels; "
-            f"got {image_size!r}"
-        )
-    path = _pick_file(Path(os.path.abspath(os.fspath(root))), image_size)
-    if not zipfile.is_zipfile(path):
-        raise DatasetError(f"{path}: not a .npz file (not a zip archive of arrays)")
+    path = _npz_file(root, image_size)
     try:
         # mmap_mode applies to .npy files only; .npz members are read into memory
         with np.load(path, mmap_mode="r", allow_pickle=False) as archive:
-            keys = set(archive.files)
-            for split in SPLITS:
-                for kind in ("images", "labels"):
-                    if f"{split}_{kind}" not in keys:
-                        raise DatasetError(
-                            f"{path}: missing array {split}_{kind} "
-                            f"(found: {', '.join(sorted(keys)) or 'none'})"
-                        )
+            _missing(path, set(archive.files))
             arrays = {}
             for split in SPLITS:
                 for kind in ("images", "labels"):
                     key = f"{split}_{kind}"
                     try:
                         arrays[key] = archive[key]
-                    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
-                        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    except _READ_ERRORS as exc:
                         raise DatasetError(
-                            f"{path}: array {key} cannot be read ({reason})"
+                            f"{path}: array {key} cannot be read ({_reason(exc)})"
                         ) from None
     except DatasetError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DatasetError(f"{path}: not a readable .npz file ({reason})") from None
+    except _READ_ERRORS as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({_reason(exc)})") from None
 
-    sizes = {
-        split: _check_split(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
-        for split in SPLITS
-    }
-    if len(set(sizes.values())) > 1:
-        raise DatasetError(
-            f"{path}: splits disagree in image size "
-            f"({', '.join(f'{s}_images {sizes[s]}' for s in SPLITS)})"
-        )
-    size = sizes["train"]
-    if image_size is not None and size != image_size:
-        raise DatasetError(f"{path}: images are {size} px, but image_size is {image_size}")
+    sizes = {}
+    for split in SPLITS:
+        images = arrays[f"{split}_images"]
+        labels = arrays[f"{split}_labels"]
+        sizes[split] = _check_split(path, split, images.shape, images.dtype, labels)
+    _check_sizes(path, sizes, image_size)
     out = {}
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]

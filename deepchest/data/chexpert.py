@@ -51,6 +51,7 @@ from deepchest.data import DatasetError
 from deepchest.data.index import ImageIndex
 from deepchest.data.nih import (
     check_root,
+    check_seed,
     check_val_fraction,
     read_csv_columns,
     split_train_val,
@@ -182,6 +183,7 @@ def read_chexpert(
     if views not in VIEWS:
         raise DatasetError(f"views: must be one of {', '.join(VIEWS)}; got {views!r}")
     val_fraction = check_val_fraction(val_fraction)
+    seed = check_seed(seed)
     base = check_root(root, "CheXpert")
 
     train = _read_csv(base, CSV_FILES["train"], uncertain, views)

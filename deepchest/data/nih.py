@@ -41,6 +41,7 @@ with a count and fails above its threshold. Images are never opened here.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "NO_FINDING",
     "SPLIT_FILES",
     "check_root",
+    "check_seed",
     "check_val_fraction",
     "read_csv_columns",
     "read_nih",
@@ -82,9 +84,22 @@ def check_root(root: str | os.PathLike, dataset: str) -> Path:
 def check_val_fraction(val_fraction: float) -> float:
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
         raise DatasetError(f"val_fraction: must be a number in [0, 1), got {val_fraction!r}")
+    if not math.isfinite(val_fraction):
+        raise DatasetError(f"val_fraction: must be a finite number in [0, 1), got {val_fraction}")
     if not 0.0 <= val_fraction < 1.0:
         raise DatasetError(f"val_fraction: must be in [0, 1), got {val_fraction}")
     return float(val_fraction)
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> int:
+    """The seed of the train/val split: an integer 0 .. 2**32 - 1, like the experiment file's
+    seeds (NumPy's seeding range)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise DatasetError(f"seed: must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
 
 
 def read_csv_columns(
@@ -215,6 +230,7 @@ def read_nih(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 
     """
     base = check_root(root, "NIH ChestX-ray14")
     val_fraction = check_val_fraction(val_fraction)
+    seed = check_seed(seed)
     csv_path = _find_csv(base)
     columns, rows = read_csv_columns(csv_path, _COLUMNS)
     c_image, c_labels, c_patient = (columns[c] for c in _COLUMNS)

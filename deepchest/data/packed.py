@@ -34,6 +34,7 @@ the new time in the manifest, after which it loads without a full read.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from deepchest.data.prepare import (
     MANIFEST,
     _read_manifest,
     _shard_sha256,
+    bad_summary,
     file_sha256,
     write_json_atomic,
 )
@@ -115,10 +117,21 @@ def _check_state(path: Path, manifest: dict[str, Any]) -> None:
         raise _fail(
             path,
             f"the prepare failed: {manifest.get('n_bad')} unreadable or missing images, more "
-            f"than max_bad {manifest.get('max_bad')} (listed in {BAD}); fix them or rerun "
-            "harness data prepare with a larger --max-bad",
+            f"than max_bad {manifest.get('max_bad')}{_first_bad(path.parent, manifest)} "
+            f"(listed in {BAD}); fix them or rerun harness data prepare with a larger --max-bad",
         )
     raise _fail(path, f"unknown prepare state {state!r}")
+
+
+def _first_bad(out: Path, manifest: dict[str, Any]) -> str:
+    """``: path: reason; ...`` of the first bad images that ``bad.txt`` lists, or nothing."""
+    try:
+        with open(out / BAD) as f:
+            bad = [tuple(line.rstrip("\n").split("\t", 1)) for line in itertools.islice(f, 3)]
+    except OSError:
+        return ""
+    bad = [entry for entry in bad if len(entry) == 2]
+    return f": {bad_summary(bad, manifest.get('root', ''))}" if bad else ""
 
 
 def _check_images(

@@ -97,6 +97,7 @@ __all__ = [
     "PrepareFailed",
     "PrepareReport",
     "TooManyBadImages",
+    "bad_summary",
     "check_image_size",
     "decode_image",
     "prepare",
@@ -166,6 +167,18 @@ def check_image_size(image_size: Any) -> int:
             f"image_size: {image_size} is out of range {MIN_IMAGE_SIZE} .. {MAX_IMAGE_SIZE}"
         )
     return int(image_size)
+
+
+def bad_summary(bad: list[tuple[str, str]], root: str | os.PathLike, shown: int = 3) -> str:
+    """The first ``shown`` bad images as ``path: reason`` (paths relative to ``root``), then
+    how many more there are."""
+
+    def relative(path: str) -> str:
+        rel = os.path.relpath(path, root)
+        return path if rel.startswith("..") else rel
+
+    text = "; ".join(f"{relative(path)}: {reason}" for path, reason in bad[:shown])
+    return text + (f" (and {len(bad) - shown} more)" if len(bad) > shown else "")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -706,8 +719,8 @@ def _finish(
     write_json_atomic(out / MANIFEST, manifest)
     if failed:
         raise TooManyBadImages(
-            f"{out / BAD}: {len(bad)} of {n} images are unreadable or missing, more than "
-            f"max_bad {max_bad}; they are listed there"
+            f"{index.root}: {len(bad)} of {n} images are unreadable or missing, more than "
+            f"max_bad {max_bad}: {bad_summary(bad, index.root)}; all are listed in {out / BAD}"
         )
     return PrepareReport(
         out=out,
