@@ -144,6 +144,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
     import torch
+    from rich import box
+    from rich.measure import Measurement
+    from rich.text import Text
 
     from harness import bench
     from harness.progress import plural
@@ -174,31 +177,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench.write_json(output, rows)
     machine = bench.machine_description(settings.device)
     where = machine.get("gpu") or f"{machine['cpu']}, {plural(machine['threads'], 'thread')}"
-    table = Table(
-        title=(
-            f"{settings.backbone}, {plural(settings.tasks, 'task')}, {settings.image_size} px, "
-            f"batch {settings.batch_size}, {plural(settings.steps, 'step')}, {where}, "
-            f"amp {settings.amp}"
-        ),
-        title_justify="left",
+    title = (
+        f"{settings.backbone}, {plural(settings.tasks, 'task')}, {settings.image_size} px, "
+        f"batch {settings.batch_size}, {plural(settings.steps, 'step')}, {where}, "
+        f"amp {settings.amp}"
     )
-    columns = (
-        ("method", "method", "{}"),
-        ("level", "level", "{}"),
-        ("step ms", "step_time_ms", "{:.1f}"),
-        ("x equal", "ratio_vs_equal", "{:.2f}"),
-        ("FLOPs x equal", "flop_ratio_vs_equal", "{:.2f}"),
-        ("wall / FLOP ratio", "wall_over_flop_ratio", "{:.2f}"),
-        ("peak MB", "peak_memory_mb", "{:.0f}"),
-        ("+MB vs equal", "extra_memory_mb_vs_equal", "{:+.0f}"),
-        ("J MB", "jacobian_mb", "{:.0f}"),
-        ("images/s", "images_per_second", "{:.0f}"),
+    columns = (  # header, its two-line form for a narrow screen, key, format
+        ("step ms", "step\nms", "step_time_ms", "{:.1f}"),
+        ("x equal", "x\nequal", "ratio_vs_equal", "{:.2f}"),
+        ("FLOPs x equal", "FLOPs\nx equal", "flop_ratio_vs_equal", "{:.2f}"),
+        ("wall / FLOP ratio", "wall /\nFLOP", "wall_over_flop_ratio", "{:.2f}"),
+        ("peak MB", "peak\nMB", "peak_memory_mb", "{:.0f}"),
+        ("+MB vs equal", "+MB vs\nequal", "extra_memory_mb_vs_equal", "{:+.0f}"),
+        ("J MB", "J\nMB", "jacobian_mb", "{:.0f}"),
+        ("images/s", "images\n/s", "images_per_second", "{:.0f}"),
     )
-    for title, _, _ in columns:
-        table.add_column(title, justify="left" if title in ("method", "level") else "right")
-    for row in rows:
-        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
-    _wide_console().print(table)
+
+    def bench_table(compact: bool) -> Table:
+        """Compact: no borders, two-line headers, the level under the method; never a number
+        or a method cut."""
+        table = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+            show_edge=not compact,
+            padding=(0, 0) if compact else (0, 1),
+        )
+        names = ("method\nlevel",) if compact else ("method", "level")
+        for name in names:
+            table.add_column(name, no_wrap=True)
+        for header, short, _, _ in columns:
+            table.add_column(short if compact else header, justify="right", no_wrap=True)
+        for row in rows:
+            name = (
+                (f"{row['method']}\n{row['level']}",) if compact else (row["method"], row["level"])
+            )
+            values = (fmt.format(row[key]) for _, _, key, fmt in columns)
+            table.add_row(*map(Text, (*name, *values)))
+        return table
+
+    console = _wide_console()
+    table = bench_table(compact=False)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.print(table if natural <= console.width else bench_table(compact=True))
     if output is not None:
         print(f"wrote {output}")
     return 0

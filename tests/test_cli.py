@@ -167,3 +167,48 @@ def test_readme_bench_options_match_the_parser():
         else:
             assert shown, action.dest  # a placeholder such as N or FILE.json
         assert (f"[{action.option_strings[0]}" in row) != action.required, action.dest
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_bench_table_fits_the_terminal(monkeypatch, width):
+    """The table `harness bench` prints (timings stubbed): methods and numbers never cut."""
+    import io
+
+    from rich.console import Console
+
+    import harness.cli as cli
+    from harness import bench
+
+    names = (
+        ("equal", "loss"),
+        ("mgda:level=representation", "representation"),
+        ("gradnorm", "last_shared_layer"),
+    )
+    rows = [
+        {
+            "method": method,
+            "level": level,
+            "step_time_ms": 1123.4,
+            "ratio_vs_equal": 1.23,
+            "flop_ratio_vs_equal": 2.5,
+            "wall_over_flop_ratio": 0.49,
+            "peak_memory_mb": 12345.0,
+            "extra_memory_mb_vs_equal": 2345.0,
+            "jacobian_mb": 1234.0,
+            "images_per_second": 1234.0,
+        }
+        for method, level in names
+    ]
+    console = Console(width=width, record=True, file=io.StringIO())
+    monkeypatch.setattr(bench, "run_bench", lambda *args, **kwargs: rows)
+    monkeypatch.setattr(bench, "machine_description", lambda device: {"cpu": "x", "threads": 1})
+    monkeypatch.setattr(cli, "_wide_console", lambda: console)
+    args = cli.build_parser().parse_args(["bench", "--methods", "mgda", "--tasks", "1"])
+    assert cli.cmd_bench(args) == 0
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text and "1 task, " in text and "1 thread" in text
+    for method, level in names:
+        assert method in text and level in text
+    for number in ("1123.4", "1.23", "2.50", "0.49", "12345", "+2345"):
+        assert text.count(number) == 3
