@@ -54,12 +54,25 @@ def _load(path: str, name: str | None = None):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """The schema, then the same pre-flight as ``harness run`` (files, data source, split
+    sizes, pretrained weights), without starting Ray. With a cluster address (``--address``,
+    ``cluster.address`` or ``RAY_ADDRESS``) paths are the cluster's: their checks are skipped
+    and listed."""
+    from harness.preflight import cluster_address, preflight
+
     cfg = _load(args.config)
+    address = cluster_address(cfg, getattr(args, "address", None))
+    checked = preflight(cfg, local=not address)
+    sizes = checked.sizes
+    split_text = f" ({_split_counts(sizes)} images)" if sizes else ""
     print(
         f"{args.config}: ok ({cfg.trial_count} trials: {len(cfg.grid.methods)} methods x "
         f"{len(cfg.grid.seeds)} seeds x {len(cfg.grid.backbones)} backbones, "
-        f"data {cfg.data.dataset}, {len(cfg.data.task_names())} tasks, {cfg.train.epochs} epochs)"
+        f"data {cfg.data.dataset}{split_text}, {len(cfg.data.task_names())} tasks, "
+        f"{cfg.train.epochs} epochs)"
     )
+    for item in checked.unchecked:
+        print(f"  not checked here: {item}")
     return 0
 
 
@@ -439,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check an experiment file without starting Ray")
     validate.add_argument("config")
+    validate.add_argument(
+        "--address",
+        help="the Ray cluster the run will join (default: cluster.address, RAY_ADDRESS): its "
+        "paths are not checked here",
+    )
     validate.set_defaults(func=cmd_validate)
 
     methods_ = sub.add_parser("methods", help="list the registered task-weighting methods")

@@ -6,6 +6,7 @@ starts, with the YAML path of the bad key in the message (``grid.methods[2]: ...
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +32,20 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # in method_params.<name>, this key makes <name> a variant of a registered method, so that one
 # method can run under several settings in one grid (say mgda and mgda_ub)
 VARIANT_KEY = "method"
+# method hyperparameters that name a file: the file is read by pre-flight (harness.preflight)
+# on the machine that can see it, not by the schema, so that a cluster-side path validates
+PATH_HYPERPARAMETERS = ("initial_weights",)
+# seeds go to numpy.random.seed and torch.manual_seed (and into int64 table columns): numpy
+# takes 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+# Ray counts resources in steps of 0.0001 (ray._raylet.RESOURCE_UNIT_SCALING = 10000; docs:
+# "the precision of the fractional resource requirement is 0.0001"), refuses a smaller non-zero
+# share when the trial is scheduled and rounds finer shares down
+RAY_RESOURCE_STEP = 0.0001
+# deeper YAML is no experiment file (this schema nests 4 levels); PyYAML would recurse until
+# RecursionError, and aliases could expand a small file into millions of values
+MAX_YAML_DEPTH = 32
+MAX_YAML_VALUES = 100_000
 
 
 class ConfigError(ValueError):
@@ -42,7 +57,28 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: every float key refuses nan and inf ("must be a finite number")
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+def _check_seed(seed: int) -> int:
+    if seed > MAX_SEED:
+        raise ValueError(
+            f"{seed} is too large: a seed is an integer from 0 to {MAX_SEED} (2**32 - 1), "
+            "what NumPy's and torch's seeding accept"
+        )
+    return seed
+
+
+def _check_share(value: float, what: str) -> float:
+    """A CPU or GPU share that Ray can schedule: 0, or at least its step of 0.0001."""
+    if 0 < value < RAY_RESOURCE_STEP:
+        raise ValueError(
+            f"{value!r} is below {RAY_RESOURCE_STEP}, the smallest share Ray schedules: it "
+            f"counts {what} in steps of {RAY_RESOURCE_STEP} and refuses a smaller one when the "
+            "trial starts"
+        )
+    return value
 
 
 def _no_duplicates(values: list, what: str) -> list:
@@ -69,6 +105,11 @@ class DataConfig(_Strict):
     prevalence_floor: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     noise_tasks: Annotated[int, Field(ge=0, le=64)] = 0
     label_noise: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, seed: int) -> int:
+        return _check_seed(seed)
 
     @field_validator("tasks")
     @classmethod
@@ -156,6 +197,11 @@ class GridConfig(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
+        for i, seed in enumerate(seeds):
+            try:
+                _check_seed(seed)
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
         return _no_duplicates(seeds, "seed")
 
 
@@ -164,19 +210,36 @@ class TrainConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0, le=10)] = 1.0e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     pretrained: Literal[False] | str = False
     heads: Literal["weighted", "own"] = "weighted"
-    max_failures: Annotated[int, Field(ge=0)] = 1
+    max_failures: Annotated[int, Field(ge=0, le=1000)] = 1
 
 
 class ResourcesConfig(_Strict):
     workers_per_trial: Annotated[int, Field(ge=1, le=1024)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1
     gpus_per_worker: Literal["auto"] | Annotated[float, Field(ge=0, le=16)] = "auto"
-    max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent_trials: Annotated[int, Field(ge=1, le=100_000)] | None = None
+
+    @field_validator("cpus_per_worker")
+    @classmethod
+    def _cpus(cls, cpus: float) -> float:
+        return _check_share(cpus, "CPUs")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpus(cls, gpus: float | str) -> float | str:
+        if gpus == "auto":
+            return gpus
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(
+                f"{gpus!r}: more than one GPU per worker must be a whole number (Ray shares "
+                "out fractions of one GPU only)"
+            )
+        return _check_share(gpus, "GPUs")
 
 
 class ClusterConfig(_Strict):
@@ -185,6 +248,21 @@ class ClusterConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: str = "runs"
+
+
+def _check_plain_value(value: Any, path: str) -> None:
+    """A hyperparameter is free-form YAML: refuse what no method can use (nan, inf, integers
+    beyond 64 bits, which float() cannot take)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path}: must be a finite number, not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        raise ValueError(f"{path}: {value} is too large (beyond a 64-bit integer)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain_value(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_plain_value(item, f"{path}[{i}]")
 
 
 class ExperimentConfig(_Strict):
@@ -252,6 +330,13 @@ class ExperimentConfig(_Strict):
                     "'.', '_' or '-' (it names the trials)"
                 )
             base_name, hyperparameters = self.weighting_method(name)
+            for key, value in hyperparameters.items():
+                _check_plain_value(value, f"method_params.{name}.{key}")
+            # a file a hyperparameter names is read by pre-flight, where it can be seen
+            hyperparameters = {
+                k: None if k in PATH_HYPERPARAMETERS and isinstance(v, str) else v
+                for k, v in hyperparameters.items()
+            }
             try:
                 methods.create(base_name, num_tasks=len(tasks), task_names=tasks, **hyperparameters)
             except ValueError as exc:
@@ -274,7 +359,24 @@ class ExperimentConfig(_Strict):
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and refuses
+    nesting deeper than ``MAX_YAML_DEPTH`` while composing (before Python's recursion limit)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _YamlLoader.add_implicit_resolver(
@@ -287,13 +389,63 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Refuse a key given twice in one mapping (YAML would keep the last value silently) and a
+    document whose aliases expand to more than ``MAX_YAML_VALUES`` values."""
+    seen = 0
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            mark = node.start_mark
+            raise ConfigError(
+                [
+                    f"{source}:{mark.line + 1}:{mark.column + 1}: expands to more than "
+                    f"{MAX_YAML_VALUES} values (aliases?); not an experiment file"
+                ]
+            )
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value, path))
+                    continue
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                here = f"{path}.{name}" if path else str(name)
+                if isinstance(key, yaml.ScalarNode) and (key.tag, name) in first:
+                    mark, before = key.start_mark, first[(key.tag, name)].start_mark
+                    raise ConfigError(
+                        [
+                            f"{here}: duplicate key ({source}:{mark.line + 1}:{mark.column + 1}; "
+                            f"first at {before.line + 1}:{before.column + 1}); give each key once"
+                        ]
+                    )
+                first[(key.tag, name)] = key
+                stack.append((value, here))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _key_path(loc: tuple) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         elif str(part).startswith(
-            ("function-after", "function-before", "literal[", "list[", "int", "str")
+            ("function-after", "function-before", "literal[", "list[", "int", "str", "constrained-")
         ):
             continue  # pydantic's names for union branches and validators, not keys
         else:
@@ -314,22 +466,37 @@ def _message(error: dict) -> str:
         if tuple(error["loc"]) in REMOVED_KEYS:
             return f"unknown key ({REMOVED_KEYS[tuple(error['loc'])]})"
         return "unknown key"
+    if error["type"] == "finite_number":
+        return f"must be a finite number, not {error['input']!r}"
     return msg
 
 
+def _union(messages: list[str]) -> str:
+    """One message for the branches of a union (`gpus_per_worker: auto | number`)."""
+    parts = []
+    for msg in messages:
+        for prefix in ("Input should be ", "must be "):
+            msg = msg.removeprefix(prefix)
+        parts.append(msg)
+    return "must be " + " or ".join(dict.fromkeys(parts))
+
+
 def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
+    # a union (`tasks: all | [names]`) reports one error per branch: one line per key
+    by_line: dict[str, list[str]] = {}
     for error in exc.errors():
         path, msg = _key_path(error["loc"]), _message(error)
         # our validators already name the key (e.g. "data.tasks[2]: ..." or "[2]: ...")
         if msg.startswith("["):
-            lines.append(f"{path}{msg}")
+            by_line.setdefault(f"{path}{msg}", [])
         elif re.match(r"^[a-z_]+(\.[a-z_]+)+(\[\d+\])?: ", msg) or not path:
-            lines.append(msg)
+            by_line.setdefault(msg, [])
         else:
-            lines.append(f"{path}: {msg}")
-    # a union (e.g. `tasks: all | [names]`) reports one error per branch: keep the first each
-    return list(dict.fromkeys(lines))
+            by_line.setdefault(f"{path}: ", []).append(msg)
+    return [
+        line + (msgs[0] if len(msgs) == 1 else _union(msgs)) if msgs else line
+        for line, msgs in by_line.items()
+    ]
 
 
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
@@ -354,7 +521,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     if not path.is_file():
         raise ConfigError([f"{path}: no such experiment file"])
     try:
-        raw = yaml.load(path.read_text(), Loader=_YamlLoader)
+        raw = _read_yaml(path.read_text(), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

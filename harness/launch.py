@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from deepchest.data import DatasetError, check_source
 from harness.config import ExperimentConfig
 from harness.errors import RunError, RunRefused, handle_sigterm
+from harness.preflight import preflight  # before Ray starts; harness validate runs it too
 from harness.progress import Progress
 from harness.results import TrialRecord, write_manifest, write_tables
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
@@ -93,19 +93,6 @@ def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> 
         "gpus_per_worker": gpus,
         "cpus_per_worker": cfg.resources.cpus_per_worker,
     }
-
-
-def preflight(cfg: ExperimentConfig, local: bool) -> None:
-    """Fail before Ray starts on what can be checked here. Files are checked only for a local
-    run: on a cluster they need to exist on the nodes, not on the driver."""
-    try:
-        if local:
-            check_source(cfg.data.model_dump(mode="json"))
-    except DatasetError as exc:
-        raise RunError(str(exc)) from None
-    pretrained = cfg.train.pretrained
-    if local and pretrained and not Path(pretrained).is_file():
-        raise RunError(f"train.pretrained: {pretrained} is not a file")
 
 
 # ---- Ray ---------------------------------------------------------------------------------

@@ -38,9 +38,16 @@ def assert_one_line_errors(result: subprocess.CompletedProcess, code: int) -> li
 
 def test_validate_shipped_experiments():
     for name in ("quickstart.yaml", "full_grid.yaml"):
-        result = harness("validate", f"experiments/{name}")
+        # full_grid's prepared folder exists on the cluster only: its path is not checked here
+        result = harness("validate", f"experiments/{name}", "--address", "10.0.0.1:6379")
         assert result.returncode == 0, result.stderr
         assert "ok (" in result.stdout
+    # run locally, it would be refused before Ray starts, as harness run refuses it
+    lines = assert_one_line_errors(harness("validate", "experiments/full_grid.yaml"), 2)
+    assert lines == [
+        "harness: error: data.prepared: /data/nih-256: no such folder (prepare the data set "
+        "with harness data prepare)"
+    ]
 
 
 def test_validate_bad_file_names_each_key(tmp_path):
@@ -59,10 +66,10 @@ def test_validate_bad_file_names_each_key(tmp_path):
 def test_run_missing_file_and_missing_prepared_folder(tmp_path):
     assert_one_line_errors(harness("run", str(tmp_path / "nope.yaml")), 2)
     cfg = tiny_config(tmp_path, data={"dataset": "nih", "prepared": str(tmp_path / "no-nih")})
-    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
+    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 2)
     assert lines == [
-        f"harness: error: {tmp_path / 'no-nih'}: no such folder (prepare the data set with "
-        "harness data prepare)"
+        f"harness: error: data.prepared: {tmp_path / 'no-nih'}: no such folder (prepare the "
+        "data set with harness data prepare)"
     ]
     # nothing was left behind that a resume could mistake for a run
     assert not (tmp_path / "runs").exists()
@@ -70,7 +77,7 @@ def test_run_missing_file_and_missing_prepared_folder(tmp_path):
 
 def test_run_refuses_what_it_can_check_before_ray(tmp_path):
     cfg = tiny_config(tmp_path, train={"pretrained": "no-such-weights.pt"})
-    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 1)
+    lines = assert_one_line_errors(harness("run", str(write_config(tmp_path, cfg))), 2)
     assert lines == ["harness: error: train.pretrained: no-such-weights.pt is not a file"]
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -71,7 +71,8 @@ def test_chestmnist_npz_runs_directly(ray_session, tmp_path):
     assert len(set(epochs.task)) == 14
 
 
-def test_run_refuses_a_prepared_folder_of_another_data_set(ray_session, tmp_path, capsys):
+def test_run_refuses_a_prepared_folder_of_another_data_set(tmp_path, capsys):
+    # refused before Ray starts (pre-flight), as a bad experiment file: exit 2
     root = make_nih(tmp_path / "nih")
     packed = tmp_path / "packed"
     args = ["data", "prepare", "--dataset", "nih", "--root", str(root), "--out", str(packed)]
@@ -79,8 +80,9 @@ def test_run_refuses_a_prepared_folder_of_another_data_set(ray_session, tmp_path
     cfg = tiny_config(tmp_path, data={"dataset": "chexpert", "prepared": str(packed)})
     cfg["data"].pop("num_samples")
     capsys.readouterr()
-    assert main(["run", str(write_config(tmp_path, cfg))]) == 1
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if not line.endswith(" ...")]  # start-up notes
     assert err == [f"harness: error: data.prepared: {packed} holds data set 'nih', not 'chexpert'"]
 
 

@@ -1,0 +1,190 @@
+"""Pre-flight: what an experiment file needs beyond its schema, checked before Ray starts.
+
+``harness validate`` and ``harness run`` both call :func:`preflight` after the schema
+(``harness.config``) has passed. It opens what the trials would open, cheaply, and refuses in
+one line per problem (a :class:`~harness.config.ConfigError`, so exit 2 like any other bad
+experiment file):
+
+* the data source: a ChestMNIST ``.npz`` (or folder), a prepared folder (its manifest readable,
+  its files matching it, its data set the one named), the ``data.tasks`` it holds;
+* the split sizes read from that source (a manifest, an ``.npz`` header, the synthetic
+  fractions): a training split smaller than one batch (``train.batch_size`` x
+  ``workers_per_trial``, the last incomplete batch is dropped), an empty validation split (the
+  best epoch is picked on the val metrics) and an empty test split are refused;
+* ``train.pretrained``: a file that ``torch.load(weights_only=True)`` reads as a mapping of
+  tensors and that loads into every backbone of the grid as the training loop loads it (tried
+  on the meta device: no memory, no time);
+* files named by method hyperparameters (``config.PATH_HYPERPARAMETERS``, e.g. DeepChest's
+  ``initial_weights``): present and accepted by the method.
+
+A run that joins a Ray cluster (an address given, ``cluster.address`` or ``RAY_ADDRESS``) reads
+its paths on the cluster's nodes, not here: those checks are skipped and named in
+:attr:`Preflight.unchecked`, which ``harness validate`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.config import PATH_HYPERPARAMETERS, PREPARED_DATASETS, ConfigError, ExperimentConfig
+
+__all__ = ["Preflight", "cluster_address", "preflight"]
+
+CLUSTER_SIDE = "cluster-side path"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What pre-flight found: ``sizes`` the images per split (None when the data source is on
+    the cluster), ``unchecked`` the keys it could not check here, each with the reason."""
+
+    sizes: dict[str, int] | None
+    unchecked: list[str] = field(default_factory=list)
+
+
+def cluster_address(cfg: ExperimentConfig, address: str | None = None) -> str | None:
+    """The Ray cluster a run joins: ``address`` (``--address``), else ``cluster.address``, else
+    ``RAY_ADDRESS``; None for a local Ray."""
+    return address or cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def preflight(cfg: ExperimentConfig, local: bool = True) -> Preflight:
+    """Check what the trials will open (module docstring). ``local``: the run starts its own
+    Ray here, so paths are this machine's; otherwise the path checks are skipped and listed.
+    Raises ``ConfigError`` with one line per problem."""
+    lines: list[str] = []
+    unchecked: list[str] = []
+    sizes = _data(cfg, local, lines, unchecked)
+    if cfg.train.pretrained:
+        if local:
+            lines += _pretrained(cfg)
+        else:
+            unchecked.append(f"train.pretrained ({CLUSTER_SIDE})")
+    lines += _hyperparameter_files(cfg, local, unchecked)
+    if lines:
+        raise ConfigError(lines)
+    return Preflight(sizes, unchecked)
+
+
+# ---- data --------------------------------------------------------------------------------
+
+
+def _data(
+    cfg: ExperimentConfig, local: bool, lines: list[str], unchecked: list[str]
+) -> dict[str, int] | None:
+    from deepchest.data import DatasetError, check_source
+
+    data = cfg.data
+    key = "data.prepared" if data.dataset in PREPARED_DATASETS else "data.root"
+    if data.dataset != "synthetic" and not local:
+        unchecked.append(f"{key} ({CLUSTER_SIDE}; so are its split sizes)")
+        return None
+    try:
+        sizes = check_source(data.model_dump(mode="json"))
+    except DatasetError as exc:
+        lines.append(str(exc))
+        return None
+    if data.dataset == "synthetic":
+        where = f"the synthetic data set (data.num_samples {data.num_samples})"
+    else:
+        where = f"{key} {data.prepared if key == 'data.prepared' else data.root}"
+    workers = cfg.resources.workers_per_trial
+    batch = cfg.train.batch_size * workers
+    if sizes["train"] < batch:
+        lines.append(
+            f"train.batch_size: one batch ({cfg.train.batch_size} x {workers} worker(s)) is "
+            f"larger than the training split of {where} ({sizes['train']} images)"
+        )
+    why = {
+        "val": "the best epoch is picked on the val metrics",
+        "test": "the test metrics are computed on it",
+    }
+    for split in ("val", "test"):
+        if sizes[split] == 0:
+            if data.dataset == "synthetic":
+                fraction = getattr(data, f"{split}_fraction")
+                lines.append(
+                    f"data.{split}_fraction: {fraction} of data.num_samples {data.num_samples} "
+                    f"leaves the {split} split empty; {why[split]}"
+                )
+            else:
+                lines.append(f"{where}: the {split} split is empty; {why[split]}")
+    return sizes
+
+
+# ---- files the trials load ---------------------------------------------------------------
+
+
+def _pretrained(cfg: ExperimentConfig) -> list[str]:
+    """``train.pretrained`` must load into every backbone of the grid as ``MultiTaskNet`` loads
+    it: the same reader, the same builder, on the meta device (no memory, no time)."""
+    import torch
+
+    from deepchest.models import BACKBONES, PretrainedWeightsError, load_pretrained_state
+
+    path = cfg.train.pretrained
+    assert isinstance(path, str)
+    if not Path(path).is_file():
+        return [f"train.pretrained: {path} is not a file"]
+    try:
+        state = load_pretrained_state(path)
+    except PretrainedWeightsError as exc:
+        return [f"train.pretrained: {str(exc).splitlines()[0]}"]
+    if not state:
+        return [f"train.pretrained: {path}: holds no tensors"]
+    meta = {key: value.to("meta") for key, value in state.items()}
+    lines = []
+    for backbone in cfg.grid.backbones:
+        try:
+            with torch.device("meta"):
+                BACKBONES[backbone](1, meta)
+        except RuntimeError as exc:  # load_state_dict: missing, unexpected, mis-shaped keys
+            lines.append(
+                f"train.pretrained: {path} does not fit backbone {backbone!r} "
+                f"({_load_problem(exc)})"
+            )
+    return lines
+
+
+def _load_problem(exc: RuntimeError) -> str:
+    """``load_state_dict``'s many-line error in a few words."""
+    parts, mismatched = [], []
+    for line in str(exc).splitlines()[1:]:
+        line = line.strip()
+        if m := re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", line):
+            keys = re.findall(r'"([^"]+)"', m.group(2))
+            parts.append(f"{len(keys)} {m.group(1).lower()} key(s), first {keys[0]!r}")
+        elif m := re.match(r"size mismatch for ([^:]+):", line):
+            mismatched.append(m.group(1))
+    if mismatched:
+        parts.append(f"{len(mismatched)} key(s) of another shape, first {mismatched[0]!r}")
+    return "; ".join(parts) or str(exc).strip().splitlines()[0]
+
+
+def _hyperparameter_files(cfg: ExperimentConfig, local: bool, unchecked: list[str]) -> list[str]:
+    """Files named by method hyperparameters: present and accepted by their method (the
+    schema builds each method without them)."""
+    import methods
+
+    tasks = cfg.data.task_names()
+    lines = []
+    for name in cfg.method_params:
+        base, hyperparameters = cfg.weighting_method(name)
+        for key in PATH_HYPERPARAMETERS:
+            value = hyperparameters.get(key)
+            if not isinstance(value, str):
+                continue
+            where = f"method_params.{name}.{key}"
+            if not local:
+                unchecked.append(f"{where} ({CLUSTER_SIDE})")
+            elif not Path(value).is_file():
+                lines.append(f"{where}: {value} is not a file")
+            else:
+                try:
+                    methods.create(base, num_tasks=len(tasks), task_names=tasks, **hyperparameters)
+                except ValueError as exc:
+                    lines.append(f"{where}: {str(exc).splitlines()[0]}")
+    return lines
