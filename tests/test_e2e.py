@@ -133,6 +133,9 @@ def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, caps
     monkeypatch.setattr(harness.launch, "preflight", lambda cfg, local=True: checked(cfg, False))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights.pt").write_bytes(b"not a state dict")
+    # joining a cluster, the path is the nodes': pre-flight leaves it to the trials (a local
+    # run refuses the file before Ray starts, tests/test_preflight.py)
+    monkeypatch.setenv("RAY_ADDRESS", ray_session.get_runtime_context().gcs_address)
     train = {"pretrained": "weights.pt", "max_failures": 0}
     cfg = tiny_config(tmp_path, name="broken", train=train)
     assert run_cli(str(write_config(tmp_path, cfg))) == 1
