@@ -105,11 +105,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     given = {"baseline": args.baseline, "target_fraction": args.target_fraction}
     options = reports.ReportOptions(**{k: v for k, v in given.items() if v is not None})
-    written = reports.write_report(args.run_dirs, out=args.out, options=options)
-    if options.baseline not in set(written.results.trials["method"].dropna()):
-        _err(
-            f"warning: baseline method {options.baseline!r} is not in these runs; the report "
-            "leaves out the comparisons with it"
+    written = reports.write_report(
+        args.run_dirs, out=args.out, options=options, overwrite=args.overwrite
+    )
+    # an explicit --baseline that did not run is refused by write_report; the default may be
+    # absent (a grid without equal), which only leaves the comparisons out
+    if options.baseline_method not in set(written.results.trials["method"].dropna()):
+        print(
+            f"harness: warning: baseline method {options.baseline_method!r} is not in these "
+            "runs; the report leaves out the comparisons with it",
+            file=sys.stderr,
         )
     _print_summary(written.results, written.summary, f"{written.results.name}: summary")
     print(f"report: {written.html}")
@@ -465,13 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="rebuild the report of one run directory, or merge several into one comparison",
-        description="Write the HTML report, summary.csv and summary.md from run directories' "
+        description="Write the HTML report and its summary files from run directories' "
         "Parquet tables and manifests (no torch or Ray needed).",
     )
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument(
         "--out",
-        help="the HTML file to write (default: RUN_DIR/report.html; required with several)",
+        help="the HTML file to write, X.summary.csv and X.summary.md beside it (default: "
+        "RUN_DIR/report.html with summary.csv and summary.md; required with several)",
+    )
+    report.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out report and its summary files (a run's own report in "
+        "its directory is always replaced)",
     )
     report.add_argument("--baseline", help="method the others are compared with (default: equal)")
     report.add_argument(

@@ -19,6 +19,10 @@ from reports.format import MISSING, fmt_mean_std, fmt_number, is_missing
 TEMPLATE = "plotly_white"
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13)
 PALETTE: tuple[str, ...] = tuple(qualitative.Plotly) + tuple(qualitative.Dark24)
+# Findings: 24 dark colours made for white backgrounds, pairwise CIE76 colour difference >= 26
+# (>= 29 among the first 14), so the 14 findings never share a hue (the method palette reuses
+# blues after its 10th colour)
+FINDING_PALETTE: tuple[str, ...] = tuple(qualitative.Dark24)
 
 Config = tuple[str, str]  # (method, workload)
 
@@ -27,6 +31,11 @@ def method_palette(methods: Iterable[str]) -> dict[str, str]:
     """One colour per method, assigned in sorted-name order so it is stable across reports."""
     names = sorted({str(m) for m in methods})
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def finding_palette(tasks: Sequence[str]) -> dict[str, str]:
+    """One colour per finding, in the given order, used by every figure that colours findings."""
+    return {t: FINDING_PALETTE[i % len(FINDING_PALETTE)] for i, t in enumerate(tasks)}
 
 
 def label(text: object) -> str:
@@ -70,30 +79,43 @@ def task_heatmap(
     """Rows = configs (given order, top to bottom), columns = tasks, cell = ``values[column]``.
 
     ``values`` has columns method, workload, task and ``column`` (and ``std``/``n`` when it is
-    a mean over seeds, shown on hover). A ``diverging`` map is centred on 0 and coloured so that
-    green means better (``lower_is_better`` flips it, e.g. for a loss difference). Cells without
-    a finite value are blank and annotated ``n/a``.
+    a mean over seeds, shown on hover). A ``diverging`` map is centred on 0, spans the largest
+    absolute value symmetrically and is coloured so that green means better
+    (``lower_is_better`` flips it, e.g. for a loss difference). Where ``values`` has a ``noise``
+    column (:func:`reports.summary.per_task_paired`), cells within noise are greyed by a
+    translucent white layer, marked "·" and their hover gives the 95% paired interval. Cells
+    without a finite value are blank and annotated ``n/a``.
     """
     cells = {(r.method, r.workload, r.task): r for r in values.itertuples(index=False)}
-    z, text, hover = [], [], []
+    z, text, hover, grey = [], [], [], []
     for method, workload in configs:
-        z_row, text_row, hover_row = [], [], []
+        z_row, text_row, hover_row, grey_row = [], [], [], []
         for task in tasks:
             cell = cells.get((method, workload, task))
             value = None if cell is None else _none_if_missing(getattr(cell, column))
+            noisy = value is not None and bool(getattr(cell, "noise", False))
             z_row.append(value)
-            text_row.append("n/a" if value is None else fmt_number(value, digits))
+            grey_row.append(1.0 if noisy else None)
+            shown = "n/a" if value is None else fmt_number(value, digits)
+            text_row.append(f"{shown} ·" if noisy else shown)
             detail = MISSING if value is None else fmt_number(value, digits)
             if cell is not None and hasattr(cell, "std"):
                 seeds = int(cell.n)
                 detail = fmt_mean_std(getattr(cell, column), cell.std, digits)
                 detail += f" ({seeds} seed{'s' if seeds != 1 else ''})"
+            if value is not None and hasattr(cell, "noise"):
+                seeds = int(cell.n)
+                if not is_missing(cell.low):
+                    detail += f" [{fmt_number(cell.low, digits)}, {fmt_number(cell.high, digits)}]"
+                detail += f" over {seeds} paired seed{'s' if seeds != 1 else ''}"
+                detail += "<br>within noise" if noisy else "<br>outside noise"
             hover_row.append(
                 f"{label(config_label(method, workload))}<br>{label(task)}<br>{z_title} {detail}"
             )
         z.append(z_row)
         text.append(text_row)
         hover.append(hover_row)
+        grey.append(grey_row)
     finite = [v for row in z for v in row if v is not None]
     if diverging:
         span = max((abs(v) for v in finite), default=0.0) or 0.01
@@ -121,6 +143,21 @@ def task_heatmap(
             colorbar=dict(title=dict(text=z_title), thickness=14),
         )
     )
+    if any(v is not None for row in grey for v in row):
+        wash = "rgba(255,255,255,0.6)"
+        fig.add_trace(
+            go.Heatmap(
+                z=grey,
+                x=[label(t) for t in tasks],
+                y=[label(config_label(m, w)) for m, w in configs],
+                colorscale=[[0, wash], [1, wash]],
+                showscale=False,
+                hoverinfo="skip",
+                xgap=2,
+                ygap=2,
+                name="within noise",
+            )
+        )
     _base_layout(
         fig, title, "Finding", "Method [workload]", height=max(330, 230 + 34 * len(configs))
     )
@@ -166,8 +203,9 @@ def config_bar_chart(
             marker=dict(color=colours),
             error_y=dict(type="data", array=errors, visible=True, color="#444"),
             text=texts,
+            # at the base of the bar: the error bar at its top never crosses the label
             textposition="inside",
-            insidetextanchor="end",
+            insidetextanchor="start",
             hovertext=hovers,
             hoverinfo="text",
         )
@@ -298,7 +336,7 @@ def weight_trajectories(
 
     ``curves`` is :func:`reports.summary.curves` of ``weight_normalized`` for one workload.
     """
-    task_colours = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(tasks)}
+    task_colours = finding_palette(tasks)
     methods = list(methods)
     shown = first_shown if first_shown in methods else methods[0] if methods else None
     fig = go.Figure()
@@ -362,12 +400,29 @@ def step_time_stack(
     return fig
 
 
-def pareto_plot(summary: pd.DataFrame, palette: dict[str, str], *, title: str) -> go.Figure:
-    """Mean test AUROC against images/s per config, with each workload's Pareto front (no
-    other config is both faster and more accurate) as a grey step line.
+def _half_widths(row: pd.Series, column: str) -> tuple[float | None, float | None]:
+    """(plus, minus) error-bar lengths of the 95% interval around the mean, or None."""
+    mean, low, high = (row[f"{column}_{p}"] for p in ("mean", "low", "high"))
+    if is_missing(low) or is_missing(high):
+        return None, None
+    return float(high) - float(mean), float(mean) - float(low)
+
+
+def pareto_plot(
+    summary: pd.DataFrame,
+    palette: dict[str, str],
+    *,
+    title: str,
+    fronts: dict[str, list[int]] | None = None,
+) -> go.Figure:
+    """Mean test AUROC against images/s per config with 95% intervals over seeds on both axes,
+    and per workload the Pareto front through the points in ``fronts[workload]`` (index labels
+    of ``summary``, from :func:`reports.summary.distinguishable_front`) as a grey step line;
+    a workload without such a front gets none.
 
     ``summary`` is :func:`reports.summary.summary_table` without the trivial rows.
     """
+    fronts = fronts or {}
     fig = go.Figure()
     symbols = ("circle", "square", "diamond", "triangle-up", "cross", "x")
     for w_index, (workload, group) in enumerate(summary.groupby("workload", sort=False)):
@@ -375,10 +430,30 @@ def pareto_plot(summary: pd.DataFrame, palette: dict[str, str], *, title: str) -
         if group.empty:
             continue
         for _, row in group.iterrows():
+            x_plus, x_minus = _half_widths(row, "images_per_second")
+            y_plus, y_minus = _half_widths(row, "test_mean_auroc")
             fig.add_trace(
                 go.Scatter(
                     x=[row["images_per_second_mean"]],
                     y=[row["test_mean_auroc_mean"]],
+                    error_x=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[x_plus],
+                        arrayminus=[x_minus],
+                        visible=x_plus is not None,
+                        color="#777",
+                        thickness=1.2,
+                    ),
+                    error_y=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[y_plus],
+                        arrayminus=[y_minus],
+                        visible=y_plus is not None,
+                        color="#777",
+                        thickness=1.2,
+                    ),
                     mode="markers+text",
                     text=[label(row["method"])],
                     textposition="top center",
@@ -393,19 +468,14 @@ def pareto_plot(summary: pd.DataFrame, palette: dict[str, str], *, title: str) -
                     "%{x:,.0f} images/s<br>AUROC %{y:.3f}<extra></extra>",
                 )
             )
-        front = group.sort_values(
-            ["images_per_second_mean", "test_mean_auroc_mean"], ascending=False
-        )
-        best, xs, ys = -float("inf"), [], []
-        for _, row in front.iterrows():
-            if row["test_mean_auroc_mean"] > best:
-                best = row["test_mean_auroc_mean"]
-                xs.append(row["images_per_second_mean"])
-                ys.append(best)
+        front = [i for i in fronts.get(workload, []) if i in group.index]
+        if len(front) < 2:
+            continue
+        points = group.loc[front]
         fig.add_trace(
             go.Scatter(
-                x=xs,
-                y=ys,
+                x=points["images_per_second_mean"].tolist(),
+                y=points["test_mean_auroc_mean"].tolist(),
                 mode="lines",
                 line=dict(color="#999", dash="dot", shape="hv"),
                 name=label(f"Pareto front [{workload}]"),

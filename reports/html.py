@@ -57,15 +57,21 @@ from reports.load import Comparison, ReportError, RunResults, data_label, load_r
 from reports.tables import (
     SUMMARY_CAPTION,
     TEXT_COLUMNS,
+    THRESHOLD_NOTE,
     best_cells,
     summary_cells,
     summary_headers,
     summary_markdown,
 )
+from reports.verdict import VERDICT_RULE, WorkloadVerdict, workload_verdicts
 
-REPORT_FILE = "report.html"
-SUMMARY_CSV_FILE = "summary.csv"
+REPORT_FILE = "report.html"  # a run's own report, in its run directory
+SUMMARY_CSV_FILE = "summary.csv"  # beside REPORT_FILE; X.html has X.summary.csv
 SUMMARY_MD_FILE = "summary.md"
+
+DISCLAIMER = (
+    "Research benchmark results, not a medical device: not for diagnosis or any clinical use."
+)
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -111,6 +117,14 @@ tr.incomplete td.count { color: var(--bad); font-weight: 600; }
 .callout { border-left: 4px solid var(--bad); background: #fff5f5; padding: 8px 12px;
            margin: 16px 0; }
 .callout.warn { border-left-color: var(--warn); background: #fff8e5; }
+.callout.info { border-left-color: #0969da; background: #f0f6ff; }
+.disclaimer { color: var(--muted); font-size: 0.88rem; margin: 4px 0 0; }
+.verdict { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px;
+           margin: 14px 0 0; background: var(--bg-alt); }
+.verdict h2 { font-size: 1.1rem; margin: 4px 0 6px; padding: 0; border: 0; }
+.verdict ul { margin: 4px 0 8px; padding-left: 20px; }
+.verdict p { margin: 4px 0; }
+td.flag, span.flag { color: var(--bad); font-weight: 600; }
 td.best { font-weight: 700; }
 .star { color: var(--warn); margin-left: 3px; }
 .pm { color: var(--muted); font-weight: 400; font-size: 0.9em; }
@@ -145,12 +159,19 @@ STUDIED_METHOD = "deepchest"  # the method under study: compared with everything
 
 @dataclass
 class ReportOptions:
-    baseline: str = DEFAULT_BASELINE
+    """``baseline`` None means the default (``equal``), which may be absent from the runs; a
+    baseline named explicitly must be one of the methods that ran."""
+
+    baseline: str | None = None
     target_fraction: float = DEFAULT_TARGET_FRACTION
 
     def __post_init__(self) -> None:
         if not 0 < self.target_fraction <= 1.5:
             raise ReportError(f"--target-fraction must be in (0, 1.5], got {self.target_fraction}")
+
+    @property
+    def baseline_method(self) -> str:
+        return self.baseline if self.baseline is not None else DEFAULT_BASELINE
 
 
 @dataclass
@@ -163,6 +184,7 @@ class ReportContext:
     palette: dict[str, str]  # method -> colour, shared by every figure and table
     configs: list[Config]  # (method, workload), workload by workload, best first
     methods: list[str] = field(default_factory=list)  # sorted
+    verdicts: list[WorkloadVerdict] = field(default_factory=list)
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -178,7 +200,7 @@ class ReportContext:
 
     @property
     def baseline(self) -> str:
-        return self.options.baseline
+        return self.options.baseline_method
 
     @property
     def workloads(self) -> list[str]:
@@ -203,6 +225,11 @@ def build_context(results: Comparison, options: ReportOptions | None = None) -> 
     ranked = table[table["method"] != sm.TRIVIAL]
     configs = [(row.method, row.workload) for row in ranked.itertuples(index=False)]
     methods = sorted(set(results.trials["method"].dropna()))
+    if options.baseline is not None and options.baseline not in methods:
+        raise ReportError(
+            f"--baseline {options.baseline!r} did not run; methods in these runs: "
+            f"{', '.join(methods) or 'none'}"
+        )
     return ReportContext(
         results=results,
         options=options,
@@ -210,6 +237,7 @@ def build_context(results: Comparison, options: ReportOptions | None = None) -> 
         palette=palette,
         configs=configs,
         methods=methods,
+        verdicts=workload_verdicts(results.trials, table, options.baseline_method),
     )
 
 
@@ -263,8 +291,49 @@ def _first_value(frame: pd.DataFrame, column: str) -> Any:
     return values.iloc[0] if len(values) else None
 
 
+def report_notes(results: Comparison) -> list[str]:
+    """Plain sentences every report carries above its numbers: where the images came from
+    when a run used the synthetic generator, and what these results are not."""
+    synthetic = [
+        name
+        for run, name in zip(results.runs, results.run_names, strict=True)
+        if isinstance(run.config.get("data"), dict)
+        and run.config["data"].get("dataset") == "synthetic"
+    ]
+    notes = []
+    if synthetic:
+        which = (
+            "These numbers"
+            if len(synthetic) == len(results.runs)
+            else (f"The numbers of {', '.join(synthetic)}")
+        )
+        notes.append(
+            f"{which} come from a synthetic image generator (data.dataset: synthetic), not "
+            "from real X-rays: they test the harness and the methods' mechanics, not how "
+            "well anything reads a chest X-ray."
+        )
+    notes.append(DISCLAIMER)
+    return notes
+
+
+def verdict_html(ctx: ReportContext) -> str:
+    """The answer first: per workload, the sentences of :mod:`reports.verdict` and its rule."""
+    if ctx.trials.empty or ctx.completed.empty:
+        return ""
+    several = len(ctx.verdicts) > 1
+    parts = []
+    for verdict in ctx.verdicts:
+        items = "".join(f"<li>{esc(line)}</li>" for line in verdict.lines)
+        heading = f"<p><strong>{esc(verdict.workload)}</strong></p>" if several else ""
+        parts.append(f"{heading}<ul>{items}</ul>")
+    return (
+        f'<div class="verdict" id="verdict"><h2>Verdict (against {esc(ctx.baseline)})</h2>'
+        f'{"".join(parts)}<p class="caption">{esc(VERDICT_RULE)}</p></div>'
+    )
+
+
 def section_header(ctx: ReportContext) -> str:
-    """Title, the trials by status and the table of contents."""
+    """Title, the trials by status, the notes, the verdict and the table of contents."""
     counts = sm.status_counts(ctx.trials) if not ctx.trials.empty else {}
     total = sum(counts.values())
     by_status = ", ".join(
@@ -283,10 +352,14 @@ def section_header(ctx: ReportContext) -> str:
     subtitle = "Multi-task task-weighting benchmark report"
     if runs > 1:
         subtitle += f" · {runs} runs merged"
+    notes = report_notes(ctx.results)
+    synthetic = "".join(f'<p class="callout info">{esc(n)}</p>' for n in notes[:-1])
     return (
         f"<header><h1>{esc(ctx.results.name)}</h1>"
         f'<p class="subtitle">{subtitle} · {total} trials'
-        f"{': ' + by_status if by_status else ''}</p>{callout}<nav>{nav}</nav></header>"
+        f"{': ' + by_status if by_status else ''}</p>"
+        f'<p class="disclaimer">{esc(notes[-1])}</p>{synthetic}{callout}'
+        f"{verdict_html(ctx)}<nav>{nav}</nav></header>"
     )
 
 
@@ -356,7 +429,9 @@ def summary_table_html(ctx: ReportContext) -> str:
         trivial = row["method"] == sm.TRIVIAL
         if not trivial:
             cells[1] = f"<td>{method_cell(row['method'], ctx.palette)}</td>"
-            cells[-1] = f'<td class="num count">{esc(texts[-1])}</td>'
+            count, _, flag = texts[-1].partition(" ")
+            flag_html = f' <span class="flag">{esc(flag)}</span>' if flag else ""
+            cells[-1] = f'<td class="num count">{esc(count)}{flag_html}</td>'
         classes = []
         if trivial:
             classes.append("trivial")
@@ -372,7 +447,10 @@ def summary_table_html(ctx: ReportContext) -> str:
         "findings; “Completed” counts completed trials out of all, failed and diverged ones "
         "being left out of every mean."
     )
-    return table_html(headers, rows, "summary") + f'<p class="caption">{caption}</p>'
+    return (
+        table_html(headers, rows, "summary")
+        + f'<p class="caption">{esc(caption)}</p><p class="caption">{esc(THRESHOLD_NOTE)}</p>'
+    )
 
 
 def section_summary(ctx: ReportContext) -> str:
@@ -520,7 +598,12 @@ def section_per_task(ctx: ReportContext) -> str:
     if not others:
         parts.append(empty_html(f"Only {baseline!r} ran, so there is no difference to show."))
         return "".join(parts)
-    diff = sm.per_task_difference(auroc, baseline)
+    noise_note = (
+        " Greyed cells marked “·” are within noise: their 95% paired interval over seeds "
+        "contains 0, or there are too few paired seeds for one (hover for the interval). The "
+        "colour scale is symmetric around 0 and spans the largest difference shown."
+    )
+    diff = sm.per_task_paired(ctx.trials, ctx.epochs, "auroc", baseline)
     parts.append(
         figure_html(
             task_heatmap(
@@ -533,12 +616,12 @@ def section_per_task(ctx: ReportContext) -> str:
                 diverging=True,
             ),
             "fig-task-auroc-diff",
-            f"Each cell is a method's mean test AUROC on one finding minus {esc(baseline)}'s "
-            "on the same workload; green is better than the baseline, red worse, white equal.",
+            f"Each cell is a method's test AUROC on one finding minus {esc(baseline)}'s on the "
+            "same seed, averaged over seeds; green is better than the baseline, red worse."
+            + noise_note,
         )
     )
-    loss = sm.per_task(ctx.trials, ctx.epochs, "loss")
-    loss_diff = sm.per_task_difference(loss, baseline)
+    loss_diff = sm.per_task_paired(ctx.trials, ctx.epochs, "loss", baseline)
     parts.append(
         figure_html(
             task_heatmap(
@@ -553,19 +636,22 @@ def section_per_task(ctx: ReportContext) -> str:
                 lower_is_better=True,
             ),
             "fig-task-loss-diff",
-            f"Each cell is a method's mean test binary cross-entropy on one finding minus "
-            f"{esc(baseline)}'s; green (negative) means the method lowered that finding's loss, "
-            "red means it raised it.",
+            f"Each cell is a method's test binary cross-entropy on one finding minus "
+            f"{esc(baseline)}'s on the same seed, averaged over seeds; green (negative) means "
+            "the method lowered that finding's loss, red means it raised it." + noise_note,
         )
     )
     counts = []
     for (method, workload), group in loss_diff.groupby(["method", "workload"], sort=False):
-        finite = group["diff"].dropna()
+        finite = group.dropna(subset=["diff"])
+        resolved = finite[~finite["noise"].astype(bool)]
         counts.append(
             f"<li>{method_cell(method, ctx.palette)}"
             f"{' [' + esc(workload) + ']' if len(ctx.workloads) > 1 else ''}: lower test loss "
-            f"than {esc(baseline)} on {int((finite < 0).sum())} of {len(finite)} findings, "
-            f"higher on {int((finite > 0).sum())}</li>"
+            f"than {esc(baseline)} on {int((finite['diff'] < 0).sum())} of {len(finite)} "
+            f"findings, higher on {int((finite['diff'] > 0).sum())}; outside noise: lower on "
+            f"{int((resolved['diff'] < 0).sum())}, higher on {int((resolved['diff'] > 0).sum())}"
+            "</li>"
         )
     parts.append(f'<ul class="tally">{"".join(counts)}</ul>')
     return "".join(parts)
@@ -827,13 +913,26 @@ def section_cost(ctx: ReportContext) -> str:
         )
     )
     methods_only = ctx.summary[ctx.summary["method"] != sm.TRIVIAL]
+    fronts = {
+        workload: sm.distinguishable_front(group)
+        for workload, group in methods_only.groupby("workload", sort=False)
+    }
+    no_front = [w for w, front in fronts.items() if not front]
     parts.append(
         figure_html(
-            pareto_plot(methods_only, ctx.palette, title="Accuracy against speed"),
+            pareto_plot(methods_only, ctx.palette, title="Accuracy against speed", fronts=fronts),
             "fig-pareto",
             "Each marker is a method (one marker shape per workload) at its mean training "
-            "throughput and mean test AUROC; the dotted step line joins the methods that no "
-            "other method beats on both, so up and right is better.",
+            "throughput and mean test AUROC, with 95% intervals over seeds on both axes; up and "
+            "right is better. The dotted step line joins methods on the Pareto front (none "
+            "faster and more accurate) whose intervals are disjoint from their neighbour's on "
+            "both axes, so each step is a trade-off the seeds resolve"
+            + (
+                f"; no such front{' on ' + esc(', '.join(no_front)) if len(fronts) > 1 else ''}"
+                ": the points are within each other's intervals, or there is one seed."
+                if no_front
+                else "."
+            ),
         )
     )
     parts.append(_time_to_target_html(ctx))
@@ -994,11 +1093,37 @@ def render_context(ctx: ReportContext) -> str:
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def summary_paths(report: Path) -> tuple[Path, Path]:
+    """The summary files that go with a report: ``X.html`` -> ``X.summary.csv`` and
+    ``X.summary.md``; a run's own ``report.html`` keeps ``summary.csv`` and ``summary.md``."""
+    if report.name == REPORT_FILE:
+        return report.with_name(SUMMARY_CSV_FILE), report.with_name(SUMMARY_MD_FILE)
+    return report.with_name(f"{report.stem}.summary.csv"), report.with_name(
+        f"{report.stem}.summary.md"
+    )
+
+
+def _write_files(files: dict[Path, str]) -> None:
+    """Write every file via a temporary file beside it, then rename them all, so a reader
+    never sees half a report and an unwritable place leaves nothing behind. An OS error
+    becomes a one-line :class:`ReportError` naming the path."""
+    temporary: dict[Path, Path] = {}
+    current = next(iter(files))
+    try:
+        for path, text in files.items():
+            current = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            temporary[path] = tmp
+            tmp.write_text(text, encoding="utf-8")
+        for path, tmp in temporary.items():
+            current = path
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
+        reason = exc.strerror or type(exc).__name__
+        raise ReportError(f"cannot write {current}: {reason}") from exc
 
 
 @dataclass
@@ -1014,11 +1139,14 @@ def write_report(
     run_dirs: str | os.PathLike[str] | list[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
     options: ReportOptions | None = None,
+    overwrite: bool = False,
 ) -> WrittenReport:
-    """Write the HTML report and, next to it, summary.csv and summary.md.
+    """Write the HTML report and, next to it, its summary files (:func:`summary_paths`).
 
-    ``out`` defaults to ``report.html`` in the run directory; it is required when several run
-    directories are merged.
+    ``out`` defaults to the run's own ``report.html`` in its run directory, which is replaced
+    freely (``harness run`` rewrites it after every run); it is required when several run
+    directories are merged. Any other existing report or summary file is refused unless
+    ``overwrite``. Every problem with the input or the output is a one-line ReportError.
     """
     dirs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
     seen: set[Path] = set()
@@ -1028,18 +1156,32 @@ def write_report(
         seen.add(Path(path).resolve())
     if out is None and len(dirs) > 1:
         raise ReportError("several run directories are merged: name the report with --out FILE")
+    own = Path(dirs[0]) / REPORT_FILE if len(dirs) == 1 else None
     report = Path(out) if out is not None else Path(dirs[0]) / REPORT_FILE
     if report.suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"--out must name an .html file, got {report}")
+    csv_path, md_path = summary_paths(report)
+    # the run's own report (however it is named) is that run's to replace
+    is_own = own is not None and report.resolve() == own.resolve()
+    if not (overwrite or is_own):
+        for path in (report, csv_path, md_path):
+            if path.exists() or path.is_symlink():
+                raise ReportError(f"{path} exists; pass --overwrite to replace it")
     results = load_runs(dirs)
-    report.parent.mkdir(parents=True, exist_ok=True)
     ctx = build_context(results, options)
-    csv_path = report.parent / SUMMARY_CSV_FILE
-    md_path = report.parent / SUMMARY_MD_FILE
-    _write_text(csv_path, ctx.summary.to_csv(index=False))
-    _write_text(
-        md_path,
-        summary_markdown(ctx.summary, f"{results.name}: summary", results.workload_is_backbone),
+    title = f"{results.name}: summary"
+    markdown = summary_markdown(
+        ctx.summary,
+        title,
+        results.workload_is_backbone,
+        notes=report_notes(results),
+        verdict=[(v.workload, v.lines) for v in ctx.verdicts] if not ctx.completed.empty else None,
     )
-    _write_text(report, render_context(ctx))
+    _write_files(
+        {
+            csv_path: ctx.summary.to_csv(index=False),
+            md_path: markdown,
+            report: render_context(ctx),
+        }
+    )
     return WrittenReport(report, csv_path, md_path, results, ctx.summary)

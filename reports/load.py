@@ -85,6 +85,7 @@ EPOCH_FLOAT_COLUMNS: tuple[str, ...] = (
 OPTIONAL_TRIAL_FLOAT_COLUMNS: tuple[str, ...] = (
     "test_mean_auprc",
     "test_macro_f1",
+    "test_macro_f1_tuned",
     "test_exact_match",
     "test_trivial_exact_match",
     "train_time_s",
@@ -92,7 +93,13 @@ OPTIONAL_TRIAL_FLOAT_COLUMNS: tuple[str, ...] = (
     "n_val",
     "n_test",
 )
-OPTIONAL_EPOCH_FLOAT_COLUMNS: tuple[str, ...] = ("auprc", "f1", "n_positive")
+OPTIONAL_EPOCH_FLOAT_COLUMNS: tuple[str, ...] = (
+    "auprc",
+    "f1",
+    "n_positive",
+    "threshold",
+    "f1_tuned",
+)
 
 STRING_COLUMNS: tuple[str, ...] = (
     "trial_id",

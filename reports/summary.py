@@ -35,6 +35,7 @@ SUMMARY_METRICS: tuple[Metric, ...] = (
     Metric("test_mean_accuracy", "Accuracy", 3),
     Metric("test_exact_match", "Exact match", 3),
     Metric("test_macro_f1", "Macro F1", 3),
+    Metric("test_macro_f1_tuned", "F1 @ val thr", 3),
     Metric("images_per_second", "Images/s", 0),
     Metric("peak_memory_mb", "Peak memory (MB)", 0, higher_is_better=False),
 )
@@ -63,10 +64,17 @@ def workloads(trials: pd.DataFrame) -> list[str]:
 
 
 def _summary_columns() -> list[str]:
-    columns = ["workload", "rank", "method", "n_trials", "n_completed"]
+    columns = ["workload", "rank", "method", "n_trials", "n_completed", "flag"]
     for m in SUMMARY_METRICS:
         columns += [f"{m.column}_mean", f"{m.column}_low", f"{m.column}_high"]
     return columns
+
+
+# Flags of a method row: no completed trial (so no rank), or a mean test AUROC or AUPRC below
+# what the always-negative row scores (chance level): an exploded run, not a result.
+ALL_DIVERGED, ALL_FAILED, NONE_COMPLETED = "all diverged", "all failed", "none completed"
+BELOW_TRIVIAL = "below trivial"
+CHANCE_METRICS = ("test_mean_auroc", "test_mean_auprc")
 
 
 SUMMARY_COLUMNS: list[str] = _summary_columns()
@@ -77,10 +85,11 @@ def _trivial_row(workload: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> d
 
     With prevalence p_t = positives / labelled of finding t on the test split: accuracy
     mean_t(1 - p_t), AUPRC mean_t p_t (the precision of a constant score), AUROC 0.5, macro F1
-    0 (no positive is ever found), exact match the fraction of images without a positive label.
+    0 at any threshold (no positive is ever found), exact match the fraction of images without
+    a positive label.
     """
     done = completed_trials(trials[trials["workload"] == workload])
-    row: dict = {"workload": workload, "rank": math.nan, "method": TRIVIAL}
+    row: dict = {"workload": workload, "rank": math.nan, "method": TRIVIAL, "flag": ""}
     row.update(n_trials=0, n_completed=0)
     test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
     values = dict.fromkeys((m.column for m in SUMMARY_METRICS), math.nan)
@@ -93,54 +102,112 @@ def _trivial_row(workload: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> d
         values["test_mean_auprc"] = float(both.mean()) if len(both) else math.nan
         values["test_mean_auroc"] = 0.5 if len(both) else math.nan
         values["test_macro_f1"] = 0.0 if (prevalence > 0).any() else math.nan
+        values["test_macro_f1_tuned"] = values["test_macro_f1"]
         values["test_exact_match"] = float(done["test_trivial_exact_match"].mean())
     for column, value in values.items():
         row.update({f"{column}_mean": value, f"{column}_low": math.nan, f"{column}_high": math.nan})
     return row
 
 
+def _unranked_flag(group: pd.DataFrame) -> str:
+    """Why a config without a completed trial has no rank."""
+    statuses = set(group["status"].dropna())
+    if statuses == {"diverged"}:
+        return ALL_DIVERGED
+    if statuses == {"failed"}:
+        return ALL_FAILED
+    return NONE_COMPLETED
+
+
 def summary_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """Per config: counts and mean [95% interval] over completed seeds of every summary metric;
-    ranked by test AUROC within each workload, then that workload's trivial row (rank NaN)."""
+    ranked by test AUROC within each workload, then that workload's trivial row (rank NaN).
+
+    Only configs with a completed trial and a finite mean test AUROC are ranked; the others
+    follow unranked, flagged ``all diverged`` / ``all failed`` / ``none completed``. A ranked
+    config whose mean test AUROC or AUPRC is below the trivial row's is flagged
+    ``below trivial``."""
     rows = []
     for workload in workloads(trials):
         in_workload = trials[trials["workload"] == workload]
+        trivial = _trivial_row(workload, trials, epochs)
         config_rows = []
         for method, group in in_workload.groupby("method", sort=True):
             done = completed_trials(group)
-            row = {"workload": workload, "method": method}
+            row = {"workload": workload, "method": method, "flag": ""}
             row.update(n_trials=len(group), n_completed=len(done))
             for m in SUMMARY_METRICS:
                 mean, low, high = stats.mean_ci(done[m.column].tolist())
                 row.update(
                     {f"{m.column}_mean": mean, f"{m.column}_low": low, f"{m.column}_high": high}
                 )
+            if done.empty:
+                row["flag"] = _unranked_flag(group)
+            elif any(
+                row[f"{c}_mean"] < trivial[f"{c}_mean"]  # False where either is NaN
+                for c in CHANCE_METRICS
+            ):
+                row["flag"] = BELOW_TRIVIAL
             config_rows.append(row)
+
+        def ranked(r: dict) -> bool:
+            return r["n_completed"] > 0 and bool(np.isfinite(r["test_mean_auroc_mean"]))
+
         config_rows.sort(
             key=lambda r: (
-                -r["test_mean_auroc_mean"] if np.isfinite(r["test_mean_auroc_mean"]) else math.inf,
+                -r["test_mean_auroc_mean"] if ranked(r) else math.inf,
                 r["method"],
             )
         )
-        for rank, row in enumerate(config_rows, start=1):
-            row["rank"] = rank
+        rank = 0
+        for row in config_rows:
+            if ranked(row):
+                rank += 1
+                row["rank"] = rank
+            else:
+                row["rank"] = math.nan
         rows += config_rows
-        rows.append(_trivial_row(workload, trials, epochs))
+        rows.append(trivial)
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return table.astype({"n_trials": "int64", "n_completed": "int64"})
 
 
+def _disjoint(a_low: float, a_high: float, b_low: float, b_high: float) -> bool:
+    """True when two intervals are both known and do not overlap."""
+    known = all(math.isfinite(v) for v in (a_low, a_high, b_low, b_high))
+    return known and (a_high < b_low or b_high < a_low)
+
+
 def best_rows(table: pd.DataFrame, metric: Metric) -> set[int]:
-    """Index labels of the best method row(s) per workload for one metric (ties all marked;
-    the trivial row never counts)."""
+    """Index labels of the row per workload that is best in one metric *and* distinguishable
+    from the runner-up: its 95% interval over seeds does not overlap the runner-up's. The rule
+    is conservative: a difference may be significant at 0.05 with overlapping intervals, while
+    two disjoint intervals of equal width correspond to p of about 0.006 (Schenker & Gentleman,
+    "On judging the significance of differences by examining the overlap between confidence
+    intervals", The American Statistician 55(3), 2001).
+
+    Nothing is marked where the best has no interval (one seed) or shares its mean with
+    another row, where there is no runner-up with an interval, where the best is flagged (no
+    rank, or below trivial), or where its mean is at or below the always-negative row's."""
     best: set[int] = set()
-    methods = table[table["method"] != TRIVIAL]
-    for _, group in methods.groupby("workload", sort=False):
-        values = group[f"{metric.column}_mean"].dropna()
-        if values.empty:
+    mean, low, high = (f"{metric.column}_{part}" for part in ("mean", "low", "high"))
+    for _, group in table.groupby("workload", sort=False):
+        trivial = group[group["method"] == TRIVIAL][mean].dropna()
+        methods = group[(group["method"] != TRIVIAL) & group["rank"].notna()]
+        values = methods.dropna(subset=[mean]).sort_values(
+            mean, ascending=not metric.higher_is_better, kind="mergesort"
+        )
+        if len(values) < 2:
             continue
-        target = values.max() if metric.higher_is_better else values.min()
-        best |= set(values[values == target].index)
+        top, runner_up = values.iloc[0], values.iloc[1]
+        if top["flag"] or top[mean] == runner_up[mean]:
+            continue
+        if len(trivial):
+            floor = float(trivial.iloc[0])
+            if top[mean] <= floor if metric.higher_is_better else top[mean] >= floor:
+                continue
+        if _disjoint(top[low], top[high], runner_up[low], runner_up[high]):
+            best.add(values.index[0])
     return best
 
 
@@ -236,6 +303,48 @@ def per_task_difference(per_task_table: pd.DataFrame, reference: str) -> pd.Data
     return joined[["method", "workload", "task", "diff"]].reset_index(drop=True)
 
 
+def per_task_paired(
+    trials: pd.DataFrame, epochs: pd.DataFrame, column: str, reference: str
+) -> pd.DataFrame:
+    """Per (method, workload, task): test ``column`` of the method minus the reference's,
+    paired by seed over completed trials (:func:`reports.stats.paired_difference`: mean
+    difference, 95% paired t-interval, number of pairs), and ``noise``: True where that
+    interval contains 0 or cannot be computed (fewer than 2 pairs), so the cell is not a
+    difference that the seeds resolve."""
+    columns = ["method", "workload", "task", "diff", "low", "high", "n", "noise"]
+    done = completed_trials(trials)
+    test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
+    if test.empty:
+        return pd.DataFrame(columns=columns)
+    last = test.sort_values("epoch", kind="mergesort").drop_duplicates(
+        ["trial_id", "task"], keep="last"
+    )
+    seeds = done.set_index("trial_id")["seed"]
+    last = last.assign(seed=last["trial_id"].map(seeds))
+    ref = last[last["method"] == reference][["workload", "task", "seed", column]]
+    others = last[last["method"] != reference]
+    joined = others.merge(ref, on=["workload", "task", "seed"], suffixes=("", "_ref"))
+    rows = []
+    for (method, workload, task), group in joined.groupby(
+        ["method", "workload", "task"], sort=False
+    ):
+        r = stats.paired_difference(group[column].tolist(), group[f"{column}_ref"].tolist())
+        noise = not (math.isfinite(r.low) and math.isfinite(r.high)) or r.low <= 0 <= r.high
+        rows.append(
+            {
+                "method": method,
+                "workload": workload,
+                "task": task,
+                "diff": r.mean_diff,
+                "low": r.low,
+                "high": r.high,
+                "n": r.n,
+                "noise": noise,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
 # --- section 4: training dynamics -----------------------------------------------------------
 
 
@@ -273,6 +382,36 @@ def cost_table(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
         base = table["workload"].map(ref[column]) if not ref.empty else np.nan
         table[f"{column}_ratio"] = table[column] / base
     return table
+
+
+def distinguishable_front(points: pd.DataFrame) -> list[int]:
+    """Index labels of one workload's Pareto front of test AUROC against images/s (higher is
+    better on both), keeping only points that the seeds tell apart.
+
+    ``points`` holds summary rows (``images_per_second_*``, ``test_mean_auroc_*``). The front
+    of the means is walked from the fastest point; a point joins when its 95% intervals on both
+    axes are disjoint from the last point kept, i.e. it is distinguishably slower and
+    distinguishably more accurate. Fewer than two such points give no front (an empty list).
+    """
+    x, y = "images_per_second", "test_mean_auroc"
+    usable = points.dropna(subset=[f"{x}_mean", f"{y}_mean"])
+    ordered = usable.sort_values([f"{x}_mean", f"{y}_mean"], ascending=False, kind="mergesort")
+    front, best = [], -math.inf
+    for index, row in ordered.iterrows():
+        if row[f"{y}_mean"] > best:  # no faster point is at least as accurate
+            best = row[f"{y}_mean"]
+            front.append(index)
+    kept: list[int] = []
+    for index in front:
+        if not kept:
+            kept.append(index)
+            continue
+        a, b = usable.loc[kept[-1]], usable.loc[index]
+        if all(
+            _disjoint(a[f"{c}_low"], a[f"{c}_high"], b[f"{c}_low"], b[f"{c}_high"]) for c in (x, y)
+        ):
+            kept.append(index)
+    return kept if len(kept) >= 2 else []
 
 
 @dataclass(frozen=True)

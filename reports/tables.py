@@ -17,8 +17,19 @@ from reports.summary import SUMMARY_METRICS, TRIVIAL, best_rows
 
 SUMMARY_CAPTION = (
     "mean ± half-width of the 95% t-interval over completed seeds; ranked by test AUROC "
-    "within each workload; * = best in its column; the always-negative row shows what the "
-    "metrics give for a classifier that learned nothing"
+    "within each workload (methods without a completed trial are not ranked); * = best in its "
+    "column with a 95% interval disjoint from the runner-up's (never with one seed, never at or "
+    "below the always-negative row); the always-negative row shows what the metrics give for a "
+    "classifier that learned nothing, and 'below trivial' flags a method under it in AUROC or "
+    "AUPRC; accuracy and macro F1 are at probability 0.5, F1 @ val thr at per-finding "
+    "thresholds chosen on validation"
+)
+THRESHOLD_NOTE = (
+    "Accuracy and macro F1 depend on the decision threshold. At a fixed 0.5 on rare findings "
+    "a model predicts almost no positives, so its accuracy lands near the always-negative row "
+    "(which is right on every negative) and its F1 near 0; AUROC and AUPRC do not depend on a "
+    "threshold. F1 @ val thr picks, per finding, the threshold that maximises F1 on the "
+    "validation split and measures F1 with it on test (macro mean over findings)."
 )
 
 
@@ -33,8 +44,9 @@ TEXT_COLUMNS = (1, 2)  # method, workload: left-aligned
 def summary_cells(row: pd.Series) -> list[str]:
     """One row in ``summary_headers`` order (not escaped)."""
     trivial = row["method"] == TRIVIAL
+    ranked = not trivial and pd.notna(row["rank"])
     cells = [
-        "" if trivial else str(int(row["rank"])),
+        str(int(row["rank"])) if ranked else "",
         str(row["method"]),
         str(row["workload"]),
     ]
@@ -44,12 +56,17 @@ def summary_cells(row: pd.Series) -> list[str]:
                 row[f"{m.column}_mean"], row[f"{m.column}_low"], row[f"{m.column}_high"], m.digits
             )
         )
-    cells.append(MISSING if trivial else f"{int(row['n_completed'])}/{int(row['n_trials'])}")
+    count = f"{int(row['n_completed'])}/{int(row['n_trials'])}"
+    flag = row.get("flag")
+    cells.append(
+        MISSING if trivial else f"{count} {flag}" if isinstance(flag, str) and flag else count
+    )
     return cells
 
 
 def best_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
-    """(index label, cell position) of every best value."""
+    """(index label, cell position) of every value marked best (:func:`best_rows`: best and
+    distinguishable from the runner-up)."""
     marked = set()
     for position, metric in enumerate(SUMMARY_METRICS, start=3):
         marked |= {(index, position) for index in best_rows(table, metric)}
@@ -183,9 +200,19 @@ def _markdown_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
-def summary_markdown(table: pd.DataFrame, title: str, workload_is_backbone: bool = True) -> str:
-    """The summary as a GitHub-flavoured Markdown table under a ``#`` heading."""
+def summary_markdown(
+    table: pd.DataFrame,
+    title: str,
+    workload_is_backbone: bool = True,
+    notes: list[str] | None = None,
+    verdict: list[tuple[str, list[str]]] | None = None,
+) -> str:
+    """The summary as a GitHub-flavoured Markdown table under a ``#`` heading: ``notes`` (plain
+    sentences) above it, and under it the caption, the threshold note and the ``verdict``
+    (pairs of workload, plain sentences; the workload is named when there are several)."""
     lines = [f"# {_markdown_cell(title)}", ""]
+    for note in notes or []:
+        lines += [_markdown_cell(note), ""]
     if table.empty:
         return "\n".join([*lines, "No trials.", ""])
     headers = summary_headers(workload_is_backbone)
@@ -199,4 +226,12 @@ def summary_markdown(table: pd.DataFrame, title: str, workload_is_backbone: bool
         cells = [f"**{c}**\\*" if (index, i) in best else c for i, c in enumerate(cells)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", SUMMARY_CAPTION[0].upper() + SUMMARY_CAPTION[1:] + ".", ""]
+    lines += [THRESHOLD_NOTE, ""]
+    if verdict:
+        lines += ["## Verdict", ""]
+        for workload, sentences in verdict:
+            if len(verdict) > 1:
+                lines += [f"### {_markdown_cell(workload)}", ""]
+            lines += [f"- {_markdown_cell(sentence)}" for sentence in sentences]
+            lines.append("")
     return "\n".join(lines)

@@ -50,14 +50,17 @@ def make_run(
     test_auroc: dict[tuple[str, int], float] | None = None,
     nan_tasks: dict[str, tuple[str, ...]] | None = None,
     dataset: str = "synthetic",
+    values: dict[tuple[str, int], dict[str, float]] | None = None,
 ) -> Path:
     """Write a realistic run directory: config, manifest, trials and epochs tables.
 
     ``outcomes`` maps (method, seed) -> (status, error) for non-completed trials; a failed
     trial has NaN metrics and one epoch of train/val rows; a diverged trial keeps its metrics
     (so that tests can check they are left out of the means). ``nan_tasks`` maps a method to
-    tasks whose test AUROC is NaN (a single class in the test split).
+    tasks whose test AUROC is NaN (a single class in the test split). ``values`` maps (method,
+    seed) -> trial columns to override (say ``images_per_second``).
     """
+    values = values or {}
     outcomes = outcomes or {}
     test_auroc = test_auroc or {}
     nan_tasks = nan_tasks or {}
@@ -87,6 +90,7 @@ def make_run(
                         "test_mean_accuracy": nan if failed else 0.9 + 0.01 * seed - 0.02 * mi,
                         "test_mean_auprc": nan if failed else auroc - 0.4,
                         "test_macro_f1": nan if failed else 0.3 + 0.01 * mi,
+                        "test_macro_f1_tuned": nan if failed else 0.45 + 0.01 * seed,
                         "test_exact_match": nan if failed else 0.5 + 0.01 * seed,
                         "test_trivial_exact_match": nan if failed else 0.55,
                         "n_train": 700,
@@ -101,6 +105,7 @@ def make_run(
                         "peak_memory_mb": nan if failed else 2000.0 + 500 * mi + 2 * seed,
                         "wall_time_s": nan if failed else 120.0 + 30 * seed,
                         "device": "cuda:NVIDIA H100",
+                        **values.get((method, seed), {}),
                     }
                 )
                 manifest_trials[trial_id] = {"status": status, "error": error}
@@ -125,6 +130,8 @@ def make_run(
                                     "auroc": value - 0.02 * (n_epochs - epoch),
                                     "auprc": value - 0.4,
                                     "f1": 0.3,
+                                    "threshold": 0.2 if split != "train" else float("nan"),
+                                    "f1_tuned": 0.45 if split != "train" else float("nan"),
                                     "weight": 1.0 + ti,
                                     "weight_normalized": (1.0 + ti) / 6.0,
                                     "n_labeled": 100,
@@ -276,13 +283,18 @@ def test_trivial_row_from_test_prevalence(run_dir: Path) -> None:
     assert math.isnan(trivial["images_per_second_mean"])
 
 
+def metric(column: str) -> sm.Metric:
+    return next(m for m in sm.SUMMARY_METRICS if m.column == column)
+
+
 def test_best_cells_per_column_lower_memory_wins(run_dir: Path) -> None:
     results = comparison(run_dir)
     table = sm.summary_table(results.trials, results.epochs)
-    memory = next(m for m in sm.SUMMARY_METRICS if m.column == "peak_memory_mb")
-    speed = next(m for m in sm.SUMMARY_METRICS if m.column == "images_per_second")
-    assert sm.best_rows(table, memory) == {0}  # deepchest: 2001 MB < 2501 MB
-    assert sm.best_rows(table, speed) == {1}  # equal: 1105 images/s
+    memory, speed = metric("peak_memory_mb"), metric("images_per_second")
+    # deepchest 2001 ± 12.7 MB against equal 2501 ± 12.7 MB: disjoint, lower wins
+    assert sm.best_rows(table, memory) == {0}
+    # equal 1105 ± 63.5 images/s against deepchest 1005 ± 63.5: the intervals overlap
+    assert sm.best_rows(table, speed) == set()
     trivial_index = len(table) - 1
     accuracy = next(m for m in sm.SUMMARY_METRICS if m.column == "test_mean_accuracy")
     assert trivial_index not in sm.best_rows(table, accuracy)
@@ -319,7 +331,8 @@ def test_summary_rich_and_markdown(run_dir: Path) -> None:
     assert "always negative" in text and "2/2" in text
     markdown = reports.summary_markdown(table, "run | one")
     assert markdown.startswith("# run \\| one")
-    assert "**0.810 ± 0.127**\\*" in markdown  # best marked
+    assert "**2,001 ± 13**\\*" in markdown  # best memory, distinguishable: marked
+    assert "**0.810" not in markdown  # best AUROC, but within the runner-up's interval
 
 
 def test_one_seed_shows_the_mean_alone(tmp_path: Path) -> None:
@@ -520,7 +533,9 @@ def test_write_merged_report_needs_out(tmp_path: Path) -> None:
     with pytest.raises(reports.ReportError, match="--out"):
         reports.write_report([one, two])
     written = reports.write_report([one, two], out=tmp_path / "cmp" / "both.html")
-    assert written.html.is_file() and (tmp_path / "cmp" / "summary.csv").is_file()
+    assert written.html.is_file() and (tmp_path / "cmp" / "both.summary.csv").is_file()
+    assert written.summary_md == tmp_path / "cmp" / "both.summary.md"
+    assert written.summary_md.is_file()
     document = written.html.read_text(encoding="utf-8")
     assert 'id="fig-profiles"' in document  # two workloads: performance profiles
     assert "<h3>resnet50</h3>" in document
@@ -783,16 +798,28 @@ def test_cli_report_bad_input_is_one_line(tmp_path: Path) -> None:
         ((str(one), "--target-fraction", "0"), "--target-fraction"),
     ):
         result = run_cli("report", *args)
-        assert result.returncode != 0
+        assert result.returncode == 2, result.stderr  # bad arguments or input
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
-def test_cli_report_warns_on_unknown_baseline(tmp_path: Path) -> None:
+def test_cli_report_refuses_an_explicit_baseline_that_did_not_run(tmp_path: Path) -> None:
     one = make_run(tmp_path / "a", name="r18")
-    result = run_cli("report", str(one), "--baseline", "pcgard")
+    result = run_cli("report", str(one), "--baseline", "pcgrad")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "harness: error: --baseline 'pcgrad' did not run; methods in these runs: deepchest, equal"
+    ]
+    assert not (one / "report.html").exists()  # nothing written
+
+
+def test_cli_report_warns_when_the_default_baseline_is_absent(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "a", name="r18", methods=("deepchest", "pcgrad"))
+    result = run_cli("report", str(one))
     assert result.returncode == 0, result.stderr
-    assert "baseline method 'pcgard' is not in these runs" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: warning: baseline method 'equal'")
+    assert "error" not in result.stderr
 
 
 # --- edge cases found in review ----------------------------------------------------------------
@@ -920,3 +947,406 @@ def test_runs_with_other_training_settings_are_other_workloads(tmp_path: Path) -
     moved = (three / "config.yaml").read_text().replace("synthetic", "synthetic, root: /x")
     (three / "config.yaml").write_text(moved)
     assert comparison(one, three).workload_is_backbone
+
+
+# --- issue 10: the report says its answer and shows noise as noise ----------------------------
+
+
+def cli_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``harness`` in this process, as a user calls it: (exit code, stdout, stderr)."""
+    from harness.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+THREE_SEEDS = (0, 1, 2)
+
+
+def separated_run(root: Path) -> Path:
+    """Three seeds where ``a`` beats equal on every seed by 0.03 ± 0.01 AUROC (significant after
+    Holm) and ``b`` differs by -0.01 ± 0.02 (noise); ``a`` is 2x slower and uses 1.5x memory on
+    every seed, ``b`` costs the same as equal."""
+    auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
+    auroc |= {("a", s): v for s, v in enumerate((0.72, 0.76, 0.74))}
+    auroc |= {("b", s): v for s, v in enumerate((0.69, 0.73, 0.68))}
+    values = {}
+    for s in THREE_SEEDS:
+        base_speed, base_memory = 1000.0 + 7 * s, 2000.0 + 3 * s
+        values[("equal", s)] = {"images_per_second": base_speed, "peak_memory_mb": base_memory}
+        values[("a", s)] = {
+            "images_per_second": base_speed / (2.0 + 0.01 * s),
+            "peak_memory_mb": base_memory * (1.5 + 0.01 * s),
+        }
+        values[("b", s)] = {
+            "images_per_second": base_speed * (1.0 + (0.02, -0.03, 0.01)[s]),
+            "peak_memory_mb": base_memory * (1.0 + (-0.01, 0.02, -0.01)[s]),
+        }
+    return make_run(
+        root, methods=("equal", "a", "b"), seeds=THREE_SEEDS, test_auroc=auroc, values=values
+    )
+
+
+def test_verdict_names_differences_noise_and_costs(tmp_path: Path) -> None:
+    from reports.verdict import workload_verdicts
+
+    results = comparison(separated_run(tmp_path))
+    table = sm.summary_table(results.trials, results.epochs)
+    (verdict,) = workload_verdicts(results.trials, table, "equal")
+    text = "\n".join(verdict.lines)
+    # a: mean +0.03, sd 0.01, half = t_{.975,2} 0.01 / sqrt 3 = 0.0248, p = 0.0351; Holm over
+    # the two methods compared doubles it to 0.0702: not significant
+    assert not text.startswith("a differs")
+    assert "No method differs from equal at p < 0.05 after Holm over 3 seeds" in text
+    assert "a +0.030 AUROC [+0.005, +0.055]" in text and "b −0.010 AUROC" in text
+    # cost: a's per-seed ratios 1/2.00, 1/2.01, 1/2.02 and 1.50, 1.51, 1.52: far outside noise
+    assert "a 0.50× equal's images/s [0.49, 0.50]" in text
+    assert "a 1.51× equal's peak memory [1.49, 1.54]" in text
+    assert "b " not in text.split("Cost outside its noise:")[1]  # b's cost ratios are noise
+
+
+def test_verdict_with_one_method_significant(tmp_path: Path) -> None:
+    from reports.verdict import workload_verdicts
+
+    # one method only: no Holm inflation; a's p = 0.0351 < 0.05
+    auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
+    auroc |= {("a", s): v for s, v in enumerate((0.72, 0.76, 0.74))}
+    run = make_run(tmp_path, methods=("equal", "a"), seeds=THREE_SEEDS, test_auroc=auroc)
+    results = comparison(run)
+    (verdict,) = workload_verdicts(
+        results.trials, sm.summary_table(results.trials, results.epochs), "equal"
+    )
+    assert verdict.lines[0] == (
+        "a differs from equal at p < 0.05 after Holm over 3 seeds: test AUROC higher: "
+        "+0.030 AUROC [+0.005, +0.055] (Holm p = 0.0351)."
+    )
+
+
+def test_verdict_with_two_seeds_makes_no_claim(run_dir: Path) -> None:
+    written = reports.write_report(run_dir)
+    document = written.html.read_text(encoding="utf-8")
+    claim = "With 2 seeds no significance claim is made (3 or more paired seeds are needed)."
+    assert claim in document
+    assert "deepchest +0.050 AUROC" in document
+    assert "Cost ratios to equal are not tested with fewer than 3 seeds." in document
+    # on the first screen: in the header, before the summary section
+    assert document.index('id="verdict"') < document.index('<section id="summary"')
+    markdown = written.summary_md.read_text(encoding="utf-8")
+    table_end = markdown.index("| always negative |")
+    assert markdown.index("## Verdict") > table_end
+    assert claim in markdown
+
+
+def test_verdict_in_html_and_markdown_of_a_merged_report(tmp_path: Path) -> None:
+    one = separated_run(tmp_path / "a")
+    two = make_run(tmp_path / "b", name="r50", backbones=("resnet50",), seeds=(0,))
+    written = reports.write_report([one, two], out=tmp_path / "both.html")
+    markdown = written.summary_md.read_text(encoding="utf-8")
+    assert "### resnet18" in markdown and "### resnet50" in markdown
+    assert "With 1 seed no significance claim is made" in markdown
+    assert "Rule: a method differs from the baseline" in written.html.read_text(encoding="utf-8")
+
+
+def test_best_mark_needs_a_distinguishable_value(tmp_path: Path) -> None:
+    results = comparison(separated_run(tmp_path))
+    table = sm.summary_table(results.trials, results.epochs).set_index("method", drop=False)
+    index = {m: i for i, m in enumerate(table["method"])}
+    # AUROC: a 0.74 ± 0.05 against equal 0.71 ± 0.025: the intervals overlap, no mark
+    assert sm.best_rows(table.reset_index(drop=True), metric("test_mean_auroc")) == set()
+    # images/s: equal and b overlap at the top (b 1,003 ± 60 vs equal 1,007 ± 17): no mark
+    assert sm.best_rows(table.reset_index(drop=True), metric("images_per_second")) == set()
+    # memory: b 2,002 and equal 2,003 overlap: no mark even though a is far worse
+    assert sm.best_rows(table.reset_index(drop=True), metric("peak_memory_mb")) == set()
+    # widen the gap: equal's memory halved on every seed is distinguishable from b's
+    trials = results.trials.copy()
+    trials.loc[trials["method"] == "equal", "peak_memory_mb"] /= 2
+    wide = sm.summary_table(trials, results.epochs)
+    assert sm.best_rows(wide, metric("peak_memory_mb")) == {index["equal"]}
+
+
+def test_nothing_marked_with_one_seed(tmp_path: Path) -> None:
+    results = comparison(make_run(tmp_path, seeds=(0,)))
+    table = sm.summary_table(results.trials, results.epochs)
+    from reports.tables import best_cells
+
+    assert best_cells(table) == set()
+
+
+def test_best_mark_never_at_or_below_the_trivial_row(tmp_path: Path) -> None:
+    # accuracy: deepchest 0.5 on every seed, equal 0.3: disjoint, but below the trivial 0.8
+    values = {("deepchest", s): {"test_mean_accuracy": 0.5 + 0.001 * s} for s in THREE_SEEDS}
+    values |= {("equal", s): {"test_mean_accuracy": 0.3 + 0.001 * s} for s in THREE_SEEDS}
+    results = comparison(make_run(tmp_path, seeds=THREE_SEEDS, values=values))
+    table = sm.summary_table(results.trials, results.epochs)
+    assert table.iloc[-1]["test_mean_accuracy_mean"] == pytest.approx(0.8)
+    assert sm.best_rows(table, metric("test_mean_accuracy")) == set()
+    # above the trivial row the same separation is marked
+    trials = results.trials.copy()
+    trials["test_mean_accuracy"] += 0.45
+    assert sm.best_rows(sm.summary_table(trials, results.epochs), metric("test_mean_accuracy")) == {
+        0
+    }
+
+
+def test_methods_without_a_completed_trial_are_not_ranked(tmp_path: Path, capsys) -> None:
+    outcomes = {("pcgrad", s): ("diverged", "non-finite loss at epoch 1") for s in (0, 1)}
+    outcomes |= {("famo", s): ("failed", "RuntimeError: boom") for s in (0, 1)}
+    run = make_run(tmp_path, methods=("equal", "pcgrad", "famo", "deepchest"), outcomes=outcomes)
+    # a diverged trial keeps its (finite) metrics in make_run: they must not rank it
+    results = comparison(run)
+    table = sm.summary_table(results.trials, results.epochs)
+    assert table["method"].tolist() == ["equal", "deepchest", "famo", "pcgrad", sm.TRIVIAL]
+    assert table["rank"].tolist()[:2] == [1, 2] and table["rank"][2:].isna().all()
+    assert table["flag"].tolist()[:4] == ["", "", "all failed", "all diverged"]
+    from reports.tables import summary_cells
+
+    assert summary_cells(table.iloc[3])[0] == "" and summary_cells(table.iloc[3])[-1] == (
+        "0/2 all diverged"
+    )
+    code, out, _ = cli_main(capsys, "report", str(run))
+    assert code == 0
+    assert "all diverged" in out and "all failed" in out
+    document = (run / "report.html").read_text(encoding="utf-8")
+    assert '0/2 <span class="flag">all diverged</span>' in document
+    assert "pcgrad: no completed trial (all diverged), so it is not ranked." in document
+
+
+def test_exploded_run_is_flagged_below_trivial_and_never_starred(tmp_path: Path) -> None:
+    # sgd at lr 10: completed, finite, test AUROC 0.349, and the fastest by far
+    auroc = {("sgd", s): 0.349 + 0.001 * s for s in THREE_SEEDS}
+    values = {("sgd", s): {"images_per_second": 9000.0 + s} for s in THREE_SEEDS}
+    run = make_run(
+        tmp_path,
+        methods=("equal", "sgd"),
+        seeds=THREE_SEEDS,
+        test_auroc=auroc,
+        values=values,
+    )
+    written = reports.write_report(run)
+    table = written.summary.set_index("method")
+    assert table.loc["sgd", "flag"] == sm.BELOW_TRIVIAL
+    assert table.loc["sgd", "rank"] == 2  # completed, so ranked, below the real result
+    assert table.loc["equal", "flag"] == ""
+    speed = metric("images_per_second")
+    assert sm.best_rows(written.summary, speed) == set()  # the fastest is an exploded run
+    document = written.html.read_text(encoding="utf-8")
+    assert '3/3 <span class="flag">below trivial</span>' in document
+    assert "sgd scores below the always-negative row (mean test AUROC 0.350 vs 0.500" in document
+    assert "below trivial" in written.summary_md.read_text(encoding="utf-8")
+
+
+def test_tuned_threshold_column_and_threshold_note(run_dir: Path) -> None:
+    written = reports.write_report(run_dir)
+    table = written.summary.set_index("method")
+    assert table.loc["deepchest", "test_macro_f1_tuned_mean"] == pytest.approx(0.455)
+    assert table.loc[sm.TRIVIAL, "test_macro_f1_tuned_mean"] == 0.0
+    document = written.html.read_text(encoding="utf-8")
+    assert '<th class="num">F1 @ val thr</th>' in document
+    assert "Accuracy and macro F1 depend on the decision threshold" in document
+    markdown = written.summary_md.read_text(encoding="utf-8")
+    assert "| F1 @ val thr |" in markdown and "depend on the decision threshold" in markdown
+    assert "test_macro_f1_tuned_low" in written.summary_csv.read_text(encoding="utf-8")
+
+
+def test_old_run_without_tuned_threshold_columns_reports_them_empty(run_dir: Path) -> None:
+    for name, drop in (("trials", ["test_macro_f1_tuned"]), ("epochs", ["threshold", "f1_tuned"])):
+        path = run_dir / "results" / f"{name}.parquet"
+        pd.read_parquet(path).drop(columns=drop).to_parquet(path)
+    written = reports.write_report(run_dir)
+    assert written.summary["test_macro_f1_tuned_mean"].iloc[:2].isna().all()
+    assert "F1 @ val thr" in written.html.read_text(encoding="utf-8")
+
+
+def test_synthetic_data_and_disclaimer_in_the_header(tmp_path: Path) -> None:
+    synthetic = reports.write_report(make_run(tmp_path / "s")).html.read_text(encoding="utf-8")
+    header = synthetic.split("</header>")[0]
+    assert "come from a synthetic image generator (data.dataset: synthetic), not from real " in (
+        header
+    )
+    assert "not a medical device: not for diagnosis" in header
+    real = reports.write_report(make_run(tmp_path / "n", dataset="nih"))
+    header = real.html.read_text(encoding="utf-8").split("</header>")[0]
+    assert "synthetic image generator" not in header
+    assert "not a medical device" in header
+    assert "not a medical device" in real.summary_md.read_text(encoding="utf-8")
+
+
+def test_pareto_has_interval_error_bars_and_only_a_resolved_front(tmp_path: Path) -> None:
+    from reports.figures import pareto_plot
+
+    results = comparison(separated_run(tmp_path))
+    table = sm.summary_table(results.trials, results.epochs)
+    methods = table[table["method"] != sm.TRIVIAL]
+    # a: twice slower and more accurate than equal, but its AUROC interval overlaps equal's
+    assert sm.distinguishable_front(methods) == []
+    fig = pareto_plot(methods, {}, title="t", fronts={"resnet18": []})
+    assert [t.mode for t in fig.data] == ["markers+text"] * 3  # no front line
+    a = next(t for t in fig.data if t.name.startswith("a "))
+    row = methods.set_index("method").loc["a"]
+    assert a.error_y.array[0] == pytest.approx(
+        row["test_mean_auroc_high"] - row["test_mean_auroc_mean"]
+    )
+    assert a.error_x.arrayminus[0] == pytest.approx(
+        row["images_per_second_mean"] - row["images_per_second_low"]
+    )
+    # tighter AUROC for a: now a trade-off the seeds resolve, and the front is drawn
+    trials = results.trials.copy()
+    trials.loc[trials["method"] == "a", "test_mean_auroc"] = [0.80, 0.801, 0.802]
+    resolved = sm.summary_table(trials, results.epochs)
+    resolved = resolved[resolved["method"] != sm.TRIVIAL]
+    front = sm.distinguishable_front(resolved)
+    assert [resolved.loc[i, "method"] for i in front] == ["equal", "a"]
+    fig = pareto_plot(resolved, {}, title="t", fronts={"resnet18": front})
+    assert fig.data[-1].mode == "lines" and len(fig.data[-1].x) == 2
+
+
+def test_no_front_with_one_seed(tmp_path: Path) -> None:
+    results = comparison(make_run(tmp_path, seeds=(0,)))
+    table = sm.summary_table(results.trials, results.epochs)
+    assert sm.distinguishable_front(table[table["method"] != sm.TRIVIAL]) == []
+    document = reports.write_report(tmp_path).html.read_text(encoding="utf-8")
+    assert "there is one seed." in document
+
+
+def test_delta_heatmap_marks_noise_and_scales_to_the_data(tmp_path: Path) -> None:
+    # per-seed AUROC differences to equal: a +0.03 on every seed... plus the per-task offsets,
+    # which are the same for both methods, so every task's difference is the trial difference
+    results = comparison(separated_run(tmp_path))
+    paired = sm.per_task_paired(results.trials, results.epochs, "auroc", "equal")
+    cells = paired.set_index(["method", "task"])
+    a = cells.loc[("a", "Atelectasis")]
+    assert a["diff"] == pytest.approx(0.03) and a["n"] == 3 and not a["noise"]
+    b = cells.loc[("b", "Atelectasis")]  # -0.01 ± 0.05: contains 0
+    assert b["diff"] == pytest.approx(-0.01) and b["noise"]
+    heatmap = task_heatmap(
+        paired,
+        [("a", "resnet18"), ("b", "resnet18")],
+        list(TASKS),
+        column="diff",
+        title="t",
+        z_title="Δ AUROC",
+        diverging=True,
+    )
+    main, wash = heatmap.data
+    assert main.zmax == pytest.approx(0.03) and main.zmin == pytest.approx(-0.03)
+    assert list(main.text[0]) == ["0.030"] * 3 and list(main.text[1]) == ["-0.010 ·"] * 3
+    assert list(wash.z[0]) == [None] * 3 and list(wash.z[1]) == [1.0] * 3
+    assert "within noise" in main.hovertext[1][0] and "outside noise" in main.hovertext[0][0]
+    # a real difference of 0.2 is not clipped at a fixed ±0.01
+    big = paired.assign(diff=paired["diff"] * 20)
+    scaled = task_heatmap(
+        big, [("a", "resnet18")], list(TASKS), column="diff", title="t", z_title="d", diverging=True
+    )
+    assert scaled.data[0].zmax == pytest.approx(0.6)
+
+
+def _lab(colour: str) -> tuple[float, float, float]:
+    """sRGB hex -> CIE L*a*b* (D65), the textbook formulas."""
+    rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    x = (0.4124 * lin[0] + 0.3576 * lin[1] + 0.1805 * lin[2]) / 0.95047
+    y = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    z = (0.0193 * lin[0] + 0.1192 * lin[1] + 0.9505 * lin[2]) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def test_fourteen_findings_get_distinguishable_colours_everywhere(tmp_path: Path) -> None:
+    from reports.figures import finding_palette, weight_trajectories
+    from reports.html import build_context
+
+    findings = [f"finding_{i}" for i in range(14)]
+    palette = finding_palette(findings)
+    labs = [_lab(palette[f]) for f in findings]
+    distances = [math.dist(p, q) for i, p in enumerate(labs) for q in labs[i + 1 :]]
+    assert min(distances) > 20  # CIE76: 2.3 is a just noticeable difference
+    run = make_run(tmp_path, tasks=("Atelectasis", "Cardiomegaly", "Effusion", "Emphysema"))
+    ctx = build_context(comparison(run))
+    weights = sm.curves(ctx.epochs, ctx.trials, "weight_normalized")
+    fig = weight_trajectories(weights, ["equal"], ctx.results.tasks, title="t")
+    colours = {t.name: t.line.color for t in fig.data}
+    assert colours == finding_palette(ctx.results.tasks)
+    assert colours["Atelectasis"] != colours["Emphysema"]
+
+
+def test_bar_value_labels_sit_at_the_base(run_dir: Path) -> None:
+    from reports.figures import config_bar_chart
+
+    stats = pd.DataFrame(
+        {"method": ["equal"], "workload": ["resnet18"], "mean": [100.0], "std": [30.0], "n": [2]}
+    )
+    fig = config_bar_chart(stats, [("equal", "resnet18")], {}, title="t", y_title="y")
+    bar = fig.data[0]
+    assert bar.textposition == "inside" and bar.insidetextanchor == "start"
+
+
+def test_report_refuses_to_replace_an_existing_out(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "run")
+    cmp = tmp_path / "cmp"
+    code, out_text, err = cli_main(capsys, "report", str(run), "--out", str(cmp / "x.html"))
+    assert code == 0, err
+    assert sorted(p.name for p in cmp.iterdir()) == ["x.html", "x.summary.csv", "x.summary.md"]
+    assert f"summary: {cmp / 'x.summary.csv'}, {cmp / 'x.summary.md'}" in out_text
+    # any one of the three files already there is refused, and nothing is written
+    for i, suffix in enumerate((".html", ".summary.csv", ".summary.md")):
+        existing = cmp / f"y{i}{suffix}"
+        existing.write_text("mine")
+        out = cmp / f"y{i}.html"
+        code, _, err = cli_main(capsys, "report", str(run), "--out", str(out))
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"harness: error: {existing} exists; pass --overwrite to replace it"
+        ]
+        assert existing.read_text() == "mine"
+        assert sorted(p.name for p in cmp.glob(f"y{i}*")) == [existing.name]
+        code, _, err = cli_main(capsys, "report", str(run), "--out", str(out), "--overwrite")
+        assert code == 0, err
+        assert existing.read_text() != "mine" and len(list(cmp.glob(f"y{i}*"))) == 3
+
+
+def test_report_replaces_the_runs_own_report(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "run")
+    (run / "report.html").write_text("old")
+    (run / "summary.csv").write_text("old")
+    code, _, err = cli_main(capsys, "report", str(run))
+    assert code == 0, err
+    assert (run / "report.html").read_text() != "old" and (run / "summary.csv").read_text() != "old"
+    # the same file named with --out is still the run's own report
+    code, _, err = cli_main(capsys, "report", str(run), "--out", str(run / "report.html"))
+    assert code == 0, err
+    # harness run's call: the run regenerates its own report in its own directory
+    written = reports.write_report(run)
+    assert written.summary_csv == run / "summary.csv" and written.summary_md == run / "summary.md"
+
+
+def test_report_to_an_unwritable_place_is_one_line(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "run")
+    for out in ("/proc/x.html", str(tmp_path / "dir.html")):
+        if out.endswith("dir.html"):
+            (tmp_path / "dir.html").mkdir()  # a folder where the file should go
+        code, _, err = cli_main(capsys, "report", str(run), "--out", out, "--overwrite")
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("harness: error: cannot write "), err
+        assert "Traceback" not in err
+    assert not list(Path("/proc").glob(".x.html*"))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "run")
+    for args, expected in (
+        (("--target-fraction", "0"), "--target-fraction must be in (0, 1.5], got 0.0"),
+        (("--baseline", "pcgrad"), "methods in these runs: deepchest, equal"),
+    ):
+        code, _, err = cli_main(capsys, "report", str(run), *args)
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1 and expected in err
+    code, _, err = cli_main(capsys, "report", str(tmp_path / "runs" / "nope"))
+    assert code == 2 and err.strip() == (
+        f"harness: error: run directory not found: {tmp_path / 'runs' / 'nope'}"
+    )
