@@ -31,7 +31,7 @@ from pathlib import Path
 
 from harness.config import PATH_HYPERPARAMETERS, PREPARED_DATASETS, ConfigError, ExperimentConfig
 
-__all__ = ["Preflight", "cluster_address", "preflight"]
+__all__ = ["Preflight", "cluster_address", "preflight", "pretrained_problems"]
 
 CLUSTER_SIDE = "cluster-side path"
 
@@ -119,14 +119,19 @@ def _data(
 
 
 def _pretrained(cfg: ExperimentConfig) -> list[str]:
-    """``train.pretrained`` must load into every backbone of the grid as ``MultiTaskNet`` loads
-    it: the same reader, the same builder, on the meta device (no memory, no time)."""
+    assert isinstance(cfg.train.pretrained, str)
+    return pretrained_problems(cfg.train.pretrained, cfg.grid.backbones)
+
+
+def pretrained_problems(path: str, backbones: list[str]) -> list[str]:
+    """Why the state dict at ``path`` would not load into each of ``backbones`` as
+    ``MultiTaskNet`` loads it (the same reader, the same builder, on the meta device: no memory,
+    no time), one line each naming ``train.pretrained``; empty when it loads. The training
+    loop asks too, for a path only the cluster's nodes could check."""
     import torch
 
     from deepchest.models import BACKBONES, PretrainedWeightsError, load_pretrained_state
 
-    path = cfg.train.pretrained
-    assert isinstance(path, str)
     if not Path(path).is_file():
         return [f"train.pretrained: {path} is not a file"]
     try:
@@ -137,7 +142,7 @@ def _pretrained(cfg: ExperimentConfig) -> list[str]:
         return [f"train.pretrained: {path}: holds no tensors"]
     meta = {key: value.to("meta") for key, value in state.items()}
     lines = []
-    for backbone in cfg.grid.backbones:
+    for backbone in backbones:
         try:
             with torch.device("meta"):
                 BACKBONES[backbone](1, meta)

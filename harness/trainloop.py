@@ -307,6 +307,11 @@ class _Trial:
                 f"(train.batch_size {self.batch_size} x {collective.world_size} worker(s))"
             )
         pretrained = train.get("pretrained") or None
+        if pretrained:  # pre-flight's one line, also for a path only this node could check
+            from harness.preflight import pretrained_problems
+
+            if problems := pretrained_problems(pretrained, [spec["backbone"]]):
+                raise ValueError(problems[0])
         self.net = MultiTaskNet(
             spec["backbone"],
             len(self.tasks),

@@ -396,3 +396,23 @@ def test_prepare_options_are_refused_in_one_line(capsys, tmp_path, option, expec
     assert main([*args, str(tmp_path / "out"), *option]) == 2
     assert errors(capsys) == [expected]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_trial_refuses_unfit_weights_with_the_same_line(tmp_path, monkeypatch):
+    """On a cluster the trial reads the weights; it says what pre-flight would have said."""
+    from harness.config import parse_config
+    from harness.launch import trial_identities, trial_spec
+    from harness.trainloop import MemoryReporter, train_trial
+
+    state = SimpleCNN(1).state_dict()
+    state["extra.bias"] = torch.zeros(2)
+    torch.save(state, tmp_path / "weights.pt")
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(tiny_config(tmp_path, train={"pretrained": "weights.pt"}))
+    spec = trial_spec(cfg, trial_identities(cfg)[0], gpus=0)
+    with pytest.raises(ValueError) as exc:
+        train_trial(spec, MemoryReporter())
+    assert str(exc.value) == (
+        f"train.pretrained: {tmp_path / 'weights.pt'} does not fit backbone 'simple_cnn' "
+        "(1 unexpected key(s), first 'extra.bias')"
+    )
