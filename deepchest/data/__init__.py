@@ -43,11 +43,7 @@ def _select_tasks(splits: dict[str, LabeledImages], tasks: Any) -> dict[str, Lab
     if tasks in (None, "all"):
         return splits
     names = next(iter(splits.values())).task_names
-    missing = [t for t in tasks if t not in names]
-    if missing:
-        raise DatasetError(
-            f"data.tasks: unknown task {missing[0]!r}; available: {', '.join(names)}"
-        )
+    _check_tasks(names, tasks)
     index = torch.tensor([names.index(t) for t in tasks])
     return {
         split: LabeledImages(d.images, d.labels[:, index], d.mask[:, index], tuple(tasks))
