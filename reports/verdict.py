@@ -180,7 +180,10 @@ def _auroc_lines(here: pd.DataFrame, baseline: str) -> list[str]:
 def _cost_lines(cost: pd.DataFrame, baseline: str) -> list[str]:
     tested = cost[cost["enough"].astype(bool)]
     if tested.empty:
-        return [f"Cost ratios to {baseline} are not tested with fewer than {MIN_SEEDS} seeds."]
+        return [
+            f"Cost ratios to {baseline} are not tested: fewer than {MIN_SEEDS} paired seeds "
+            "with a recorded value."
+        ]
     outside = tested[tested["p_holm"] < ALPHA]
     if outside.empty:
         return [f"No images/s or peak memory ratio to {baseline} is outside its noise."]

@@ -1029,7 +1029,7 @@ def test_verdict_with_two_seeds_makes_no_claim(run_dir: Path) -> None:
     claim = "With 2 seeds no significance claim is made (3 or more paired seeds are needed)."
     assert claim in document
     assert "deepchest +0.050 AUROC" in document
-    assert "Cost ratios to equal are not tested with fewer than 3 seeds." in document
+    assert "Cost ratios to equal are not tested: fewer than 3 paired seeds" in document
     # on the first screen: in the header, before the summary section
     assert document.index('id="verdict"') < document.index('<section id="summary"')
     markdown = written.summary_md.read_text(encoding="utf-8")
