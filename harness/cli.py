@@ -26,6 +26,7 @@ from harness.errors import (
     handle_sigterm,
     was_terminated,
 )
+from harness.wording import plural
 
 
 def _stopped(exc: KeyboardInterrupt) -> str:
@@ -66,10 +67,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     sizes = checked.sizes
     split_text = f" ({_split_counts(sizes)} images)" if sizes else ""
     print(
-        f"{args.config}: ok ({cfg.trial_count} trials: {len(cfg.grid.methods)} methods x "
-        f"{len(cfg.grid.seeds)} seeds x {len(cfg.grid.backbones)} backbones, "
-        f"data {cfg.data.dataset}{split_text}, {len(cfg.data.task_names())} tasks, "
-        f"{cfg.train.epochs} epochs)"
+        f"{args.config}: ok ({plural(cfg.trial_count, 'trial')}: "
+        f"{plural(len(cfg.grid.methods), 'method')} x {plural(len(cfg.grid.seeds), 'seed')} x "
+        f"{plural(len(cfg.grid.backbones), 'backbone')}, data {cfg.data.dataset}{split_text}, "
+        f"{plural(len(cfg.data.task_names()), 'task')}, {plural(cfg.train.epochs, 'epoch')})"
     )
     for item in checked.unchecked:
         print(f"  not checked here: {item}")
@@ -145,7 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     diverged = [r for r in outcome.records if r.status == "diverged"]
     if diverged:
         print(
-            f"{len(diverged)} trial(s) diverged (non-finite loss); see the report", file=sys.stderr
+            f"{plural(len(diverged), 'trial')} diverged (non-finite loss); see the report",
+            file=sys.stderr,
         )
     if failed:
         for record in failed:
@@ -167,7 +169,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from harness import bench
-    from harness.progress import plural
 
     if args.threads:
         torch.set_num_threads(args.threads)

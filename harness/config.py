@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from deepchest.findings import FINDINGS
+from harness.wording import plural
 
 # Every data set an experiment file may name. nih and chexpert train from a folder that
 # `harness data prepare` wrote (data.prepared); chestmnist reads its .npz (data.root).
@@ -295,7 +296,7 @@ class ExperimentConfig(_Strict):
             if train < batch:
                 raise ValueError(
                     f"train.batch_size: one batch ({self.train.batch_size} x "
-                    f"{self.resources.workers_per_trial} worker(s)) is larger than the "
+                    f"{plural(self.resources.workers_per_trial, 'worker')}) is larger than the "
                     f"synthetic training split ({train} of data.num_samples {d.num_samples})"
                 )
         return self

@@ -30,6 +30,7 @@ from harness.preflight import preflight  # before Ray starts; harness validate r
 from harness.progress import Progress
 from harness.results import TrialRecord, write_manifest, write_tables
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
+from harness.wording import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
 
@@ -167,7 +168,7 @@ def max_concurrent(cfg: ExperimentConfig, cluster: dict[str, float], gpus: float
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise RunError(
             f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU "
-            f"({r.workers_per_trial} worker(s)) but the cluster has {have_cpu:g} CPU and "
+            f"({plural(r.workers_per_trial, 'worker')}) but the cluster has {have_cpu:g} CPU and "
             f"{have_gpu:g} GPU"
         )
     fits = math.floor(have_cpu / need_cpu)

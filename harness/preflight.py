@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import PATH_HYPERPARAMETERS, PREPARED_DATASETS, ConfigError, ExperimentConfig
+from harness.wording import plural
 
 __all__ = ["Preflight", "cluster_address", "preflight", "pretrained_problems"]
 
@@ -95,8 +96,9 @@ def _data(
     batch = cfg.train.batch_size * workers
     if sizes["train"] < batch:
         lines.append(
-            f"train.batch_size: one batch ({cfg.train.batch_size} x {workers} worker(s)) is "
-            f"larger than the training split of {where} ({sizes['train']} images)"
+            f"train.batch_size: one batch ({cfg.train.batch_size} x "
+            f"{plural(workers, 'worker')}) is larger than the training split of {where} "
+            f"({sizes['train']} images)"
         )
     why = {
         "val": "the best epoch is picked on the val metrics",
@@ -161,11 +163,11 @@ def _load_problem(exc: RuntimeError) -> str:
         line = line.strip()
         if m := re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", line):
             keys = re.findall(r'"([^"]+)"', m.group(2))
-            parts.append(f"{len(keys)} {m.group(1).lower()} key(s), first {keys[0]!r}")
+            parts.append(f"{plural(len(keys), m.group(1).lower() + ' key')}, first {keys[0]!r}")
         elif m := re.match(r"size mismatch for ([^:]+):", line):
             mismatched.append(m.group(1))
     if mismatched:
-        parts.append(f"{len(mismatched)} key(s) of another shape, first {mismatched[0]!r}")
+        parts.append(f"{plural(len(mismatched), 'key')} of another shape, first {mismatched[0]!r}")
     return "; ".join(parts) or str(exc).strip().splitlines()[0]
 
 

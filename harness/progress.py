@@ -20,6 +20,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from harness.wording import plural
+
 _STYLE = {
     "pending": "dim",
     "running": "cyan",
@@ -44,10 +46,6 @@ def fmt_clock(seconds: float | None) -> str:
     minutes, secs = divmod(int(max(seconds, 0.0)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 class Progress:

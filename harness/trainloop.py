@@ -37,6 +37,7 @@ from deepchest.data.augment import AugmentSettings, augment_batch, eval_batch
 from deepchest.metrics import TaskMetrics, masked_task_losses, task_metrics
 from deepchest.models import MultiTaskNet
 from harness.measure import StepTimer
+from harness.wording import plural
 from methods import engine
 
 CHECKPOINT_FILE = "trial_state.pt"
@@ -304,7 +305,7 @@ class _Trial:
         if len(self.train_set) < self.batch_size * collective.world_size:
             raise ValueError(
                 f"the training split has {len(self.train_set)} images, fewer than one batch "
-                f"(train.batch_size {self.batch_size} x {collective.world_size} worker(s))"
+                f"(train.batch_size {self.batch_size} x {plural(collective.world_size, 'worker')})"
             )
         pretrained = train.get("pretrained") or None
         if pretrained:  # pre-flight's one line, also for a path only this node could check

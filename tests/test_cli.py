@@ -86,7 +86,7 @@ def test_run_refuses_what_it_can_check_before_ray(tmp_path):
     assert lines[0].startswith("harness: error: output.dir: cannot use ")
     cfg = tiny_config(tmp_path, data={"num_samples": 60}, train={"batch_size": 64})
     lines = assert_one_line_errors(harness("validate", str(write_config(tmp_path, cfg))), 2)
-    assert "train.batch_size: one batch (64 x 1 worker(s)) is larger than" in lines[0]
+    assert "train.batch_size: one batch (64 x 1 worker) is larger than" in lines[0]
 
 
 def test_report_of_missing_run(tmp_path):

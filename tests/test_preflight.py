@@ -85,12 +85,12 @@ def test_chestmnist_training_split_smaller_than_a_batch(capsys, tmp_path):
     )
     cfg["train"]["batch_size"] = 64
     assert refused_by_both(capsys, tmp_path, cfg) == [
-        f"train.batch_size: one batch (64 x 1 worker(s)) is larger than the training split of "
+        f"train.batch_size: one batch (64 x 1 worker) is larger than the training split of "
         f"data.root {path} (40 images)"
     ]
     # one batch of 16 on each of 3 workers is larger too; 32 on 1 fits
     cfg["train"]["batch_size"], cfg["resources"]["workers_per_trial"] = 16, 3
-    assert "one batch (16 x 3 worker(s))" in refused_by_both(capsys, tmp_path, cfg)[0]
+    assert "one batch (16 x 3 workers)" in refused_by_both(capsys, tmp_path, cfg)[0]
     cfg["train"]["batch_size"], cfg["resources"]["workers_per_trial"] = 32, 1
     assert main(["validate", str(write_config(tmp_path, cfg))]) == 0
     assert "data chestmnist (train 40, val 10, test 10 images)" in capsys.readouterr().out
@@ -135,7 +135,7 @@ def test_prepared_nih_training_split_smaller_than_a_batch(capsys, tmp_path):
     cfg = real_data(tiny_config(tmp_path, data={"dataset": "nih", "prepared": str(out)}, train={}))
     cfg["train"]["batch_size"] = 8
     assert refused_by_both(capsys, tmp_path, cfg) == [
-        f"train.batch_size: one batch (8 x 1 worker(s)) is larger than the training split of "
+        f"train.batch_size: one batch (8 x 1 worker) is larger than the training split of "
         f"data.prepared {out} (4 images)"
     ]
     cfg["train"]["batch_size"] = 4
@@ -194,14 +194,14 @@ def test_pretrained_weights_are_loaded_before_ray(capsys, tmp_path, monkeypatch)
     state["extra.bias"] = torch.zeros(2)
     torch.save(state, tmp_path / "weights.pt")
     assert refused_by_both(capsys, tmp_path, cfg) == [
-        "train.pretrained: weights.pt does not fit backbone 'simple_cnn' (1 unexpected key(s), "
-        "first 'extra.bias'; 1 key(s) of another shape, first 'features.0.weight')"
+        "train.pretrained: weights.pt does not fit backbone 'simple_cnn' (1 unexpected key, "
+        "first 'extra.bias'; 1 key of another shape, first 'features.0.weight')"
     ]
     cfg["grid"]["backbones"] = ["simple_cnn", "resnet18"]
     torch.save({"state_dict": SimpleCNN(1).state_dict()}, tmp_path / "weights.pt")
     [line] = refused_by_both(capsys, tmp_path, cfg)
     assert line.startswith("train.pretrained: weights.pt does not fit backbone 'resnet18' (")
-    assert "missing key(s), first 'conv1.weight'" in line
+    assert "missing keys, first 'conv1.weight'" in line
     cfg["grid"]["backbones"] = ["simple_cnn"]
     assert main(["validate", str(write_config(tmp_path, cfg))]) == 0
     capsys.readouterr()
@@ -414,5 +414,5 @@ def test_a_trial_refuses_unfit_weights_with_the_same_line(tmp_path, monkeypatch)
         train_trial(spec, MemoryReporter())
     assert str(exc.value) == (
         f"train.pretrained: {tmp_path / 'weights.pt'} does not fit backbone 'simple_cnn' "
-        "(1 unexpected key(s), first 'extra.bias')"
+        "(1 unexpected key, first 'extra.bias')"
     )
