@@ -129,16 +129,28 @@ def _note(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    handle_sigterm()
     if args.resume and args.overwrite:
         raise RunRefused("--resume and --overwrite exclude each other; give one")
-    _note(f"reading {args.config} and loading torch ...")
-    from harness.launch import run_experiment
+    cfg = None
+    try:
+        _note(f"reading {args.config} and loading torch ...")
+        from harness.launch import run_experiment
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cfg = _load(args.config, args.name)
-    outcome = run_experiment(
-        cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, notify=_note
-    )
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cfg = _load(args.config, args.name)
+        outcome = run_experiment(
+            cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, notify=_note
+        )
+    except KeyboardInterrupt as exc:
+        from harness.rundir import read_manifest
+
+        run_dir = Path(cfg.output.dir).expanduser().resolve() / cfg.name if cfg else None
+        if run_dir is not None and read_manifest(run_dir) is not None:
+            _err(f"{_stopped(exc)}; finished trials are kept: run again with --resume to continue")
+        else:  # stopped while starting: the run left nothing
+            _err(f"{_stopped(exc)}; nothing was kept: run the same command again")
+        return _interrupted_code(exc)
     written = outcome.report
     _print_summary(written.results, written.summary, f"{cfg.name}: summary")
     print(f"report: {written.html}")
@@ -589,7 +601,6 @@ def _exit_code(exc: Exception) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    handle_sigterm()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -600,11 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in getattr(exc, "lines", None) or [str(exc)]:
             _err(line)
         return code
-    except KeyboardInterrupt as exc:
-        if args.command == "run":
-            _err(f"{_stopped(exc)}; finished trials are kept: run again with --resume to continue")
-        else:
-            _err(f"{_stopped(exc)}; nothing half-written is left")
+    except KeyboardInterrupt as exc:  # `run` and `data` say what they kept themselves
+        _err(f"{_stopped(exc)}; nothing half-written is left")
         return _interrupted_code(exc)
 
 

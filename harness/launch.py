@@ -26,7 +26,7 @@ import yaml
 
 from harness.config import ExperimentConfig
 from harness.errors import RunError, RunRefused, handle_sigterm
-from harness.preflight import preflight  # before Ray starts; harness validate runs it too
+from harness.preflight import cluster_address, preflight  # harness validate runs it too
 from harness.progress import Progress
 from harness.results import TrialRecord, write_manifest, write_tables
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
@@ -129,8 +129,6 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        check_reachable(address)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -333,14 +331,20 @@ def _manifest(
 def _finish(run_dir: Path, records: dict[str, TrialRecord], manifest: dict[str, Any]):
     """Tables, then the report, then ``finished_at``: a run killed on the way stays
     unfinished, and ``--resume`` just writes what is missing."""
-    from reports import write_report
+    from reports import ReportError, write_report
 
     write_tables(run_dir, list(records.values()))
     manifest["trials"] = {
         t: {"status": r.status, "error": r.data["error"]} for t, r in records.items()
     }
     write_manifest(run_dir, manifest)
-    report = write_report(run_dir)
+    try:
+        report = write_report(run_dir)
+    except ReportError as exc:  # the run's own files: not bad input but a failed step
+        raise RunError(
+            f"the trials ended but the report could not be written ({exc}); after fixing "
+            "that, harness run --resume writes it"
+        ) from None
     manifest["finished_at"] = _now()
     write_manifest(run_dir, manifest)
     return report
@@ -368,12 +372,13 @@ def run_experiment(
         RunRefused: the run directory's state refuses the request (see ``harness.rundir``).
         RunError: Ray is unreachable or too small for one trial, or the directory is in use.
         KeyboardInterrupt: Ctrl-C or SIGTERM (``harness.errors.Terminated``); finished trials
-            are kept and ``--resume`` continues.
+            are kept and ``--resume`` continues, unless no trial had started: then the run
+            directory is gone, as if the run had never begun.
     """
     handle_sigterm()
-    address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(cfg, address)
     preflight(cfg, local=not address)
-    if address:
+    if address:  # before the run directory is touched: an unreachable cluster writes nothing
         check_reachable(address)
     run_dir = Path(cfg.output.dir).expanduser().resolve() / cfg.name
     config = cfg.to_dict()
@@ -384,7 +389,7 @@ def run_experiment(
         succeeded = True
         return outcome
     finally:
-        # a run that stops before any trial reported anything leaves no directory behind
+        # a run that stops before any trial started leaves no directory behind
         claimed.release(discard=not succeeded)
 
 
@@ -430,19 +435,20 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
         gpus = resolve_gpus(cfg, cluster)
         concurrency = max_concurrent(cfg, cluster, gpus)
         claimed.clear()  # --overwrite: the earlier run goes only now that this one can start
+        # the manifest first: from now on the folder is recognisably a run directory
+        manifest = _manifest(cfg, claimed, cluster, concurrency)
+        write_manifest(run_dir, manifest)
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         records = _load_records(run_dir, cfg)
         for record in records.values():
             record.save()
-        manifest = _manifest(cfg, claimed, cluster, concurrency)
-        write_manifest(run_dir, manifest)
 
         identities = trial_identities(cfg)
         todo = [i for i in identities if records[i["trial_id"]].status == "pending"]
         _say(
             notify,
             f"Ray is up ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU): "
-            f"{_count(len(todo), 'trial')} to train, up to {concurrency} at once; "
+            f"{plural(len(todo), 'trial')} to train, up to {concurrency} at once; "
             f"results in {run_dir}",
         )
         progress = progress or Progress.create(cfg.train.epochs)
@@ -458,10 +464,6 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
 
     report = _finish(run_dir, records, manifest)
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:

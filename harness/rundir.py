@@ -1,12 +1,14 @@
 """The run directory ``output.dir/name``: what a run owns on disk, and the rules for touching it.
 
-- A folder is a run directory only when it holds a harness ``manifest.json``. Any other
-  non-empty folder is never written to or deleted, ``--overwrite`` or not.
+- A folder is a run directory only when it holds a harness ``manifest.json`` (written first, as
+  soon as Ray is up), our lock file, or the ``config.yaml`` and ``trials/`` of an earlier
+  version's run. Any other non-empty folder is never written to or deleted, ``--overwrite``
+  or not.
 - One driver at a time: the driver holds an exclusive ``flock`` on ``.harness.lock`` for as
   long as it runs; a second driver on the same directory is refused.
-- A run that stops before any trial reported anything (Ray unreachable, too few resources,
-  interrupted during start-up) removes the directory it created: nothing is left that a rerun
-  would have to ``--overwrite``.
+- A run that stops before any trial started (Ray unreachable, too few resources, interrupted
+  during start-up) removes the directory it created, or empties the empty folder it was
+  given: nothing is left that a rerun would have to ``--overwrite``.
 - ``finished_at`` in the manifest is set only once the report is written.
 """
 
@@ -76,6 +78,16 @@ def _holds_only_ours(path: Path) -> bool:
     return all(child.name == LOCK_FILE for child in path.iterdir())
 
 
+def is_run_directory(path: Path) -> bool:
+    """Ours: a manifest, our lock file (a driver was here), or an earlier version's run that
+    stopped before its manifest (``config.yaml`` and ``trials/``)."""
+    return (
+        read_manifest(path) is not None
+        or (path / LOCK_FILE).is_file()
+        or ((path / CONFIG_FILE).is_file() and (path / TRIALS_DIR).is_dir())
+    )
+
+
 @dataclass
 class RunDirectory:
     """A claimed run directory: locked by this process until :meth:`release`.
@@ -89,6 +101,7 @@ class RunDirectory:
     mode: Literal["new", "resume", "overwrite"]
     stored_manifest: dict[str, Any] | None
     _lock: IO[str] | None = field(default=None, repr=False)
+    created: bool = False  # this claim made the folder (else it was there, maybe empty)
     _cleared: bool = False
 
     @classmethod
@@ -109,7 +122,7 @@ class RunDirectory:
             existed = path.is_dir()
             if path.exists() and not existed:
                 raise RunRefused(f"output.dir: {path} exists and is not a folder")
-            if existed and not _holds_only_ours(path) and read_manifest(path) is None:
+            if existed and not _holds_only_ours(path) and not is_run_directory(path):
                 raise RunRefused(
                     f"{path} is not a harness run directory (no harness manifest.json); "
                     "nothing was changed: choose another name or output.dir"
@@ -118,20 +131,19 @@ class RunDirectory:
             lock = _lock(path)
         except OSError as exc:
             raise RunError(f"output.dir: cannot use {path}: {exc.strerror or exc}") from None
-        claimed = cls(path, "new", None, lock)
+        claimed = cls(path, "new", None, lock, created=not existed)
         try:
-            claimed._decide(config, resume=resume, overwrite=overwrite, existed=existed)
+            claimed._decide(config, resume=resume, overwrite=overwrite)
         except BaseException:
-            claimed.release(discard=not existed)
+            # only a folder this claim made is removed: anything else was there before
+            claimed.release(discard=claimed.created)
             raise
         return claimed
 
-    def _decide(
-        self, config: dict[str, Any], *, resume: bool, overwrite: bool, existed: bool
-    ) -> None:
-        manifest = read_manifest(self.path)  # read again under the lock
-        self.stored_manifest = manifest
-        if manifest is None:
+    def _decide(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+        # read again under the lock: another driver may have started a run here meanwhile
+        self.stored_manifest = manifest = read_manifest(self.path)
+        if manifest is None and _holds_only_ours(self.path):
             if resume:
                 raise RunRefused(f"{self.path}: nothing to resume")
             self.mode = "new"
@@ -164,31 +176,43 @@ class RunDirectory:
         if self.mode != "overwrite":
             return
         self._cleared = True
+        self._empty(keep_lock=True)
+
+    def _empty(self, *, keep_lock: bool) -> None:
         for child in self.path.iterdir():
-            if child.name == LOCK_FILE:
+            if keep_lock and child.name == LOCK_FILE:
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
 
-    def release(self, *, discard: bool = False) -> None:
-        """Unlock; with ``discard``, first remove the directory if no trial in it reported
-        anything (a run that could not start leaves nothing behind)."""
+    def release(self, *, discard: bool = False) -> bool:
+        """Unlock; with ``discard``, first remove what this run wrote if no trial started (a
+        run that could not start leaves nothing behind): the folder if a harness run made it,
+        else (an empty folder the user made) its contents. Returns whether the run directory is gone (nothing to resume)."""
         # an earlier run's files (resume, or overwrite before clear) are never removed here
         ours = self.mode == "new" or (self.mode == "overwrite" and self._cleared)
-        if discard and ours and not trained_anything(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
+        removed = discard and ours and not trained_anything(self.path)
+        if removed:
+            # a folder this claim made, or a replaced run's: the harness made it
+            if self.created or self.mode == "overwrite":
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    self._empty(keep_lock=False)
         if self._lock is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+        return removed
 
 
 def _lock(path: Path) -> IO[str]:
     """An exclusive, non-blocking ``flock`` on ``path/.harness.lock`` holding our pid."""
-    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held until release()
+    lock_path = path / LOCK_FILE
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held until release()
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -199,6 +223,15 @@ def _lock(path: Path) -> IO[str]:
             f"{path} is in use by another harness run (pid {holder}); wait for it to end "
             "or stop it first"
         ) from None
+    # the driver we waited behind may have removed the file (and the folder) before unlocking:
+    # a lock on an unlinked file guards nothing
+    try:
+        current = os.stat(lock_path).st_ino
+    except FileNotFoundError:
+        current = None
+    if current != os.fstat(handle.fileno()).st_ino:
+        handle.close()
+        raise RunError(f"{path} was just removed by another harness run; run again")
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")

@@ -232,3 +232,100 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
     claimed = RunDirectory.claim(run_dir, load_config(path).to_dict(), resume=True, overwrite=False)
     assert claimed.mode == "resume"
     claimed.release()
+
+
+def test_an_earlier_versions_partial_run_and_a_dead_drivers_folder_are_ours(tmp_path):
+    """Run directories without a manifest that a harness run left: an earlier version's
+    (config.yaml and trials/) and a driver killed before its manifest (our lock file)."""
+    legacy, dead = tmp_path / "legacy", tmp_path / "dead"
+    _fake_run(legacy)
+    (legacy / MANIFEST_FILE).unlink()
+    dead.mkdir()
+    (dead / LOCK_FILE).write_text("12345\n")
+    (dead / "config.yaml").write_text("name: r\n")
+    for path in (legacy, dead):
+        with pytest.raises(RunRefused, match="already holds an unfinished run"):
+            RunDirectory.claim(path, CONFIG, resume=False, overwrite=False)
+        claimed = RunDirectory.claim(path, CONFIG, resume=False, overwrite=True)
+        assert claimed.mode == "overwrite"
+        claimed.clear()
+        claimed.release()
+        assert [p.name for p in path.iterdir()] == [LOCK_FILE]
+
+
+def test_a_failed_start_in_a_folder_the_user_made_keeps_the_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir(mode=0o750)
+    claimed = RunDirectory.claim(folder, CONFIG, resume=False, overwrite=False)
+    (folder / "trials").mkdir()
+    assert claimed.release(discard=True) is True
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert folder.stat().st_mode & 0o777 == 0o750
+
+
+def test_a_lock_on_a_removed_lock_file_is_refused(tmp_path, monkeypatch):
+    """The driver we waited behind removed its folder before unlocking: our lock would guard
+    an unlinked file, so the claim is refused."""
+    import fcntl
+
+    import harness.rundir
+
+    real_flock = fcntl.flock
+
+    def flock_after_removal(handle, operation):
+        (tmp_path / "r" / LOCK_FILE).unlink()
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(harness.rundir.fcntl, "flock", flock_after_removal)
+    with pytest.raises(RunError, match="was just removed by another harness run"):
+        RunDirectory.claim(tmp_path / "r", CONFIG, resume=False, overwrite=False)
+
+
+def test_interrupted_while_starting_says_nothing_was_kept(tmp_path, capsys, monkeypatch):
+    import harness.launch
+
+    def interrupted(address):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness.launch, "connect", interrupted)
+    path = write_config(tmp_path, tiny_config(tmp_path))
+    assert main(["run", str(path)]) == 130
+    assert _errors(capsys.readouterr().err) == [
+        "harness: error: interrupted; nothing was kept: run the same command again"
+    ]
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_only_harness_run_handles_sigterm(tmp_path):
+    """Other commands keep the default SIGTERM (the data prepare workers they fork would
+    otherwise inherit a handler that prints a traceback each)."""
+    code = (
+        "import signal, sys; from harness.cli import main; "
+        "rc = main(['data', 'verify', sys.argv[1]]); "
+        "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL; print('default', rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "default 2", result.stderr
+
+
+def test_a_report_that_cannot_be_written_fails_the_run_with_exit_1(
+    ray_session, tmp_path, capsys, monkeypatch
+):
+    import reports
+
+    def disk_full(*args, **kwargs):
+        raise reports.ReportError("report.html: No space left on device")
+
+    monkeypatch.setattr(reports, "write_report", disk_full)
+    path = write_config(tmp_path, tiny_config(tmp_path, grid={"methods": ["equal"]}))
+    assert main(["run", str(path)]) == EXIT_FAILED
+    assert _errors(capsys.readouterr().err) == [
+        "harness: error: the trials ended but the report could not be written (report.html: "
+        "No space left on device); after fixing that, harness run --resume writes it"
+    ]
