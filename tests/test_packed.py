@@ -386,6 +386,7 @@ def test_bad_images_fail_above_max_bad_and_are_left_out_within(tmp_path):
         "the prepare failed: 6 unreadable or missing images, more than max_bad 0: missing.png: "
         "missing (no such file); zero.png: empty file (0 bytes); truncated.png: " in one_line(exc)
     )
+    assert "(and 3 more) (listed in bad.txt)" in one_line(exc)
 
     with pytest.raises(TooManyBadImages, match="more than max_bad 5"):
         prepare(index, out, S, workers=2, shard_size=3, max_bad=5)

@@ -34,7 +34,6 @@ the new time in the manifest, after which it loads without a full read.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +126,7 @@ def _first_bad(out: Path, manifest: dict[str, Any]) -> str:
     """``: path: reason; ...`` of the first bad images that ``bad.txt`` lists, or nothing."""
     try:
         with open(out / BAD) as f:
-            bad = [tuple(line.rstrip("\n").split("\t", 1)) for line in itertools.islice(f, 3)]
+            bad = [tuple(line.rstrip("\n").split("\t", 1)) for line in f]
     except OSError:
         return ""
     bad = [entry for entry in bad if len(entry) == 2]
