@@ -4,8 +4,9 @@ Metrics are exact and computed on a whole split (never averaged over batches): A
 rank-based area and AUPRC the average precision (scikit-learn), both NaN where a task has only
 one class among its labelled examples; F1 is at probability 0.5, NaN where a task has no
 positive label. Because a fixed 0.5 says little on rare findings, each split also gets, per
-task, the threshold that maximises its F1 (:func:`f1_thresholds`), and F1 can be measured at
-thresholds chosen elsewhere (the trainloop picks them on validation and applies them to test).
+task, the threshold that maximises its F1 (:func:`f1_thresholds`; 0.5 where the split has no
+positive to tune on), and F1 can be measured at thresholds chosen elsewhere (the trainloop picks
+them on validation and applies them to test, so tuned F1 covers the same tasks as F1 at 0.5).
 Masked entries (unknown labels) count nowhere.
 """
 
@@ -38,8 +39,9 @@ class TaskMetrics:
     finding is predicted right, and ``trivial_exact_match``, the same for the predictor that
     always says negative (the fraction of examples without a positive label).
 
-    ``f1_threshold`` is the logit threshold that maximises F1 on this split and ``best_f1`` that
-    F1 (in-sample, so optimistic); ``tuned_f1`` is F1 at the thresholds given to
+    ``f1_threshold`` is the logit threshold that maximises F1 on this split (0 for a task
+    without a positive here) and ``best_f1`` that F1 (in-sample, so optimistic; NaN without a
+    positive); ``tuned_f1`` is F1 at the thresholds given to
     :func:`task_metrics` (chosen on another split), all NaN when none were given."""
 
     loss: Tensor
@@ -97,7 +99,10 @@ def _f1(predicted: Tensor, positive: Tensor, mask: Tensor) -> Tensor:
 
 def f1_thresholds(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per task, the logit threshold c maximising F1 of the rule ``z >= c`` over the labelled
-    entries, and that F1 (both float64 ``[T]``, NaN for a task without a positive label).
+    entries, and that F1 (both float64 ``[T]``). A task without a positive label here has no
+    F1 to maximise: its threshold falls back to logit 0 (probability 0.5, the fixed threshold
+    of ``f1``) and its F1 is NaN, so thresholds chosen on one split cover every task on the
+    split they are applied to, and tuned F1 there averages the same tasks as F1 at 0.5.
 
     The candidates are the observed scores (scikit-learn's ``precision_recall_curve``); with
     precision P_k and recall R_k at candidate c_k, F1_k = 2 P_k R_k / (P_k + R_k) (0 when both
@@ -106,8 +111,8 @@ def f1_thresholds(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor,
     logits, mask = logits.double().cpu(), mask.cpu().bool()
     labels = torch.where(mask, labels.double().cpu(), 0.0)
     num_tasks = labels.shape[1]
-    threshold = torch.full((num_tasks,), math.nan, dtype=torch.float64)
-    best = threshold.clone()
+    threshold = torch.zeros(num_tasks, dtype=torch.float64)  # logit 0: probability 0.5
+    best = torch.full((num_tasks,), math.nan, dtype=torch.float64)
     for t in range(num_tasks):
         y = labels[mask[:, t], t].numpy() > 0.5
         if not y.any():
@@ -132,7 +137,7 @@ def task_metrics(
 ) -> TaskMetrics:
     """Loss, accuracy and F1 at probability 0.5, AUROC and AUPRC per task over a whole split;
     F1 at each task's own best threshold (:func:`f1_thresholds`) and, with ``thresholds`` (logits,
-    ``[T]``, NaN = none), at those.
+    ``[T]``, NaN = none for that task: tuned F1 NaN there), at those.
 
     With p_it = [z_it > 0] and only labelled entries counted::
 

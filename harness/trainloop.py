@@ -575,9 +575,15 @@ class _Trial:
         test_m = None
         if status == "completed":
             self.net.load_state_dict(self.best["model"])
-            # a checkpoint written before thresholds were recorded has none: F1 there is NaN
-            chosen = self.best.get("thresholds") or [math.nan] * len(self.tasks)
-            thresholds = torch.tensor(chosen, dtype=torch.float64)
+            # a checkpoint written before thresholds were recorded has none: F1 there is NaN;
+            # one written before f1_thresholds fell back to logit 0 (probability 0.5) for a
+            # finding without a val positive has NaN there: the same fallback, so tuned F1
+            # covers the same findings as F1 at 0.5
+            chosen = self.best.get("thresholds")
+            if chosen:
+                thresholds = torch.tensor(chosen, dtype=torch.float64).nan_to_num(nan=0.0)
+            else:
+                thresholds = torch.full((len(self.tasks),), math.nan, dtype=torch.float64)
             test_m = self.evaluate(self.splits["test"], thresholds)
             best_weights = torch.tensor(
                 [

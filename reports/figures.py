@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from reports.format import MISSING, fmt_mean_std, fmt_number, is_missing
+from reports.format import MISSING, fmt_mean_std, fmt_number, fmt_p, is_missing, plural
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13)
@@ -83,7 +83,8 @@ def task_heatmap(
     absolute value symmetrically and is coloured so that green means better
     (``lower_is_better`` flips it, e.g. for a loss difference). Where ``values`` has a ``noise``
     column (:func:`reports.summary.per_task_paired`), cells within noise are greyed by a
-    translucent white layer, marked "·" and their hover gives the 95% paired interval. Cells
+    translucent white layer and marked "·"; the hover gives the 95% paired interval and the
+    Holm-corrected p-value. Cells
     without a finite value are blank and annotated ``n/a``.
     """
     cells = {(r.method, r.workload, r.task): r for r in values.itertuples(index=False)}
@@ -102,12 +103,14 @@ def task_heatmap(
             if cell is not None and hasattr(cell, "std"):
                 seeds = int(cell.n)
                 detail = fmt_mean_std(getattr(cell, column), cell.std, digits)
-                detail += f" ({seeds} seed{'s' if seeds != 1 else ''})"
+                detail += f" ({plural(seeds, 'seed')})"
             if value is not None and hasattr(cell, "noise"):
                 seeds = int(cell.n)
                 if not is_missing(cell.low):
                     detail += f" [{fmt_number(cell.low, digits)}, {fmt_number(cell.high, digits)}]"
-                detail += f" over {seeds} paired seed{'s' if seeds != 1 else ''}"
+                detail += f" over {plural(seeds, 'paired seed')}"
+                if not is_missing(getattr(cell, "p_holm", None)):
+                    detail += f", Holm p = {fmt_p(cell.p_holm)}"
                 detail += "<br>within noise" if noisy else "<br>outside noise"
             hover_row.append(
                 f"{label(config_label(method, workload))}<br>{label(task)}<br>{z_title} {detail}"
@@ -194,7 +197,7 @@ def config_bar_chart(
         seeds = int(row.n)
         hovers.append(
             f"{label(config_label(method, workload))}<br>{fmt_mean_std(row.mean, row.std, digits)}"
-            f" ({seeds} seed{'s' if seeds != 1 else ''})"
+            f" ({plural(seeds, 'seed')})"
         )
     fig = go.Figure(
         go.Bar(

@@ -29,6 +29,12 @@ def is_missing(value: Any) -> bool:
         return True
 
 
+def plural(n: int, word: str, shown: str | None = None) -> str:
+    """``1 seed`` / ``2 seeds`` / ``0 seeds``: the count (or ``shown`` in its place, e.g. a range
+    ``1-3``) and ``word`` with an ``s`` unless ``n`` is 1. The one plural of the report."""
+    return f"{n if shown is None else shown} {word}{'' if n == 1 else 's'}"
+
+
 def fmt_number(value: Any, digits: int = 3) -> str:
     """``0.8123`` -> ``"0.812"``; thousands separators once the value is 1,000 or more."""
     if is_missing(value):

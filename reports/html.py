@@ -52,8 +52,10 @@ from reports.format import (
     fmt_timestamp,
     is_missing,
     parse_timestamp,
+    plural,
 )
 from reports.load import Comparison, ReportError, RunResults, data_label, load_runs
+from reports.stats import ALPHA, MIN_PAIRS
 from reports.tables import (
     SUMMARY_CAPTION,
     TEXT_COLUMNS,
@@ -282,10 +284,6 @@ def table_html(headers: list[tuple[str, str]], rows: list[str], css_class: str =
 # --- sections ----------------------------------------------------------------------------
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _first_value(frame: pd.DataFrame, column: str) -> Any:
     values = frame[column].dropna() if column in frame.columns else pd.Series(dtype=float)
     return values.iloc[0] if len(values) else None
@@ -377,7 +375,7 @@ def _what_was_run(ctx: ReportContext) -> str:
         items.append(
             (
                 f"{prefix}Data",
-                f"{esc(data_label(cfg))}, {_plural(len(run.tasks), 'finding')}"
+                f"{esc(data_label(cfg))}, {plural(len(run.tasks), 'finding')}"
                 + (f" from <code>{esc(where)}</code>" if where else "")
                 + f"; images: {esc(', '.join(sizes))}",
             )
@@ -470,8 +468,8 @@ def _seed_warning(table: pd.DataFrame) -> str:
         return out
     least = int(few["n"].min())
     return out + (
-        f'<p class="callout warn">Only {least} paired seed{"s" if least != 1 else ""} for '
-        "some comparisons: with fewer than 3 the interval and p-value say almost nothing "
+        f'<p class="callout warn">Only {plural(least, "paired seed")} for some '
+        "comparisons: with fewer than 3 the interval and p-value say almost nothing "
         "(shown as — where they cannot be computed, and never coloured as significant). Run "
         "more seeds before trusting a difference.</p>"
     )
@@ -599,9 +597,11 @@ def section_per_task(ctx: ReportContext) -> str:
         parts.append(empty_html(f"Only {baseline!r} ran, so there is no difference to show."))
         return "".join(parts)
     noise_note = (
-        " Greyed cells marked “·” are within noise: their 95% paired interval over seeds "
-        "contains 0, or there are too few paired seeds for one (hover for the interval). The "
-        "colour scale is symmetric around 0 and spans the largest difference shown."
+        f" Greyed cells marked “·” are within noise: fewer than {MIN_PAIRS} paired "
+        "seeds, or the paired t-test over seeds does not survive Holm's correction over the "
+        f"findings of that method at p < {ALPHA:g} (hover for the 95% paired interval, "
+        "which is per finding and uncorrected, and the Holm p-value). The colour scale is "
+        "symmetric around 0 and spans the largest difference shown."
     )
     diff = sm.per_task_paired(ctx.trials, ctx.epochs, "auroc", baseline)
     parts.append(
@@ -970,8 +970,8 @@ def _run_provenance(run: RunResults, heading_name: str | None) -> str:
         items.append(
             (
                 "Unreported",
-                f'<span class="status status-failed">{len(unreported)} trial(s) listed in the '
-                f"manifest without a results row: {esc(', '.join(unreported))}</span>",
+                f'<span class="status status-failed">{plural(len(unreported), "trial")} listed '
+                f"in the manifest without a results row: {esc(', '.join(unreported))}</span>",
             )
         )
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)

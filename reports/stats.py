@@ -18,6 +18,8 @@ import numpy as np
 from scipy import stats
 
 NAN = float("nan")
+ALPHA = 0.05  # the report's significance level (after Holm)
+MIN_PAIRS = 3  # paired seeds needed before a difference may be called significant
 
 
 def _as_floats(values: Sequence[float]) -> np.ndarray:
@@ -66,7 +68,7 @@ class PairedResult:
     low: float
     high: float
     p_value: float
-    enough: bool  # n >= 3: fewer pairs give an interval too wide to read anything into
+    enough: bool  # n >= MIN_PAIRS: fewer pairs give an interval too wide to read anything into
 
 
 def paired_difference(
@@ -85,7 +87,7 @@ def paired_difference(
     Edge cases: n == 0 gives mean_diff NaN; n < 2 gives a NaN interval and p-value. When all
     differences are equal (s == 0) the t statistic is undefined, so by convention
     p = 1.0 if mean_diff == 0 else 0.0 and the interval collapses to (mean_diff, mean_diff).
-    ``enough`` is n >= 3.
+    ``enough`` is n >= ``MIN_PAIRS`` (3).
     """
     x = _as_floats(a)
     y = _as_floats(b)
@@ -102,13 +104,13 @@ def paired_difference(
     sd = float(d.std(ddof=1))
     if sd == 0.0:
         p = 1.0 if mean == 0.0 else 0.0
-        return PairedResult(n, mean, mean, mean, p, n >= 3)
+        return PairedResult(n, mean, mean, mean, p, n >= MIN_PAIRS)
     half = _t_half_width(sd, n, confidence)
     # T and p from the formula above (what ttest_rel computes), without ttest_rel's precision
     # warning when the differences are nearly equal
     t_stat = mean / (sd / math.sqrt(n))
     p = float(2.0 * stats.t.sf(abs(t_stat), n - 1))
-    return PairedResult(n, mean, mean - half, mean + half, p, n >= 3)
+    return PairedResult(n, mean, mean - half, mean + half, p, n >= MIN_PAIRS)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -70,9 +70,11 @@ def _summary_columns() -> list[str]:
     return columns
 
 
-# Flags of a method row: no completed trial (so no rank), or a mean test AUROC or AUPRC below
-# what the always-negative row scores (chance level): an exploded run, not a result.
+# Flags of a method row: no completed trial or no finite mean test AUROC (so no rank), or a
+# mean test AUROC or AUPRC below what the always-negative row scores (chance level): an exploded
+# run, not a result.
 ALL_DIVERGED, ALL_FAILED, NONE_COMPLETED = "all diverged", "all failed", "none completed"
+NO_AUROC = "no AUROC"  # completed, but no completed trial has a finite test AUROC
 BELOW_TRIVIAL = "below trivial"
 CHANCE_METRICS = ("test_mean_auroc", "test_mean_auprc")
 
@@ -85,8 +87,13 @@ def _trivial_row(workload: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> d
 
     With prevalence p_t = positives / labelled of finding t on the test split: accuracy
     mean_t(1 - p_t), AUPRC mean_t p_t (the precision of a constant score), AUROC 0.5, macro F1
-    0 at any threshold (no positive is ever found), exact match the fraction of images without
-    a positive label.
+    at 0.5 equal to 0 (no positive is ever found), exact match the fraction of images without
+    a positive label. F1 @ val thr is what a classifier that learned nothing gets with a
+    threshold tuned on validation: its scores are constant, so the best threshold is that
+    score, every image is called positive (what :func:`deepchest.metrics.f1_thresholds` picks
+    for constant scores) and F1_t = 2 p_t / (1 + p_t) (precision p_t, recall 1); the cell is
+    mean_t 2 p_t / (1 + p_t) over the findings with a positive on test, the findings that
+    macro F1 averages.
     """
     done = completed_trials(trials[trials["workload"] == workload])
     row: dict = {"workload": workload, "rank": math.nan, "method": TRIVIAL, "flag": ""}
@@ -101,8 +108,11 @@ def _trivial_row(workload: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> d
         values["test_mean_accuracy"] = float((1 - prevalence).mean())
         values["test_mean_auprc"] = float(both.mean()) if len(both) else math.nan
         values["test_mean_auroc"] = 0.5 if len(both) else math.nan
-        values["test_macro_f1"] = 0.0 if (prevalence > 0).any() else math.nan
-        values["test_macro_f1_tuned"] = values["test_macro_f1"]
+        found = prevalence[prevalence > 0]
+        values["test_macro_f1"] = 0.0 if len(found) else math.nan
+        values["test_macro_f1_tuned"] = (
+            float((2 * found / (1 + found)).mean()) if len(found) else math.nan
+        )
         values["test_exact_match"] = float(done["test_trivial_exact_match"].mean())
     for column, value in values.items():
         row.update({f"{column}_mean": value, f"{column}_low": math.nan, f"{column}_high": math.nan})
@@ -123,10 +133,11 @@ def summary_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """Per config: counts and mean [95% interval] over completed seeds of every summary metric;
     ranked by test AUROC within each workload, then that workload's trivial row (rank NaN).
 
-    Only configs with a completed trial and a finite mean test AUROC are ranked; the others
-    follow unranked, flagged ``all diverged`` / ``all failed`` / ``none completed``. A ranked
-    config whose mean test AUROC or AUPRC is below the trivial row's is flagged
-    ``below trivial``."""
+    Only configs with a completed trial and a finite mean test AUROC are ranked; every other
+    config follows unranked and flagged: ``all diverged`` / ``all failed`` / ``none completed``
+    without a completed trial, ``no AUROC`` with completed trials none of which has a finite
+    test AUROC. A ranked config whose mean test AUROC or AUPRC is below the trivial row's is
+    flagged ``below trivial``."""
     rows = []
     for workload in workloads(trials):
         in_workload = trials[trials["workload"] == workload]
@@ -143,6 +154,8 @@ def summary_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                 )
             if done.empty:
                 row["flag"] = _unranked_flag(group)
+            elif not math.isfinite(row["test_mean_auroc_mean"]):
+                row["flag"] = NO_AUROC
             elif any(
                 row[f"{c}_mean"] < trivial[f"{c}_mean"]  # False where either is NaN
                 for c in CHANCE_METRICS
@@ -151,7 +164,7 @@ def summary_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
             config_rows.append(row)
 
         def ranked(r: dict) -> bool:
-            return r["n_completed"] > 0 and bool(np.isfinite(r["test_mean_auroc_mean"]))
+            return r["flag"] not in (ALL_DIVERGED, ALL_FAILED, NONE_COMPLETED, NO_AUROC)
 
         config_rows.sort(
             key=lambda r: (
@@ -308,10 +321,14 @@ def per_task_paired(
 ) -> pd.DataFrame:
     """Per (method, workload, task): test ``column`` of the method minus the reference's,
     paired by seed over completed trials (:func:`reports.stats.paired_difference`: mean
-    difference, 95% paired t-interval, number of pairs), and ``noise``: True where that
-    interval contains 0 or cannot be computed (fewer than 2 pairs), so the cell is not a
-    difference that the seeds resolve."""
-    columns = ["method", "workload", "task", "diff", "low", "high", "n", "noise"]
+    difference, 95% paired t-interval, number of pairs, p-value), ``p_holm``: that p-value
+    Holm-corrected over the findings of the same method and workload, and ``noise``: True
+    unless the cell has at least ``stats.MIN_PAIRS`` (3) pairs, the verdict's minimum, and
+    ``p_holm < stats.ALPHA`` (0.05), so a cell outside noise is a difference that the seeds
+    resolve after correcting for looking at every finding. The interval is per finding
+    (uncorrected), so it may exclude 0 in a cell that is still noise after Holm."""
+    columns = ["method", "workload", "task", "diff", "low", "high", "n", "p_value", "p_holm"]
+    columns.append("noise")
     done = completed_trials(trials)
     test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
     if test.empty:
@@ -325,23 +342,27 @@ def per_task_paired(
     others = last[last["method"] != reference]
     joined = others.merge(ref, on=["workload", "task", "seed"], suffixes=("", "_ref"))
     rows = []
-    for (method, workload, task), group in joined.groupby(
-        ["method", "workload", "task"], sort=False
-    ):
-        r = stats.paired_difference(group[column].tolist(), group[f"{column}_ref"].tolist())
-        noise = not (math.isfinite(r.low) and math.isfinite(r.high)) or r.low <= 0 <= r.high
-        rows.append(
-            {
-                "method": method,
-                "workload": workload,
-                "task": task,
-                "diff": r.mean_diff,
-                "low": r.low,
-                "high": r.high,
-                "n": r.n,
-                "noise": noise,
-            }
-        )
+    for (method, workload), config in joined.groupby(["method", "workload"], sort=False):
+        family = [
+            (task, stats.paired_difference(group[column].tolist(), group[f"{column}_ref"].tolist()))
+            for task, group in config.groupby("task", sort=False)
+        ]
+        adjusted = stats.holm([r.p_value for _, r in family])
+        for (task, r), p_holm in zip(family, adjusted, strict=True):
+            rows.append(
+                {
+                    "method": method,
+                    "workload": workload,
+                    "task": task,
+                    "diff": r.mean_diff,
+                    "low": r.low,
+                    "high": r.high,
+                    "n": r.n,
+                    "p_value": r.p_value,
+                    "p_holm": p_holm,
+                    "noise": not (r.enough and p_holm < stats.ALPHA),  # NaN p: noise
+                }
+            )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -388,13 +409,16 @@ def distinguishable_front(points: pd.DataFrame) -> list[int]:
     """Index labels of one workload's Pareto front of test AUROC against images/s (higher is
     better on both), keeping only points that the seeds tell apart.
 
-    ``points`` holds summary rows (``images_per_second_*``, ``test_mean_auroc_*``). The front
-    of the means is walked from the fastest point; a point joins when its 95% intervals on both
-    axes are disjoint from the last point kept, i.e. it is distinguishably slower and
+    ``points`` holds summary rows (``images_per_second_*``, ``test_mean_auroc_*``, ``rank``,
+    ``flag``); only ranked rows without a flag count, the rows :func:`best_rows` may mark, so an
+    exploded run (``below trivial``) or the always-negative row never anchors the front. The
+    front of the means is walked from the fastest point; a point joins when its 95% intervals on
+    both axes are disjoint from the last point kept, i.e. it is distinguishably slower and
     distinguishably more accurate. Fewer than two such points give no front (an empty list).
     """
     x, y = "images_per_second", "test_mean_auroc"
-    usable = points.dropna(subset=[f"{x}_mean", f"{y}_mean"])
+    clean = points[points["rank"].notna() & (points["flag"].fillna("") == "")]
+    usable = clean.dropna(subset=[f"{x}_mean", f"{y}_mean"])
     ordered = usable.sort_values([f"{x}_mean", f"{y}_mean"], ascending=False, kind="mergesort")
     front, best = [], -math.inf
     for index, row in ordered.iterrows():

@@ -22,14 +22,18 @@ SUMMARY_CAPTION = (
     "below the always-negative row); the always-negative row shows what the metrics give for a "
     "classifier that learned nothing, and 'below trivial' flags a method under it in AUROC or "
     "AUPRC; accuracy and macro F1 are at probability 0.5, F1 @ val thr at per-finding "
-    "thresholds chosen on validation"
+    "thresholds chosen on validation (0.5 for a finding without a positive in validation, so "
+    "both F1 columns average the same findings)"
 )
 THRESHOLD_NOTE = (
     "Accuracy and macro F1 depend on the decision threshold. At a fixed 0.5 on rare findings "
     "a model predicts almost no positives, so its accuracy lands near the always-negative row "
     "(which is right on every negative) and its F1 near 0; AUROC and AUPRC do not depend on a "
     "threshold. F1 @ val thr picks, per finding, the threshold that maximises F1 on the "
-    "validation split and measures F1 with it on test (macro mean over findings)."
+    "validation split and measures F1 with it on test (macro mean over the same findings as "
+    "macro F1: a finding without a positive in validation keeps 0.5). A classifier that "
+    "learned nothing, tuned that way, calls every image positive and gets F1 2p/(1+p) on a "
+    "finding of test prevalence p: that is the always-negative row's F1 @ val thr."
 )
 
 

@@ -8,8 +8,10 @@ Built only from statistics the report computes anyway (:mod:`reports.summary`,
 - cost: per seed the ratio method / baseline of images/s and of peak memory; its geometric mean
   with a 95% interval from the paired t-interval of the log values; a ratio is *outside its
   noise* when the paired t-test on the log values survives Holm over the methods at p < 0.05;
-- no claim of either kind with fewer than 3 paired seeds;
-- methods with no completed trial, and methods scoring below the always-negative row, are named.
+- no claim of either kind with fewer than 3 paired seeds: such methods and ratios are listed
+  as untested;
+- methods with no completed trial or no test AUROC, and methods scoring below the
+  always-negative row, are named.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import pandas as pd
 
 from reports import stats
 from reports import summary as sm
-from reports.format import fmt_number, fmt_signed
+from reports.format import fmt_number, fmt_ratio, fmt_signed, plural
 
-ALPHA = 0.05
-MIN_SEEDS = 3  # paired seeds needed before anything is called significant
+ALPHA = stats.ALPHA
+MIN_SEEDS = stats.MIN_PAIRS  # paired seeds needed before anything is called significant
 COST_METRICS = (("images_per_second", "images/s"), ("peak_memory_mb", "peak memory"))
 
 VERDICT_RULE = (
@@ -63,7 +65,7 @@ def _auroc_phrase(row: pd.Series) -> str:
 def _seeds_text(values: list[int]) -> str:
     low, high = min(values), max(values)
     count = f"{low}" if low == high else f"{low}-{high}"
-    return f"{count} seed{'s' if high != 1 else ''}"
+    return plural(high, "seed", shown=count)
 
 
 def _cost_ratios(done: pd.DataFrame, workload: str, baseline: str) -> pd.DataFrame:
@@ -104,6 +106,11 @@ def _flag_lines(summary: pd.DataFrame, workload: str) -> list[str]:
     for row in rows.itertuples(index=False):
         if row.flag in (sm.ALL_DIVERGED, sm.ALL_FAILED, sm.NONE_COMPLETED):
             lines.append(f"{row.method}: no completed trial ({row.flag}), so it is not ranked.")
+        elif row.flag == sm.NO_AUROC:
+            lines.append(
+                f"{row.method}: no completed trial has a test AUROC ({row.flag}), so it is not "
+                "ranked."
+            )
         elif row.flag == sm.BELOW_TRIVIAL:
             floor = trivial["test_mean_auroc_mean"].iloc[0] if len(trivial) else math.nan
             lines.append(
@@ -170,8 +177,7 @@ def _auroc_lines(here: pd.DataFrame, baseline: str) -> list[str]:
         )
     if len(untested):
         names = "; ".join(
-            f"{_auroc_phrase(r)} ({int(r['n'])} seed{'s' if r['n'] != 1 else ''})"
-            for _, r in untested.iterrows()
+            f"{_auroc_phrase(r)} ({plural(int(r['n']), 'seed')})" for _, r in untested.iterrows()
         )
         lines.append(f"Too few paired seeds for a claim: {names}.")
     return lines
@@ -179,17 +185,41 @@ def _auroc_lines(here: pd.DataFrame, baseline: str) -> list[str]:
 
 def _cost_lines(cost: pd.DataFrame, baseline: str) -> list[str]:
     tested = cost[cost["enough"].astype(bool)]
+    untested = cost[~cost["enough"].astype(bool)]
     if tested.empty:
         return [
             f"Cost ratios to {baseline} are not tested: fewer than {MIN_SEEDS} paired seeds "
             "with a recorded value."
         ]
+    lines = []
     outside = tested[tested["p_holm"] < ALPHA]
+    other = "other tested" if len(untested) else "other"
     if outside.empty:
-        return [f"No images/s or peak memory ratio to {baseline} is outside its noise."]
-    parts = [
-        f"{r['method']} {r['ratio']:.2f}× {baseline}'s {r['what']} "
-        f"[{r['low']:.2f}, {r['high']:.2f}]"
-        for _, r in outside.iterrows()
-    ]
-    return [f"Cost outside its noise: {'; '.join(parts)}; every other cost ratio is within noise."]
+        tested_what = "tested " if len(untested) else ""
+        lines.append(
+            f"No {tested_what}images/s or peak memory ratio to {baseline} is outside its noise."
+        )
+    else:
+        parts = [
+            f"{r['method']} {r['ratio']:.2f}× {baseline}'s {r['what']} "
+            f"[{r['low']:.2f}, {r['high']:.2f}]"
+            for _, r in outside.iterrows()
+        ]
+        lines.append(
+            f"Cost outside its noise: {'; '.join(parts)}; every {other} cost ratio is within noise."
+        )
+    if len(untested):
+        names = "; ".join(
+            (
+                f"{r['method']} {fmt_ratio(r['ratio'])} {baseline}'s {r['what']}"
+                if math.isfinite(r["ratio"])
+                else f"{r['method']} {r['what']}"
+            )
+            + f" ({plural(int(r['n']), 'paired seed')})"
+            for _, r in untested.iterrows()
+        )
+        lines.append(
+            f"Cost ratios to {baseline} with too few paired seeds to test (fewer than "
+            f"{MIN_SEEDS}): {names}."
+        )
+    return lines

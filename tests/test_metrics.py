@@ -87,13 +87,13 @@ def test_f1_threshold_chosen_by_hand_with_mask():
     #   z >= 0.5 -> TP 1 FP 1 FN 1 -> F1 1/2
     #   z >= -.5 -> TP 2 FP 1 FN 0 -> F1 4/5  (best)
     #   z >= -1  -> TP 2 FP 2 FN 0 -> F1 2/3
-    # task 1: no positive label -> no threshold, NaN
+    # task 1: no positive label -> no F1 to maximise (NaN); the threshold falls back to logit 0
     logits = torch.tensor([[2.0, 1.0], [0.5, -1.0], [-0.5, 3.0], [-1.0, -2.0], [9.0, 0.0]])
     labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [float("nan"), 0.0]])
     mask = torch.tensor([[True, True]] * 4 + [[False, True]])
     threshold, best = f1_thresholds(logits, labels, mask)
     assert threshold[0] == -0.5 and best[0] == pytest.approx(0.8)
-    assert math.isnan(threshold[1]) and math.isnan(best[1])
+    assert threshold[1] == 0.0 and math.isnan(best[1])
     m = task_metrics(logits, labels, mask)
     assert m.f1_threshold[0] == -0.5 and m.best_f1[0] == pytest.approx(0.8)
     assert torch.isnan(m.tuned_f1).all()  # no thresholds given
@@ -115,6 +115,25 @@ def test_tuned_f1_at_given_thresholds():
     assert m.tuned_f1[1] == pytest.approx(2 / 3)
 
 
+def test_val_thresholds_without_a_val_positive_fall_back_to_one_half():
+    # validation: task 0 as in the test above (best z >= -0.5); task 1 has no positive there
+    val_logits = torch.tensor([[2.0, 1.0], [0.5, -1.0], [-0.5, 3.0], [-1.0, -2.0]])
+    val_labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    val_mask = torch.ones_like(val_labels, dtype=torch.bool)
+    threshold, _ = f1_thresholds(val_logits, val_labels, val_mask)
+    assert threshold.tolist() == [-0.5, 0.0]
+    # test: task 0 at z >= -0.5 predicts rows 0 and 2: TP 1 FP 1 FN 0 -> 2/3;
+    # task 1 (labels 1,0,1,0) at z >= 0 predicts rows 0 and 1: TP 1 FP 1 FN 1 -> 1/2,
+    # the same as at probability 0.5, so both macro means average both tasks: 7/12
+    logits = torch.tensor([[1.0, 2.0], [-1.0, 1.0], [0.2, -1.0], [-2.0, -3.0]])
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    m = task_metrics(logits, labels, mask, thresholds=threshold)
+    assert m.tuned_f1.tolist() == pytest.approx([2 / 3, 1 / 2])
+    assert m.macro_tuned_f1 == pytest.approx(7 / 12)
+    assert m.macro_f1 == pytest.approx(7 / 12)
+
+
 def test_trial_records_val_chosen_thresholds_and_test_f1(tmp_path):
     import pyarrow.parquet as pq
 
@@ -134,8 +153,10 @@ def test_trial_records_val_chosen_thresholds_and_test_f1(tmp_path):
     assert all(math.isnan(r["threshold"]) and math.isnan(r["f1_tuned"]) for r in train)
     for r in test:  # the best epoch's val threshold is the one applied to test
         chosen = val[r["task"]]["threshold"]
-        assert r["threshold"] == chosen or math.isnan(r["threshold"]) and math.isnan(chosen)
-        assert 0.0 < r["threshold"] < 1.0 or math.isnan(r["threshold"])
+        assert r["threshold"] == chosen
+        assert 0.0 < r["threshold"] < 1.0  # 0.5 where val had no positive
+    # tuned F1 is missing exactly where F1 at 0.5 is (no positive on test): same findings
+    assert [math.isnan(r["f1_tuned"]) for r in test] == [math.isnan(r["f1"]) for r in test]
     finite = [r["f1_tuned"] for r in test if not math.isnan(r["f1_tuned"])]
     assert finite and out["test_macro_f1_tuned"] == pytest.approx(sum(finite) / len(finite))
     record = TrialRecord(tmp_path, identity)

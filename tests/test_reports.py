@@ -713,6 +713,26 @@ def test_tasks_follow_manifest_order(run_dir: Path) -> None:
     assert reports.load_run(run_dir).tasks == ["Effusion", "Atelectasis", "Cardiomegaly"]
 
 
+def test_one_plural_helper_for_every_count_in_reports() -> None:
+    from reports.format import plural
+
+    assert [plural(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]
+    assert plural(3, "paired seed", shown="1-3") == "1-3 paired seeds"
+    # no inline plural ('s' if n != 1) left in the report code: reports.format.plural only
+    inline = re.compile(r"""['"]s['"] if|if \w+ (?:!=|==) 1 else ['"]s?['"]""")
+    for path in sorted((Path(__file__).parents[1] / "reports").glob("*.py")):
+        found = inline.findall(path.read_text(encoding="utf-8"))
+        assert len(found) == (1 if path.name == "format.py" else 0), path.name  # plural itself
+
+
+def test_summary_files_sit_beside_the_report() -> None:
+    from reports.html import summary_paths
+
+    # what README says: X.html -> X.summary.csv / .md; any report.html -> summary.csv / .md
+    assert summary_paths(Path("d/X.html")) == (Path("d/X.summary.csv"), Path("d/X.summary.md"))
+    assert summary_paths(Path("d/report.html")) == (Path("d/summary.csv"), Path("d/summary.md"))
+
+
 def test_reports_never_imports_torch_or_ray(run_dir: Path) -> None:
     code = (
         "import sys, reports\n"
@@ -737,7 +757,7 @@ def test_manifest_trials_without_results_row_are_flagged(run_dir: Path) -> None:
     manifest["trials"]["lost-resnet18-s0"] = {"status": "error", "error": "worker died"}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     document = reports.write_report(run_dir).html.read_text(encoding="utf-8")
-    assert "1 trial(s) listed in the manifest without a results row" in document
+    assert "1 trial listed in the manifest without a results row" in document
 
 
 def test_run_with_no_trial_rows(run_dir: Path) -> None:
@@ -1140,13 +1160,137 @@ def test_tuned_threshold_column_and_threshold_note(run_dir: Path) -> None:
     written = reports.write_report(run_dir)
     table = written.summary.set_index("method")
     assert table.loc["deepchest", "test_macro_f1_tuned_mean"] == pytest.approx(0.455)
-    assert table.loc[sm.TRIVIAL, "test_macro_f1_tuned_mean"] == 0.0
+    # a classifier that learned nothing, tuned on val, calls every image positive: F1 2p/(1+p)
+    # at test prevalences 0.1, 0.2, 0.3 -> (0.2/1.1 + 0.4/1.2 + 0.6/1.3) / 3 = 0.32556
+    trivial = (0.2 / 1.1 + 0.4 / 1.2 + 0.6 / 1.3) / 3
+    assert table.loc[sm.TRIVIAL, "test_macro_f1_tuned_mean"] == pytest.approx(trivial)
+    assert table.loc[sm.TRIVIAL, "test_macro_f1_mean"] == 0.0  # at 0.5 it finds nothing
     document = written.html.read_text(encoding="utf-8")
     assert '<th class="num">F1 @ val thr</th>' in document
     assert "Accuracy and macro F1 depend on the decision threshold" in document
+    assert "0.5 for a finding without a positive in validation" in document
     markdown = written.summary_md.read_text(encoding="utf-8")
     assert "| F1 @ val thr |" in markdown and "depend on the decision threshold" in markdown
     assert "test_macro_f1_tuned_low" in written.summary_csv.read_text(encoding="utf-8")
+
+
+def test_f1_at_val_threshold_never_marked_at_or_below_the_trivial_row(tmp_path: Path) -> None:
+    # deepchest 0.300, 0.301, 0.302 against equal 0.200, 0.201, 0.202: disjoint intervals, but
+    # under the trivial row's 2p/(1+p) mean of 0.3256 (prevalences 0.1, 0.2, 0.3)
+    values = {("deepchest", s): {"test_macro_f1_tuned": 0.30 + 0.001 * s} for s in THREE_SEEDS}
+    values |= {("equal", s): {"test_macro_f1_tuned": 0.20 + 0.001 * s} for s in THREE_SEEDS}
+    results = comparison(make_run(tmp_path, seeds=THREE_SEEDS, values=values))
+    table = sm.summary_table(results.trials, results.epochs)
+    tuned = metric("test_macro_f1_tuned")
+    assert table.iloc[-1]["test_macro_f1_tuned_mean"] == pytest.approx(0.325563, abs=1e-6)
+    assert sm.best_rows(table, tuned) == set()
+    trials = results.trials.copy()
+    trials["test_macro_f1_tuned"] += 0.1  # deepchest 0.401: above the trivial row, marked
+    assert sm.best_rows(sm.summary_table(trials, results.epochs), tuned) == {0}
+
+
+def test_completed_config_without_a_test_auroc_is_flagged(tmp_path: Path) -> None:
+    nan = float("nan")
+    values = {("equal", s): {"test_mean_auroc": nan} for s in (0, 1)}
+    run = make_run(tmp_path, methods=("deepchest", "equal"), values=values)
+    results = comparison(run)
+    table = sm.summary_table(results.trials, results.epochs).set_index("method")
+    assert table.loc["equal", "n_completed"] == 2
+    assert math.isnan(table.loc["equal", "rank"]) and table.loc["equal", "flag"] == sm.NO_AUROC
+    assert table.loc["deepchest", "rank"] == 1 and table.loc["deepchest", "flag"] == ""
+    # every unranked method row carries a flag
+    methods = table[table.index != sm.TRIVIAL]
+    assert (methods[methods["rank"].isna()]["flag"] != "").all()
+    from reports.verdict import workload_verdicts
+
+    (verdict,) = workload_verdicts(results.trials, table.reset_index(), "deepchest")
+    assert "equal: no completed trial has a test AUROC (no AUROC), so it is not ranked." in (
+        verdict.lines
+    )
+
+
+def _front_row(method: str, speed: float, auroc: float, rank: float, flag: str) -> dict:
+    """A summary row with intervals of ± 10 images/s and ± 0.01 AUROC."""
+    return {
+        "workload": "resnet18",
+        "method": method,
+        "rank": rank,
+        "flag": flag,
+        "images_per_second_mean": speed,
+        "images_per_second_low": speed - 10,
+        "images_per_second_high": speed + 10,
+        "test_mean_auroc_mean": auroc,
+        "test_mean_auroc_low": auroc - 0.01,
+        "test_mean_auroc_high": auroc + 0.01,
+    }
+
+
+def test_flagged_rows_never_anchor_the_front() -> None:
+    nan = float("nan")
+    points = pd.DataFrame(
+        [
+            _front_row("sgd", 9000.0, 0.35, 3, sm.BELOW_TRIVIAL),  # exploded, fastest
+            _front_row("equal", 1000.0, 0.70, 2, ""),
+            _front_row("a", 500.0, 0.80, 1, ""),
+            _front_row("famo", nan, nan, nan, sm.ALL_FAILED),
+        ]
+    )
+    # sgd would start the front (fastest, its intervals disjoint from equal's on both axes)
+    assert sm.distinguishable_front(points) == [1, 2]  # equal, then a
+    # with equal gone, sgd and a are still two disjoint points, but sgd is flagged: no front
+    assert sm.distinguishable_front(points.drop(index=1)) == []
+
+
+def test_verdict_lists_cost_ratios_with_too_few_seeds(tmp_path: Path) -> None:
+    from reports.verdict import workload_verdicts
+
+    # separated_run's equal, a and b (three seeds), and c, which completed seeds 0 and 1 only,
+    # at 0.8x equal's images/s and 1.0x its memory
+    auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
+    auroc |= {("a", s): v for s, v in enumerate((0.72, 0.76, 0.74))}
+    auroc |= {("b", s): v for s, v in enumerate((0.69, 0.73, 0.68))}
+    values = {}
+    for s in THREE_SEEDS:
+        base_speed, base_memory = 1000.0 + 7 * s, 2000.0 + 3 * s
+        values[("equal", s)] = {"images_per_second": base_speed, "peak_memory_mb": base_memory}
+        values[("a", s)] = {
+            "images_per_second": base_speed / (2.0 + 0.01 * s),
+            "peak_memory_mb": base_memory * (1.5 + 0.01 * s),
+        }
+        values[("b", s)] = {
+            "images_per_second": base_speed * (1.0 + (0.02, -0.03, 0.01)[s]),
+            "peak_memory_mb": base_memory * (1.0 + (-0.01, 0.02, -0.01)[s]),
+        }
+    for s in (0, 1):
+        values[("c", s)] = {
+            "images_per_second": (1000.0 + 7 * s) * 0.8,
+            "peak_memory_mb": 2000.0 + 3 * s,
+        }
+    outcomes = {("c", 2): ("failed", "RuntimeError: boom")}
+    common = dict(seeds=THREE_SEEDS, test_auroc=auroc, values=values, outcomes=outcomes)
+    untested = (
+        "Cost ratios to equal with too few paired seeds to test (fewer than 3): c 0.80× "
+        "equal's images/s (2 paired seeds); c 1.00× equal's peak memory (2 paired seeds)."
+    )
+
+    results = comparison(make_run(tmp_path / "abc", methods=("equal", "a", "b", "c"), **common))
+    (verdict,) = workload_verdicts(
+        results.trials, sm.summary_table(results.trials, results.epochs), "equal"
+    )
+    assert (
+        "Cost outside its noise: a 0.50× equal's images/s [0.49, 0.50]; a 1.51× equal's peak "
+        "memory [1.49, 1.54]; every other tested cost ratio is within noise."
+    ) in verdict.lines
+    assert untested in verdict.lines
+
+    results = comparison(make_run(tmp_path / "bc", methods=("equal", "b", "c"), **common))
+    (verdict,) = workload_verdicts(
+        results.trials, sm.summary_table(results.trials, results.epochs), "equal"
+    )
+    assert "No tested images/s or peak memory ratio to equal is outside its noise." in (
+        verdict.lines
+    )
+    assert untested in verdict.lines
 
 
 def test_old_run_without_tuned_threshold_columns_reports_them_empty(run_dir: Path) -> None:
@@ -1210,13 +1354,21 @@ def test_no_front_with_one_seed(tmp_path: Path) -> None:
 
 
 def test_delta_heatmap_marks_noise_and_scales_to_the_data(tmp_path: Path) -> None:
-    # per-seed AUROC differences to equal: a +0.03 on every seed... plus the per-task offsets,
-    # which are the same for both methods, so every task's difference is the trial difference
-    results = comparison(separated_run(tmp_path))
+    # per-seed AUROC differences to equal: a +0.030, +0.031, +0.032 and b -0.01, +0.01, -0.03,
+    # on every finding (the per-task offsets are the same for every method)
+    auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
+    auroc |= {("a", s): v for s, v in enumerate((0.73, 0.751, 0.742))}
+    auroc |= {("b", s): v for s, v in enumerate((0.69, 0.73, 0.68))}
+    run = make_run(tmp_path, methods=("equal", "a", "b"), seeds=THREE_SEEDS, test_auroc=auroc)
+    results = comparison(run)
     paired = sm.per_task_paired(results.trials, results.epochs, "auroc", "equal")
     cells = paired.set_index(["method", "task"])
+    # a: mean 0.031, sd 0.001, t = 31 sqrt 3, p = 1 - t / sqrt(2 + t^2) (t with 2 dof);
+    # Holm over its 3 equal p-values triples it: still far below 0.05
+    t = 31 * math.sqrt(3)
     a = cells.loc[("a", "Atelectasis")]
-    assert a["diff"] == pytest.approx(0.03) and a["n"] == 3 and not a["noise"]
+    assert a["diff"] == pytest.approx(0.031) and a["n"] == 3 and not a["noise"]
+    assert a["p_holm"] == pytest.approx(3 * (1 - t / math.sqrt(2 + t**2)), rel=1e-4)
     b = cells.loc[("b", "Atelectasis")]  # -0.01 ± 0.05: contains 0
     assert b["diff"] == pytest.approx(-0.01) and b["noise"]
     heatmap = task_heatmap(
@@ -1229,16 +1381,62 @@ def test_delta_heatmap_marks_noise_and_scales_to_the_data(tmp_path: Path) -> Non
         diverging=True,
     )
     main, wash = heatmap.data
-    assert main.zmax == pytest.approx(0.03) and main.zmin == pytest.approx(-0.03)
-    assert list(main.text[0]) == ["0.030"] * 3 and list(main.text[1]) == ["-0.010 ·"] * 3
+    assert main.zmax == pytest.approx(0.031) and main.zmin == pytest.approx(-0.031)
+    assert list(main.text[0]) == ["0.031"] * 3 and list(main.text[1]) == ["-0.010 ·"] * 3
     assert list(wash.z[0]) == [None] * 3 and list(wash.z[1]) == [1.0] * 3
     assert "within noise" in main.hovertext[1][0] and "outside noise" in main.hovertext[0][0]
+    assert "over 3 paired seeds, Holm p = 0.001" in main.hovertext[0][0]
     # a real difference of 0.2 is not clipped at a fixed ±0.01
     big = paired.assign(diff=paired["diff"] * 20)
     scaled = task_heatmap(
         big, [("a", "resnet18")], list(TASKS), column="diff", title="t", z_title="d", diverging=True
     )
-    assert scaled.data[0].zmax == pytest.approx(0.6)
+    assert scaled.data[0].zmax == pytest.approx(0.62)
+
+
+def test_per_finding_noise_needs_three_pairs_and_survives_holm_over_findings() -> None:
+    # differences to the reference per seed, per finding: hand-made trials and epochs tables
+    diffs = {
+        ("a", "T1"): (0.02, 0.04, 0.03),  # mean 0.03, sd 0.01: t^2 = 27, p = 0.0351
+        ("a", "T2"): (0.030, 0.031, 0.032),  # mean 0.031, sd 0.001: t^2 = 2883, p = 0.00035
+        ("a", "T3"): (-0.01, 0.01, 0.0),  # mean 0: p = 1
+        ("b", "T1"): (0.05, 0.0501),  # two pairs only: t = 1001 with 1 dof, p = 0.00064
+        ("b", "T2"): (0.05, 0.0501),
+        ("b", "T3"): (0.05, 0.0501),
+    }
+    trials, epochs = [], []
+    for method in ("ref", "a", "b"):
+        for seed in range(3 if method != "b" else 2):
+            trial_id = f"{method}-{seed}"
+            trials.append(
+                {"trial_id": trial_id, "method": method, "workload": "w", "seed": seed}
+                | {"status": "completed"}
+            )
+            for task in ("T1", "T2", "T3"):
+                value = 0.5 + (0.0 if method == "ref" else diffs[(method, task)][seed])
+                epochs.append(
+                    {"trial_id": trial_id, "method": method, "workload": "w", "split": "test"}
+                    | {"task": task, "epoch": 1, "auroc": value}
+                )
+    paired = sm.per_task_paired(pd.DataFrame(trials), pd.DataFrame(epochs), "auroc", "ref")
+    cells = paired.set_index(["method", "task"])
+
+    def p_two_dof(t_squared: float) -> float:  # two-sided p of Student t with 2 dof
+        return 1 - math.sqrt(t_squared / (2 + t_squared))
+
+    p1, p2 = p_two_dof(27), p_two_dof(2883)
+    # Holm over a's three findings: sorted p2 < p1 < 1 -> 3 p2, max(3 p2, 2 p1), 1
+    assert cells.loc[("a", "T2"), "p_holm"] == pytest.approx(3 * p2, rel=1e-4)
+    assert cells.loc[("a", "T1"), "p_holm"] == pytest.approx(2 * p1, rel=1e-4)  # 0.0702
+    assert cells.loc[("a", "T3"), "p_holm"] == pytest.approx(1.0)
+    assert not cells.loc[("a", "T2"), "noise"]
+    # T1's own 95% interval excludes 0 (p 0.0351), but not after Holm over the findings
+    assert cells.loc[("a", "T1"), "low"] > 0 and cells.loc[("a", "T1"), "noise"]
+    assert cells.loc[("a", "T3"), "noise"]
+    # b: Holm p 3 x 0.00064 < 0.05 and the intervals exclude 0, but 2 pairs are too few
+    p_b = 1 - 2 / math.pi * math.atan(1001)
+    assert cells.loc[("b", "T1"), "p_holm"] == pytest.approx(3 * p_b, rel=1e-3)
+    assert (cells.loc["b", "n"] == 2).all() and cells.loc["b", "noise"].all()
 
 
 def _lab(colour: str) -> tuple[float, float, float]:
