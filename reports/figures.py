@@ -411,6 +411,19 @@ def _half_widths(row: pd.Series, column: str) -> tuple[float | None, float | Non
     return float(high) - float(mean), float(mean) - float(low)
 
 
+def _error_bar(plus: float | None, minus: float | None) -> dict:
+    """An asymmetric error bar of one point (hidden when the interval is unknown)."""
+    return dict(
+        type="data",
+        symmetric=False,
+        array=[plus],
+        arrayminus=[minus],
+        visible=plus is not None,
+        color="#777",
+        thickness=1.2,
+    )
+
+
 def pareto_plot(
     summary: pd.DataFrame,
     palette: dict[str, str],
@@ -439,24 +452,8 @@ def pareto_plot(
                 go.Scatter(
                     x=[row["images_per_second_mean"]],
                     y=[row["test_mean_auroc_mean"]],
-                    error_x=dict(
-                        type="data",
-                        symmetric=False,
-                        array=[x_plus],
-                        arrayminus=[x_minus],
-                        visible=x_plus is not None,
-                        color="#777",
-                        thickness=1.2,
-                    ),
-                    error_y=dict(
-                        type="data",
-                        symmetric=False,
-                        array=[y_plus],
-                        arrayminus=[y_minus],
-                        visible=y_plus is not None,
-                        color="#777",
-                        thickness=1.2,
-                    ),
+                    error_x=_error_bar(x_plus, x_minus),
+                    error_y=_error_bar(y_plus, y_minus),
                     mode="markers+text",
                     text=[label(row["method"])],
                     textposition="top center",

@@ -984,10 +984,11 @@ def cli_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 THREE_SEEDS = (0, 1, 2)
 
 
-def separated_run(root: Path) -> Path:
+def separated_values() -> tuple[dict, dict]:
     """Three seeds where ``a`` beats equal on every seed by 0.03 ± 0.01 AUROC (significant after
     Holm) and ``b`` differs by -0.01 ± 0.02 (noise); ``a`` is 2x slower and uses 1.5x memory on
-    every seed, ``b`` costs the same as equal."""
+    every seed, ``b`` costs the same as equal. Returns (test AUROC, other values) by
+    (method, seed)."""
     auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
     auroc |= {("a", s): v for s, v in enumerate((0.72, 0.76, 0.74))}
     auroc |= {("b", s): v for s, v in enumerate((0.69, 0.73, 0.68))}
@@ -1003,6 +1004,12 @@ def separated_run(root: Path) -> Path:
             "images_per_second": base_speed * (1.0 + (0.02, -0.03, 0.01)[s]),
             "peak_memory_mb": base_memory * (1.0 + (-0.01, 0.02, -0.01)[s]),
         }
+    return auroc, values
+
+
+def separated_run(root: Path) -> Path:
+    """``separated_values`` as a run directory."""
+    auroc, values = separated_values()
     return make_run(
         root, methods=("equal", "a", "b"), seeds=THREE_SEEDS, test_auroc=auroc, values=values
     )
@@ -1246,21 +1253,7 @@ def test_verdict_lists_cost_ratios_with_too_few_seeds(tmp_path: Path) -> None:
 
     # separated_run's equal, a and b (three seeds), and c, which completed seeds 0 and 1 only,
     # at 0.8x equal's images/s and 1.0x its memory
-    auroc = {("equal", s): v for s, v in enumerate((0.70, 0.72, 0.71))}
-    auroc |= {("a", s): v for s, v in enumerate((0.72, 0.76, 0.74))}
-    auroc |= {("b", s): v for s, v in enumerate((0.69, 0.73, 0.68))}
-    values = {}
-    for s in THREE_SEEDS:
-        base_speed, base_memory = 1000.0 + 7 * s, 2000.0 + 3 * s
-        values[("equal", s)] = {"images_per_second": base_speed, "peak_memory_mb": base_memory}
-        values[("a", s)] = {
-            "images_per_second": base_speed / (2.0 + 0.01 * s),
-            "peak_memory_mb": base_memory * (1.5 + 0.01 * s),
-        }
-        values[("b", s)] = {
-            "images_per_second": base_speed * (1.0 + (0.02, -0.03, 0.01)[s]),
-            "peak_memory_mb": base_memory * (1.0 + (-0.01, 0.02, -0.01)[s]),
-        }
+    auroc, values = separated_values()
     for s in (0, 1):
         values[("c", s)] = {
             "images_per_second": (1000.0 + 7 * s) * 0.8,
