@@ -43,9 +43,10 @@ def _err(message: str) -> None:
 
 
 def _wide_console() -> Console:
-    """The terminal's console; for logs and pipes one wide enough for every column of a table."""
-    console = Console()
-    return console if console.is_terminal else Console(width=180)
+    """The terminal's console; for logs and pipes $COLUMNS if set, else one wide enough for
+    every column of a table."""
+    console = Console()  # reads $COLUMNS itself
+    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=180)
 
 
 def _load(path: str, name: str | None = None):
@@ -95,10 +96,25 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(results, table, title: str) -> None:
+def _print_summary(written) -> None:
+    """The summary table, then the report's verdict and notes: the answer, in words, where the
+    user is looking (the same sentences as the HTML and summary.md)."""
     import reports
 
-    _wide_console().print(reports.summary_rich(table, title, results.workload_is_backbone))
+    results = written.results
+    console = _wide_console()
+    console.print(
+        reports.summary_rich(
+            written.summary, f"{results.name}: summary", results.workload_is_backbone
+        )
+    )
+    for workload, sentences in written.verdict:
+        heading = f"verdict ({workload})" if len(written.verdict) > 1 else "verdict"
+        console.print(f"{heading}:", style="bold", highlight=False)
+        for sentence in sentences:
+            console.print(f"  - {sentence}", markup=False, highlight=False)
+    for note in written.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, style="dim")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -117,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "runs; the report leaves out the comparisons with it",
             file=sys.stderr,
         )
-    _print_summary(written.results, written.summary, f"{written.results.name}: summary")
+    _print_summary(written)
     print(f"report: {written.html}")
     print(f"summary: {written.summary_csv}, {written.summary_md}")
     return 0
@@ -152,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _err(f"{_stopped(exc)}; nothing was kept: run the same command again")
         return _interrupted_code(exc)
     written = outcome.report
-    _print_summary(written.results, written.summary, f"{cfg.name}: summary")
+    _print_summary(written)
     print(f"report: {written.html}")
     failed = outcome.failed
     diverged = [r for r in outcome.records if r.status == "diverged"]

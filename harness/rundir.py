@@ -190,7 +190,8 @@ class RunDirectory:
     def release(self, *, discard: bool = False) -> bool:
         """Unlock; with ``discard``, first remove what this run wrote if no trial started (a
         run that could not start leaves nothing behind): the folder if a harness run made it,
-        else (an empty folder the user made) its contents. Returns whether the run directory is gone (nothing to resume)."""
+        else (an empty folder the user made) its contents. Returns whether that happened
+        (nothing is left to resume)."""
         # an earlier run's files (resume, or overwrite before clear) are never removed here
         ours = self.mode == "new" or (self.mode == "overwrite" and self._cleared)
         removed = discard and ours and not trained_anything(self.path)

@@ -1133,6 +1133,8 @@ class WrittenReport:
     summary_md: Path
     results: Comparison
     summary: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # plain sentences (report_notes)
+    verdict: list[tuple[str, list[str]]] = field(default_factory=list)  # (workload, sentences)
 
 
 def write_report(
@@ -1170,12 +1172,10 @@ def write_report(
     results = load_runs(dirs)
     ctx = build_context(results, options)
     title = f"{results.name}: summary"
+    notes = report_notes(results)
+    verdict = [(v.workload, v.lines) for v in ctx.verdicts] if not ctx.completed.empty else []
     markdown = summary_markdown(
-        ctx.summary,
-        title,
-        results.workload_is_backbone,
-        notes=report_notes(results),
-        verdict=[(v.workload, v.lines) for v in ctx.verdicts] if not ctx.completed.empty else None,
+        ctx.summary, title, results.workload_is_backbone, notes=notes, verdict=verdict
     )
     _write_files(
         {
@@ -1184,4 +1184,4 @@ def write_report(
             report: render_context(ctx),
         }
     )
-    return WrittenReport(report, csv_path, md_path, results, ctx.summary)
+    return WrittenReport(report, csv_path, md_path, results, ctx.summary, notes, verdict)

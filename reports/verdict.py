@@ -50,6 +50,18 @@ def _interval(low: float, high: float, digits: int = 3) -> str:
     return f"[{fmt_signed(low, digits)}, {fmt_signed(high, digits)}]"
 
 
+def _ratio_interval(low: float, high: float) -> str:
+    """``[0.91, 0.998]``: two decimals, more where a bound other than 1 would print as 1.00
+    (the interval of a ratio outside its noise never contains 1)."""
+    parts = []
+    for bound in (low, high):
+        digits = 2
+        while digits < 4 and bound != 1 and round(bound, digits) == 1:
+            digits += 1
+        parts.append(f"{bound:.{digits}f}")
+    return f"[{parts[0]}, {parts[1]}]"
+
+
 def _diff_text(row: pd.Series) -> str:
     """``+0.012 AUROC [+0.004, +0.020]`` (no interval with one pair)."""
     text = f"{fmt_signed(row['mean_diff'], 3)} AUROC"
@@ -202,12 +214,17 @@ def _cost_lines(cost: pd.DataFrame, baseline: str) -> list[str]:
     else:
         parts = [
             f"{r['method']} {r['ratio']:.2f}× {baseline}'s {r['what']} "
-            f"[{r['low']:.2f}, {r['high']:.2f}]"
+            f"{_ratio_interval(r['low'], r['high'])}"
             for _, r in outside.iterrows()
         ]
         lines.append(
             f"Cost outside its noise: {'; '.join(parts)}; every {other} cost ratio is within noise."
         )
+        if (outside["what"] == "images/s").any():
+            lines.append(
+                "Images/s come from trials that may have run side by side and shared the "
+                "machine; harness bench times methods step by step in one process."
+            )
     if len(untested):
         names = "; ".join(
             (

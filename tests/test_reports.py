@@ -1541,3 +1541,11 @@ def test_report_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
     assert code == 2 and err.strip() == (
         f"harness: error: run directory not found: {tmp_path / 'runs' / 'nope'}"
     )
+
+
+def test_a_ratio_interval_never_prints_a_bound_other_than_1_as_1() -> None:
+    from reports.verdict import _ratio_interval
+
+    assert _ratio_interval(0.912, 0.9981) == "[0.91, 0.998]"
+    assert _ratio_interval(1.0004, 1.2) == "[1.0004, 1.20]"
+    assert _ratio_interval(0.5, 0.7) == "[0.50, 0.70]"
