@@ -594,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("dir")
     verify.set_defaults(func=cmd_data_verify)
+    # each command's own parser, so that an unknown option points at that command's --help
+    for command in (*sub.choices.values(), *data_sub.choices.values()):
+        command.set_defaults(parser=command)
     return parser
 
 
@@ -617,7 +620,10 @@ def _exit_code(exc: Exception) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except Exception as exc:

@@ -6,6 +6,7 @@ starts, with the YAML path of the bad key in the message (``grid.methods[2]: ...
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -281,7 +282,8 @@ class ExperimentConfig(_Strict):
     def _name(cls, name: str) -> str:
         if not _NAME.match(name):
             raise ValueError(
-                f"{name!r} must be 1-100 letters, digits, '.', '_' or '-' (it names a folder)"
+                f"{name!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit (it names a folder)"
             )
         return name
 
@@ -461,14 +463,29 @@ REMOVED_KEYS: dict[tuple[str, ...], str] = {
 }
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the schema allows beside the one at ``loc`` (for "did you mean")."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
 def _message(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "extra_forbidden":
-        if tuple(error["loc"]) in REMOVED_KEYS:
-            return f"unknown key ({REMOVED_KEYS[tuple(error['loc'])]})"
-        return "unknown key"
+        loc = tuple(error["loc"])
+        if loc in REMOVED_KEYS:
+            return f"unknown key ({REMOVED_KEYS[loc]})"
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+        return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
     if error["type"] == "finite_number":
         return f"must be a finite number, not {error['input']!r}"
+    if error["type"] == "int_type" and isinstance(error.get("input"), float):
+        return f"must be a whole number, not {error['input']!r}"
     return msg
 
 

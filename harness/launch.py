@@ -328,7 +328,12 @@ def _manifest(
     return manifest
 
 
-def _finish(run_dir: Path, records: dict[str, TrialRecord], manifest: dict[str, Any]):
+def _finish(
+    run_dir: Path,
+    records: dict[str, TrialRecord],
+    manifest: dict[str, Any],
+    finished_at: str | None = None,
+):
     """Tables, then the report, then ``finished_at``: a run killed on the way stays
     unfinished, and ``--resume`` just writes what is missing."""
     from reports import ReportError, write_report
@@ -345,7 +350,7 @@ def _finish(run_dir: Path, records: dict[str, TrialRecord], manifest: dict[str, 
             f"the trials ended but the report could not be written ({exc}); after fixing "
             "that, harness run --resume writes it"
         ) from None
-    manifest["finished_at"] = _now()
+    manifest["finished_at"] = finished_at or _now()
     write_manifest(run_dir, manifest)
     return report
 
@@ -411,8 +416,10 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
             _say(notify, f"every trial of {run_dir} has ended; writing the report")
             for record in records.values():
                 record.save()
-            manifest = {**(claimed.stored_manifest or {}), "finished_at": None}
-            report = _finish(run_dir, records, manifest)
+            stored = claimed.stored_manifest or {}
+            # the trials ended when the run that trained them did: keep that time if recorded
+            manifest = {**stored, "finished_at": None}
+            report = _finish(run_dir, records, manifest, stored.get("finished_at"))
             return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
     import ray

@@ -121,7 +121,10 @@ class RunDirectory:
         try:
             existed = path.is_dir()
             if path.exists() and not existed:
-                raise RunRefused(f"output.dir: {path} exists and is not a folder")
+                raise RunRefused(
+                    f"name: the run directory {path} (output.dir/name) exists and is not a "
+                    "folder; choose another name (--name) or output.dir"
+                )
             if existed and not _holds_only_ours(path) and not is_run_directory(path):
                 raise RunRefused(
                     f"{path} is not a harness run directory (no harness manifest.json); "

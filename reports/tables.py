@@ -4,6 +4,7 @@ Markdown summary and the HTML report, so all three show the same numbers."""
 from __future__ import annotations
 
 import html
+import re
 import textwrap
 
 import pandas as pd
@@ -199,8 +200,14 @@ class SummaryRich:
             yield table
 
 
+# what a Markdown renderer would read as HTML: a tag's start, or an entity
+_MARKDOWN_HTML = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?\w+;)")
+
+
 def _markdown_cell(text: str) -> str:
-    text = html.escape(" ".join(text.split()), quote=False)
+    """One line of Markdown showing ``text`` literally; a plain ``p < 0.05`` stays readable
+    in an editor (only a ``<`` that could open a tag, or an ``&`` of an entity, is escaped)."""
+    text = _MARKDOWN_HTML.sub(lambda m: html.escape(m.group()), " ".join(text.split()))
     return text.replace("\\", "\\\\").replace("|", "\\|")
 
 

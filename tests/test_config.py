@@ -80,6 +80,14 @@ def errors_of(raw: dict) -> list[str]:
         ),
         ({"name": "a/b"}, "name: 'a/b' must be 1-100 letters"),
         (
+            {"name": ".."},
+            "name: '..' must be 1-100 letters, digits, '.', '_' or '-', starting with a",
+        ),
+        ({"train": {"epoch": 3}}, "train.epoch: unknown key (did you mean 'epochs'?)"),
+        ({"data": {"datset": "nih"}}, "data.datset: unknown key (did you mean 'dataset'?)"),
+        ({"train": {"epochs": float("inf")}}, "train.epochs: must be a whole number, not inf"),
+        ({"grid": {"seeds": [1.5]}}, "grid.seeds[0]: must be a whole number, not 1.5"),
+        (
             {"method_params": {"deepchest": {"signall": "x"}}},
             "method_params.deepchest: method 'deepchest': unknown hyperparameter 'signall'",
         ),

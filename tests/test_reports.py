@@ -1549,3 +1549,36 @@ def test_a_ratio_interval_never_prints_a_bound_other_than_1_as_1() -> None:
     assert _ratio_interval(0.912, 0.9981) == "[0.91, 0.998]"
     assert _ratio_interval(1.0004, 1.2) == "[1.0004, 1.20]"
     assert _ratio_interval(0.5, 0.7) == "[0.50, 0.70]"
+
+
+def test_cli_report_prints_the_verdict_and_notes_and_fits_columns(tmp_path: Path) -> None:
+    """The terminal gives the answer in words under the table, as the HTML does, and an
+    explicit $COLUMNS holds off a terminal too."""
+    run = separated_run(tmp_path / "run")
+    result = run_cli("report", str(run))  # COLUMNS=250
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.index("always negative") < out.index("verdict:") < out.index("report: ")
+    assert "  - a differs from equal" in out or "a +0.030 AUROC" in out
+    assert "note: Research benchmark results, not a medical device" in out
+    narrow = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "80"},
+    )
+    assert narrow.returncode == 0, narrow.stderr
+    table_and_words = [
+        line for line in narrow.stdout.splitlines() if not line.startswith(("report:", "summary:"))
+    ]  # (the file paths are as long as they are)
+    assert max(len(line) for line in table_and_words) <= 80
+
+
+def test_markdown_keeps_plain_less_than_readable_and_escapes_tags() -> None:
+    from reports.tables import _markdown_cell
+
+    assert _markdown_cell("p < 0.05 after Holm") == "p < 0.05 after Holm"
+    assert _markdown_cell("<script>x</script> & &amp;") == ("&lt;script>x&lt;/script> & &amp;amp;")
+    assert _markdown_cell("a | b") == "a \\| b"

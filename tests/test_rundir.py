@@ -137,6 +137,7 @@ def test_unreachable_address_fails_at_once_and_leaves_nothing(tmp_path):
     [
         ["run", "x.yaml", "--resume", "--overwrite"],
         ["run", "x.yaml", "--frobnicate"],
+        ["validate", "x.yaml", "--bogus"],
         ["validate"],
         ["validate", "no-such-file.yaml"],
         ["methods", "extra"],
@@ -193,7 +194,12 @@ def test_killed_while_writing_the_report_resume_writes_it_without_ray(
     assert main(["run", str(path), "--resume"]) == 0
     assert "every trial of" in capsys.readouterr().err
     assert (run_dir / "report.html").is_file()
-    assert json.loads((run_dir / MANIFEST_FILE).read_text())["finished_at"]
+    finished_at = json.loads((run_dir / MANIFEST_FILE).read_text())["finished_at"]
+    assert finished_at
+    # a resume of a finished run writes the report again but keeps when the run finished
+    time.sleep(1.1)
+    assert main(["run", str(path), "--resume"]) == 0
+    assert json.loads((run_dir / MANIFEST_FILE).read_text())["finished_at"] == finished_at
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
@@ -329,3 +335,17 @@ def test_a_report_that_cannot_be_written_fails_the_run_with_exit_1(
         "harness: error: the trials ended but the report could not be written (report.html: "
         "No space left on device); after fixing that, harness run --resume writes it"
     ]
+
+
+def test_an_unknown_option_points_at_its_commands_help():
+    result = _harness("data", "verify", "d", "--bogus")
+    assert _errors(result.stderr) == [
+        "harness: error: unrecognized arguments: --bogus (see harness data verify --help)"
+    ]
+
+
+def test_a_run_name_that_is_a_file_names_the_name(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(RunRefused, match=r"^name: the run directory .*afile \(output.dir/name\)"):
+        RunDirectory.claim(tmp_path / "afile", CONFIG, resume=False, overwrite=True)
+    assert (tmp_path / "afile").read_text() == "mine"
