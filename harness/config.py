@@ -246,10 +246,17 @@ class ResourcesConfig(_Strict):
 
 class ClusterConfig(_Strict):
     address: str | None = None
+    # upload the project's packages to the nodes of a cluster joined by address (Ray's
+    # runtime_env py_modules), so that nodes need only its dependencies installed
+    ship_code: bool = True
 
 
 class OutputConfig(_Strict):
     dir: str = "runs"
+    # where the trials' checkpoints go (harness.checkpoints): a local or shared path, or a URI
+    # that pyarrow's FileSystem.from_uri opens (s3://, gs://, abfs://, file://); None: the run
+    # directory. Tables, manifest and report always stay in the run directory.
+    storage: str | None = None
 
 
 def _check_plain_value(value: Any, path: str) -> None:

@@ -13,22 +13,35 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import math
+import json
 import os
 import platform
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness import resources
+from harness.checkpoints import CheckpointStore, store_uri
 from harness.config import ExperimentConfig
 from harness.errors import RunError, RunRefused, handle_sigterm
+from harness.nodes import NODE_KEYS, cluster_nodes, merge_nodes
 from harness.preflight import cluster_address, preflight  # harness validate runs it too
 from harness.progress import Progress
-from harness.results import TrialRecord, write_manifest, write_tables
+from harness.results import (
+    TrialRecord,
+    current_run_attempt,
+    end_run_attempt,
+    new_run_attempt,
+    past_run_attempts,
+    record_run_attempt_end,
+    write_manifest,
+    write_tables,
+)
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
 from harness.wording import plural
 
@@ -68,8 +81,14 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     ]
 
 
-def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> dict[str, Any]:
-    """The plain dict that the training loop takes (see ``trainloop``)."""
+def trial_spec(
+    cfg: ExperimentConfig,
+    identity: dict[str, Any],
+    gpus: float,
+    checkpoints: str | None = None,
+) -> dict[str, Any]:
+    """The plain dict that the training loop takes (see ``trainloop``); ``checkpoints``: the
+    run's checkpoint root (``checkpoints.store_uri``), None to save nothing."""
     d = cfg.to_dict()
     train = dict(d["train"])
     weighting, params = cfg.weighting_method(identity["method"])
@@ -93,6 +112,7 @@ def trial_spec(cfg: ExperimentConfig, identity: dict[str, Any], gpus: float) -> 
         "workers": cfg.resources.workers_per_trial,
         "gpus_per_worker": gpus,
         "cpus_per_worker": cfg.resources.cpus_per_worker,
+        "checkpoints": checkpoints,
     }
 
 
@@ -121,9 +141,29 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
-def connect(address: str | None) -> bool:
-    """Start a local Ray, or join the cluster at ``address`` / ``RAY_ADDRESS``. Returns True
-    when this call started Ray (and so should shut it down)."""
+# the project's packages: what a node needs beyond the dependencies to run a trial
+CODE_PACKAGES = ("harness", "methods", "deepchest", "reports")
+# set by Ray's job supervisor for a driver started by `ray job submit` (the job's config)
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def code_runtime_env() -> dict[str, Any]:
+    """A Ray ``runtime_env`` that uploads the project's packages (``py_modules``) to every
+    node that runs a trial of this job, so nodes need only the dependencies installed. Under
+    ``ray job submit`` whose own runtime_env already sets ``py_modules``, Ray would refuse to
+    merge both: the job's is left alone (empty here)."""
+    import importlib
+
+    job = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}")
+    if (job.get("runtime_env") or {}).get("py_modules"):
+        return {}
+    return {"py_modules": [importlib.import_module(name) for name in CODE_PACKAGES]}
+
+
+def connect(address: str | None, ship_code: bool = True) -> bool:
+    """Start a local Ray, or join the cluster at ``address`` / ``RAY_ADDRESS`` (with
+    :func:`code_runtime_env` when ``ship_code``). Returns True when this call started Ray
+    (and so should shut it down)."""
     import ray
 
     if ray.is_initialized():
@@ -131,7 +171,12 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+            ray.init(
+                address=address,
+                logging_level="WARNING",
+                log_to_driver=False,
+                runtime_env=code_runtime_env() if ship_code else None,
+            )
         else:
             ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except Exception as exc:  # ConnectionError, AuthenticationError, ...
@@ -148,65 +193,23 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def resolve_gpus(cfg: ExperimentConfig, cluster: dict[str, float]) -> float:
-    gpus = cfg.resources.gpus_per_worker
-    if gpus == "auto":
-        return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
-    return float(gpus)
-
-
-def max_concurrent(cfg: ExperimentConfig, cluster: dict[str, float], gpus: float) -> int:
-    """How many trials fit at once. Computed here, not left to Tune: with nested
-    ``TorchTrainer`` trials, Tune would otherwise start drivers that take every CPU and
-    leave none for their Train workers (a deadlock seen with Ray 2.60)."""
-    r = cfg.resources
-    need_cpu = r.workers_per_trial * r.cpus_per_worker
-    need_gpu = r.workers_per_trial * gpus
-    have_cpu, have_gpu = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    if need_cpu > have_cpu or need_gpu > have_gpu:
-        raise RunError(
-            f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU "
-            f"({plural(r.workers_per_trial, 'worker')}) but the cluster has {have_cpu:g} CPU and "
-            f"{have_gpu:g} GPU"
-        )
-    fits = math.floor(have_cpu / need_cpu)
-    if need_gpu:
-        fits = min(fits, math.floor(have_gpu / need_gpu))
-    if r.max_concurrent_trials:
-        fits = min(fits, r.max_concurrent_trials)
-    return max(1, fits)
-
-
 class TuneReporter:
-    """The loop's reporter inside a Tune function trial."""
+    """The loop's reporter inside a Tune function trial: metrics only (the loop keeps its
+    checkpoints in the run's ``CheckpointStore``, where a retry finds them by trial id)."""
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         from ray import tune
 
-        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ckpt)
-
-    def restore(self) -> str | None:
-        from ray import tune
-
-        ckpt = tune.get_checkpoint()
-        return ckpt.to_directory() if ckpt else None
+        tune.report(metrics)
 
 
 class TrainReporter:
-    """The loop's reporter inside a Ray Train worker (multi-worker trials)."""
+    """The loop's reporter inside a Ray Train worker (multi-worker trials): metrics only."""
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         import ray.train
 
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
-
-    def restore(self) -> str | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        return ckpt.to_directory() if ckpt else None
+        ray.train.report(metrics)
 
 
 def _train_worker(spec: dict[str, Any]) -> None:
@@ -243,11 +246,11 @@ def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storag
             },
         ),
         run_config=ray.train.RunConfig(
-            # a deterministic name: a retried Tune trial finds this run's checkpoints
+            # Train keeps only its run state here; the trial's checkpoints are the harness's
             name=spec["trial_id"],
             storage_path=storage,
             callbacks=[TuneReportCallback()],
-            # Tune retries the trial (max_failures) and the retry resumes this run's checkpoint
+            # Tune retries the trial (max_failures); the retry restores from the harness's store
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
     )
@@ -305,7 +308,13 @@ def _now() -> str:
 
 
 def _manifest(
-    cfg: ExperimentConfig, claimed: RunDirectory, cluster: dict[str, float], concurrency: int
+    cfg: ExperimentConfig,
+    claimed: RunDirectory,
+    cluster: dict[str, float],
+    concurrency: int | None,
+    gpus: float,
+    limits: dict[str, float],
+    notes: list[str],
 ) -> dict[str, Any]:
     manifest = {
         "name": cfg.name,
@@ -318,13 +327,26 @@ def _manifest(
         "hardware": _hardware(),
         "cluster_resources": {k: v for k, v in cluster.items() if "node:" not in k},
         "max_concurrent_trials": concurrency,
+        "gpus_per_worker": gpus,
+        "autoscaler_limits": limits,
+        "notes": notes,
         "tasks": cfg.data.task_names(),
         "trials": {},
     }
     stored = claimed.stored_manifest if claimed.mode == "resume" else None
-    if stored:  # the run began earlier: keep when, and list each resume
+    # the checkpoint store's name (checkpoints.store_uri): made once, kept by every resume
+    manifest["run_id"] = (stored or {}).get("run_id") or uuid.uuid4().hex[:12]
+    if stored:  # the run began earlier: keep when
         manifest["started_at"] = stored["started_at"]
-        manifest["resumed_at"] = [*stored.get("resumed_at", []), _now()]
+    # every node of the cluster as this attempt starts (hardware is the driver's alone)
+    manifest["nodes"] = cluster_nodes(manifest["hardware"].get("gpus"))
+    ended = ("completed", "diverged")
+    trials = claimed.path / TRIALS_DIR
+    to_run = [i for i in trial_identities(cfg) if TrialRecord(trials, i).status not in ended]
+    manifest["attempts"] = [
+        *past_run_attempts(stored),
+        new_run_attempt(manifest["command"], claimed.mode == "resume", len(to_run)),
+    ]
     return manifest
 
 
@@ -338,10 +360,26 @@ def _finish(
     unfinished, and ``--resume`` just writes what is missing."""
     from reports import ReportError, write_report
 
+    if current_run_attempt(manifest) is None:  # a resume that only writes tables and report
+        earlier = {**manifest, "finished_at": finished_at or manifest.get("finished_at")}
+        manifest["attempts"] = [
+            *past_run_attempts(earlier),
+            new_run_attempt(" ".join(sys.argv), True, 0),
+        ]
     write_tables(run_dir, list(records.values()))
     manifest["trials"] = {
-        t: {"status": r.status, "error": r.data["error"]} for t, r in records.items()
+        t: {"status": r.status, "error": r.data["error"], "attempts": r.attempts}
+        for t, r in records.items()
     }
+    # nodes that joined after the start (an autoscaler) are known from this attempt's trials
+    since = current_run_attempt(manifest)["started_at"]
+    seen = [
+        {k: a.get(k) for k in NODE_KEYS}
+        for r in records.values()
+        for a in r.attempts
+        if a.get("hostname") and (a.get("started_at") or "") >= since
+    ]
+    manifest["nodes"] = merge_nodes(manifest.get("nodes") or [], seen)
     write_manifest(run_dir, manifest)
     try:
         report = write_report(run_dir)
@@ -351,6 +389,7 @@ def _finish(
             "that, harness run --resume writes it"
         ) from None
     manifest["finished_at"] = finished_at or _now()
+    end_run_attempt(manifest, "finished")
     write_manifest(run_dir, manifest)
     return report
 
@@ -381,6 +420,13 @@ def run_experiment(
             directory is gone, as if the run had never begun.
     """
     handle_sigterm()
+    output_dir = Path(cfg.output.dir).expanduser()
+    if os.environ.get(JOB_CONFIG_ENV) and not output_dir.is_absolute():
+        raise RunRefused(
+            f"output.dir: {cfg.output.dir!r} is relative, and under `ray job submit` the driver "
+            "runs in the job's temporary working directory, which goes with the job: give an "
+            "absolute path on the head node"
+        )
     address = cluster_address(cfg, address)
     preflight(cfg, local=not address)
     if address:  # before the run directory is touched: an unreachable cluster writes nothing
@@ -393,6 +439,11 @@ def run_experiment(
         outcome = _run_claimed(cfg, claimed, config, address, progress, notify)
         succeeded = True
         return outcome
+    except BaseException as exc:  # the manifest's attempts record how this one ended
+        record_run_attempt_end(
+            claimed.path, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        )
+        raise
     finally:
         # a run that stops before any trial started leaves no directory behind
         claimed.release(discard=not succeeded)
@@ -424,8 +475,8 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
 
     import ray
 
-    # Per-epoch checkpoints with num_to_keep=1 make Tune snapshot its state often, and it
-    # warns about that on every epoch; the snapshots are small here.
+    # Tune snapshots its experiment state after results and warns when that is frequent; the
+    # snapshots are small here (the checkpoints are the harness's, not Tune's).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's own Ctrl-C handler ends fit() quietly, as if the run had finished; without it
     # KeyboardInterrupt reaches the CLI and the run stays resumable.
@@ -436,33 +487,40 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
         if address
         else f"starting a local Ray instance ({os.cpu_count()} CPUs) ...",
     )
-    started_ray = connect(address)
+    started_ray = connect(address, ship_code=cfg.cluster.ship_code)
     try:
         cluster = ray.cluster_resources()
-        gpus = resolve_gpus(cfg, cluster)
-        concurrency = max_concurrent(cfg, cluster, gpus)
+        limits = resources.autoscaler_limits()
+        planned = resources.plan(cfg, cluster, limits)
+        gpus, concurrency = planned.gpus, planned.max_concurrent
         claimed.clear()  # --overwrite: the earlier run goes only now that this one can start
         # the manifest first: from now on the folder is recognisably a run directory
-        manifest = _manifest(cfg, claimed, cluster, concurrency)
+        manifest = _manifest(cfg, claimed, cluster, concurrency, gpus, limits, planned.notes)
         write_manifest(run_dir, manifest)
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         records = _load_records(run_dir, cfg)
         for record in records.values():
             record.save()
+        checkpoints = store_uri(cfg.output.storage or str(run_dir), cfg.name, manifest["run_id"])
+        if claimed.mode == "resume":
+            _keep_only_best_weights(checkpoints, records)
 
         identities = trial_identities(cfg)
         todo = [i for i in identities if records[i["trial_id"]].status == "pending"]
         _say(
             notify,
             f"Ray is up ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU): "
-            f"{plural(len(todo), 'trial')} to train, up to {concurrency} at once; "
-            f"results in {run_dir}",
+            f"{plural(len(todo), 'trial')} to train, "
+            + (f"up to {concurrency} at once" if concurrency else "as many at once as fit")
+            + f"; results in {run_dir}",
         )
+        for note in planned.notes:  # waiting for the autoscaler, or running on CPU
+            _say(notify, note)
         progress = progress or Progress.create(cfg.train.epochs)
         progress.start(identities, {t: r.status for t, r in records.items()})
         try:
             if todo:
-                _fit(cfg, run_dir, todo, records, progress, gpus, concurrency)
+                _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints)
         finally:
             progress.stop()
     finally:
@@ -473,13 +531,25 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
 
-def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:
+def _keep_only_best_weights(checkpoints: str, records: dict[str, TrialRecord]) -> None:
+    """Ended trials keep only their best weights in the store; a driver killed between a
+    trial's end and its final report may have left its epoch state there."""
+    store = CheckpointStore(checkpoints)
+    for trial_id, record in records.items():
+        if record.status in ("completed", "diverged"):
+            store.finish(trial_id, (record.data["summary"] or {}).get("best_epoch"))
+
+
+def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=None) -> None:
+    """Run the ``todo`` trials under Tune; ``checkpoints`` is the run's checkpoint root
+    (``checkpoints.store_uri``). Tune keeps no checkpoints: a retried trial restores itself
+    from that store by trial id."""
     from ray import tune
 
     from harness.collector import ResultsCollector
 
     storage = str(run_dir / "ray")
-    specs = {i["trial_id"]: trial_spec(cfg, i, gpus) for i in todo}
+    specs = {i["trial_id"]: trial_spec(cfg, i, gpus, checkpoints) for i in todo}
     single = cfg.resources.workers_per_trial == 1
     if single:
         resources = {"cpu": cfg.resources.cpus_per_worker, "gpu": gpus}
@@ -508,7 +578,6 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency) -> None:
             verbose=0,
             callbacks=[ResultsCollector(records, progress)],
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     # Tune prints its own banner on stdout even when silent; keep it in the run directory so

@@ -14,6 +14,9 @@ experiment file):
 * ``train.pretrained``: a file that ``torch.load(weights_only=True)`` reads as a mapping of
   tensors and that loads into every backbone of the grid as the training loop loads it (tried
   on the meta device: no memory, no time);
+* ``output.storage``: a URI or path that ``pyarrow.fs.FileSystem.from_uri`` opens and whose
+  metadata it can read (credentials, endpoint, bucket), also for a run on a cluster (the
+  driver reads and prunes the checkpoint store too);
 * files named by method hyperparameters (``config.PATH_HYPERPARAMETERS``, e.g. DeepChest's
   ``initial_weights``): present and accepted by the method.
 
@@ -65,6 +68,7 @@ def preflight(cfg: ExperimentConfig, local: bool = True) -> Preflight:
         else:
             unchecked.append(f"train.pretrained ({CLUSTER_SIDE})")
     lines += _hyperparameter_files(cfg, local, unchecked)
+    lines += _storage(cfg)
     if lines:
         raise ConfigError(lines)
     return Preflight(sizes, unchecked)
@@ -195,3 +199,13 @@ def _hyperparameter_files(cfg: ExperimentConfig, local: bool, unchecked: list[st
                 except ValueError as exc:
                     lines.append(f"{where}: {str(exc).splitlines()[0]}")
     return lines
+
+
+def _storage(cfg: ExperimentConfig) -> list[str]:
+    """``output.storage`` opens (one line from pyarrow when it does not)."""
+    if not cfg.output.storage:
+        return []
+    from harness.checkpoints import storage_problem
+
+    problem = storage_problem(cfg.output.storage)
+    return [problem] if problem else []

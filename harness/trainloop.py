@@ -4,14 +4,22 @@ It knows nothing of Ray: the launcher hands it a ``Reporter`` (Tune, Train, or t
 ``MemoryReporter`` of tests) and a ``Collective`` (single process, or torch.distributed under
 Ray Train's ``TorchTrainer``). Per step (``TrainStep``): forward, per-task losses ``[T]``,
 ``engine.backward`` (the method turns T losses into one update), optimizer step. Per epoch:
-evaluate train and val without augmentation, ``method.on_epoch_end``, report metrics and a
-checkpoint. At the end: evaluate test with the weights of the best epoch by mean val AUROC.
+evaluate train and val without augmentation, ``method.on_epoch_end``, save the epoch's state
+to the run's ``CheckpointStore`` (rank 0 only; see ``harness.checkpoints``), report metrics.
+At the end: evaluate test with the weights of the best epoch by mean val AUROC.
+
+A trial whose store holds an epoch state (a Tune retry, ``--resume``, any worker of a
+multi-worker trial) continues from it: model, optimizer, scaler, method state, rows, best
+epoch, timers and the Python, NumPy and torch (CPU and CUDA) RNG states, so that on CPU the
+continued trial is bit-identical to one that was never interrupted.
 
 A trial is described by a plain dict (see ``launch.trial_spec``) so that it crosses process
 boundaries unchanged:
 ``{trial_id, method, backbone, seed, data: {...}, train: {...}, weighting_method,
-method_params: {...}, device: "cpu" | "cuda", threads: int}``, where ``method`` is the name in
-the grid and ``weighting_method`` the registered method it runs (they differ for a variant).
+method_params: {...}, device: "cpu" | "cuda", threads: int, checkpoints: URI | None}``, where
+``method`` is the name in the grid and ``weighting_method`` the registered method it runs (they
+differ for a variant), and ``checkpoints`` the run's checkpoint root (``checkpoints.store_uri``;
+None: nothing is saved or restored).
 """
 
 from __future__ import annotations
@@ -20,11 +28,8 @@ import copy
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,39 +41,29 @@ from deepchest.data import LabeledImages, load_splits
 from deepchest.data.augment import AugmentSettings, augment_batch, eval_batch
 from deepchest.metrics import TaskMetrics, masked_task_losses, task_metrics
 from deepchest.models import MultiTaskNet
+from harness.checkpoints import CheckpointStore
 from harness.measure import StepTimer
+from harness.nodes import this_node, trial_placement
 from harness.wording import plural
 from methods import engine
 
-CHECKPOINT_FILE = "trial_state.pt"
-
 
 class Reporter(Protocol):
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None: ...
+    """Where the loop's metrics go (Tune, Train, a list). Checkpoints do not pass through it:
+    the loop saves them to the run's ``CheckpointStore`` itself."""
 
-    def restore(self) -> str | None:
-        """A directory holding the latest checkpoint of this trial, or None."""
+    def report(self, metrics: dict[str, Any]) -> None: ...
 
 
 class MemoryReporter:
-    """Keeps reports in a list and the latest checkpoint in ``checkpoint_root``: for tests and
-    for running the loop in one process without Ray."""
+    """Keeps reports in a list: for tests and for running the loop in one process without
+    Ray."""
 
-    def __init__(self, checkpoint_root: str | Path | None = None, resume: bool = False):
+    def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
-        self.root = Path(checkpoint_root) if checkpoint_root else None
-        self.resume = resume
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         self.reports.append(metrics)
-        if checkpoint_dir and self.root:
-            target = self.root / "latest"
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, target)
-
-    def restore(self) -> str | None:
-        latest = self.root / "latest" if self.root else None
-        return str(latest) if self.resume and latest and latest.is_dir() else None
 
 
 class Collective:
@@ -126,6 +121,43 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states that training draws from, as plain objects and tensors (what
+    ``torch.load(weights_only=True)`` reads back): Python's ``random``, NumPy's legacy global
+    generator (its MT19937 key as an int64 tensor ``[624]``), torch's CPU generator and, on a
+    CUDA device, that device's generator."""
+    numpy = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+            "pos": int(numpy["state"]["pos"]),
+            "has_gauss": int(numpy["has_gauss"]),
+            "gauss": float(numpy["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned (a CUDA state only on a CUDA device)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},
+            "has_gauss": numpy["has_gauss"],
+            "gauss": numpy["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -340,6 +372,7 @@ class _Trial:
         self.train_time_s = 0.0
         self.prior_wall_s = 0.0
         self.timer = StepTimer(self.device)
+        self.store = CheckpointStore(spec["checkpoints"]) if spec.get("checkpoints") else None
         self._restore()
         self.train_step = TrainStep(
             self.net,
@@ -355,6 +388,7 @@ class _Trial:
 
     # ---- checkpoints -------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
+        """The epoch's full state; the best epoch's weights go to their own file."""
         return {
             "epoch": self.epoch,
             "model": self.net.state_dict(),
@@ -362,39 +396,43 @@ class _Trial:
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "method": self.method.state_dict(),
             "rows": self.rows,
-            "best": self.best,
+            "best": {k: v for k, v in self.best.items() if k != "model"},
             "timer": self.timer.state(),
             "train_time_s": self.train_time_s,
             "wall_time_s": self.prior_wall_s + time.perf_counter() - self.started,
+            "rng": rng_state(self.device),
         }
 
     def _restore(self) -> None:
-        directory = self.reporter.restore()
-        if not directory:
+        """Continue from the newest epoch state in the store, if any. Every rank reads it
+        into its own memory (rank 0's RNG state: the ranks draw alike from the same seed)."""
+        if self.store is None:
             return
-        state = torch.load(
-            Path(directory) / CHECKPOINT_FILE, map_location=self.device, weights_only=True
-        )
+        state = self.store.load_latest(self.spec["trial_id"], map_location=self.device)
+        if state is None:
+            return
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
-        self.epoch, self.rows, self.best = state["epoch"], state["rows"], state["best"]
+        self.epoch, self.rows = state["epoch"], state["rows"]
+        self.best = {**state["best"], "model": state["best_model"]}
         self.timer = StepTimer(self.device, history=state["timer"])
         self.train_time_s, self.prior_wall_s = state["train_time_s"], state["wall_time_s"]
+        set_rng_state(state["rng"], self.device)
 
-    def _report(self, metrics: dict[str, Any], with_checkpoint: bool) -> None:
-        if not with_checkpoint:
-            self.reporter.report(metrics)
+    def _save(self) -> None:
+        """Rank 0 writes the epoch's state (the other ranks hold the same)."""
+        if self.store is None or self.coll.rank != 0:
             return
-        directory = tempfile.mkdtemp(prefix="harness-ckpt-")
-        try:
-            if self.coll.rank == 0:
-                torch.save(self._state(), Path(directory) / CHECKPOINT_FILE)
-            self.reporter.report(metrics, checkpoint_dir=directory if self.coll.rank == 0 else None)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        self.store.save(
+            self.spec["trial_id"],
+            self.epoch,
+            self._state(),
+            best_epoch=self.best["epoch"],
+            best_model=self.best["model"],
+        )
 
     # ---- evaluation --------------------------------------------------------------------
     def _input(self, images: Tensor, *, train: bool = False) -> Tensor:
@@ -556,7 +594,8 @@ class _Trial:
                     "val", val_m, self.epoch, weights, val_m.f1_threshold, val_m.best_f1
                 )
                 self.rows += rows
-                self._report(
+                self._save()
+                self.reporter.report(
                     {
                         "epoch": self.epoch,
                         "done": False,
@@ -565,8 +604,9 @@ class _Trial:
                         "val_mean_accuracy": val_m.mean_accuracy,
                         "val_mean_loss": val_m.mean_loss,
                         "rows_json": json.dumps(rows),
-                    },
-                    with_checkpoint=True,
+                        # where this attempt runs (rank 0's node under several workers)
+                        "node_json": json.dumps(this_node()),
+                    }
                 )
         except Diverged as exc:
             status, error = "diverged", str(exc)
@@ -611,11 +651,16 @@ class _Trial:
             **{f"n_{split}": len(data) for split, data in self.splits.items()},
             "wall_time_s": self.prior_wall_s + time.perf_counter() - self.started,
             "train_time_s": self.train_time_s,
-            "device": _device_name(self.device),
+            # node, device ("cpu"/"cuda"), GPU model, CPU threads (and every worker's host)
+            **trial_placement(self.device, self.coll),
             "workers": self.coll.world_size,
             **self.timer.summary(),
         }
-        self._report(
+        if self.store is not None and self.coll.rank == 0:
+            # only what model export needs stays: the best weights. Before the final report,
+            # which may end the trial's process at once (a crash in between re-runs the trial)
+            self.store.finish(self.spec["trial_id"], self.best["epoch"])
+        self.reporter.report(
             {
                 "epoch": self.epoch,
                 "done": True,
@@ -625,20 +670,13 @@ class _Trial:
                 # the whole history: whatever a retry or a restore replayed, the driver ends
                 # with exactly the rows of this trial's final state
                 "rows_json": json.dumps(self.rows + test_rows),
-            },
-            with_checkpoint=False,
+            }
         )
         return {**summary, "rows": self.rows + test_rows}
 
 
 def _finite_or_nan(value: float) -> float:
     return value if math.isfinite(value) else math.nan
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return "cpu"
 
 
 def train_trial(

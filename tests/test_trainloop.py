@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -18,10 +19,32 @@ from harness.trainloop import MemoryReporter, TorchCollective, train_trial
 from tests.conftest import tiny_config
 
 
-def spec_for(tmp_path, method="deepchest", epochs=2, **sections):
+def spec_for(tmp_path, method="deepchest", epochs=2, checkpoints=None, **sections):
     grid = {"methods": [method]}
     cfg = parse_config(tiny_config(tmp_path, train={"epochs": epochs}, grid=grid, **sections))
-    return trial_spec(cfg, trial_identities(cfg)[0], gpus=0)
+    return trial_spec(cfg, trial_identities(cfg)[0], gpus=0, checkpoints=checkpoints)
+
+
+class Crash(Exception):
+    """Raised by ``CrashingReporter``: the trial's process dies after an epoch was saved."""
+
+
+class CrashingReporter(MemoryReporter):
+    """Raises after the report of epoch ``after`` (that epoch's state is already saved)."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    def report(self, metrics):
+        super().report(metrics)
+        if not metrics["done"] and metrics["epoch"] == self.after:
+            raise Crash(f"after epoch {self.after}")
+
+
+def interrupted(spec, after: int):
+    with pytest.raises(Crash):
+        train_trial(spec, CrashingReporter(after))
 
 
 def test_rows_reports_and_summary(tmp_path):
@@ -54,14 +77,16 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 def test_resume_from_checkpoint_continues(tmp_path):
-    root = tmp_path / "ckpt"
-    first = train_trial(spec_for(tmp_path, epochs=2), MemoryReporter(root))
-    resumed_reporter = MemoryReporter(root, resume=True)
-    resumed = train_trial(spec_for(tmp_path, epochs=3), resumed_reporter)
+    spec = spec_for(tmp_path, epochs=3, checkpoints=str(tmp_path / "store"))
+    first = CrashingReporter(after=2)
+    with pytest.raises(Crash):
+        train_trial(spec, first)
+    resumed_reporter = MemoryReporter()
+    resumed = train_trial(spec, resumed_reporter)
     assert resumed["epochs_completed"] == 3
     # only epoch 3 was trained again; epochs 1-2 come from the checkpoint, unchanged
     assert [r["epoch"] for r in resumed_reporter.reports if not r["done"]] == [3]
-    old = [r for r in first["rows"] if r["split"] != "test"]
+    old = [r for m in first.reports for r in json.loads(m["rows_json"])]
     assert repr(resumed["rows"][: len(old)]) == repr(old)  # repr: NaN == NaN
 
 
@@ -127,15 +152,15 @@ def _one_thread():
 def test_uncertainty_learns_its_log_variances_and_resumes(tmp_path):
     """The method's own parameters join the optimizer (lr 0.025, no weight decay) and are
     checkpointed with it: a resumed trial continues where the first one stopped."""
-    root = tmp_path / "ckpt"
-    first = train_trial(spec_for(tmp_path, method="uncertainty", epochs=2), MemoryReporter(root))
-    weights = [r["weight"] for r in first["rows"] if r["split"] == "train"]
+    spec = spec_for(tmp_path, method="uncertainty", epochs=3, checkpoints=str(tmp_path / "s"))
+    first = CrashingReporter(after=2)
+    with pytest.raises(Crash):
+        train_trial(spec, first)
+    old = [r for m in first.reports for r in json.loads(m["rows_json"])]
+    weights = [r["weight"] for r in old if r["split"] == "train"]
     assert all(w > 0 for w in weights) and len(set(weights)) > 1  # 0.5 exp(-s), s learned
-    resumed = train_trial(
-        spec_for(tmp_path, method="uncertainty", epochs=3), MemoryReporter(root, resume=True)
-    )
+    resumed = train_trial(spec, MemoryReporter())
     assert resumed["epochs_completed"] == 3
-    old = [r for r in first["rows"] if r["split"] != "test"]
     assert repr(resumed["rows"][: len(old)]) == repr(old)
 
 
@@ -184,9 +209,9 @@ def test_resume_with_augmentation_continues_the_same_run(tmp_path):
     the epoch-3 rows of an uninterrupted run."""
     data = {"augment": True}
     straight = train_trial(spec_for(tmp_path, epochs=3, data=data), MemoryReporter())
-    root = tmp_path / "ckpt"
-    train_trial(spec_for(tmp_path, epochs=2, data=data), MemoryReporter(root))
-    resumed = train_trial(spec_for(tmp_path, epochs=3, data=data), MemoryReporter(root, True))
+    spec = spec_for(tmp_path, epochs=3, data=data, checkpoints=str(tmp_path / "store"))
+    interrupted(spec, after=2)
+    resumed = train_trial(spec, MemoryReporter())
 
     def epoch3(out):  # everything but the clock
         rows = [r for r in out["rows"] if r["epoch"] == 3 and r["split"] != "test"]

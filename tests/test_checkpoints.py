@@ -1,0 +1,104 @@
+"""The run's checkpoint store (``harness.checkpoints``) and bit-identical continuation of an
+interrupted trial on CPU."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+from harness.checkpoints import CheckpointStore, storage_problem, store_uri
+from harness.trainloop import MemoryReporter, train_trial
+from tests.test_trainloop import interrupted, spec_for
+
+METRICS = (
+    "status",
+    "epochs_completed",
+    "best_epoch",
+    "val_mean_auroc",
+    "test_mean_auroc",
+    "test_mean_accuracy",
+    "test_mean_auprc",
+    "test_macro_f1",
+    "test_macro_f1_tuned",
+    "test_exact_match",
+)
+
+
+def _rows(out):  # everything but the clock; repr: NaN == NaN
+    return repr([{k: v for k, v in r.items() if k != "train_time_s"} for r in out["rows"]])
+
+
+def _temp_leftovers() -> set[str]:
+    prefixes = ("harness-ckpt-", "checkpoint_tmp_")
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(prefixes)}
+
+
+@pytest.mark.parametrize(
+    ("method", "data"),
+    [("rlw", {}), ("deepchest", {"augment": True, "hflip": True})],
+    ids=["rlw", "deepchest-augment"],
+)
+def test_interrupted_and_resumed_trial_is_bit_identical(tmp_path, method, data):
+    """4 epochs straight vs the same trial stopped after epoch 2's save and continued from the
+    store: the same rows (every epoch, every split) and the same summary metrics. ``rlw`` draws
+    its weights from torch's global RNG; DeepChest with augmentation has method state and
+    augmentation draws."""
+    straight = train_trial(spec_for(tmp_path, method=method, epochs=4, data=data), MemoryReporter())
+    before = _temp_leftovers()
+    uri = "file://" + str(tmp_path / "store")  # a URI, as output.storage would give
+    spec = spec_for(tmp_path, method=method, epochs=4, data=data, checkpoints=uri)
+    interrupted(spec, after=2)
+    reporter = MemoryReporter()
+    resumed = train_trial(spec, reporter)
+    assert [m["epoch"] for m in reporter.reports if not m["done"]] == [3, 4]
+    assert _rows(resumed) == _rows(straight)
+    assert repr([resumed[k] for k in METRICS]) == repr([straight[k] for k in METRICS])
+    # the finished trial keeps only its best weights; nothing was left in the temp folder
+    store = CheckpointStore(uri)
+    assert store.trial_files(spec["trial_id"]) == [f"best-{resumed['best_epoch']:04d}.pt"]
+    assert _temp_leftovers() <= before
+
+
+def test_store_keeps_one_epoch_and_takes_the_newest_that_loads(tmp_path):
+    """A save deletes the older epoch (and best weights no longer named); a newest file cut
+    short by a crash is passed over for the previous complete one."""
+    store = CheckpointStore(str(tmp_path / "s"))
+    weights = {"w": torch.arange(3.0)}
+    store.save("t", 1, {"epoch": 1, "best": {"epoch": 1}}, best_epoch=1, best_model=weights)
+    store.save("t", 2, {"epoch": 2, "best": {"epoch": 1}}, best_epoch=1, best_model=weights)
+    assert store.trial_files("t") == ["best-0001.pt", "epoch-0002.pt"]
+    assert store.load_latest("t")["epoch"] == 2
+    assert torch.equal(store.load_latest("t")["best_model"]["w"], weights["w"])
+    # a crash while epoch 3 was written: the half file stays beside epoch 2
+    data = (tmp_path / "s" / "t" / "epoch-0002.pt").read_bytes()
+    (tmp_path / "s" / "t" / "epoch-0003.pt").write_bytes(data[: len(data) // 2])
+    assert store.load_latest("t")["epoch"] == 2
+    store.save("t", 3, {"epoch": 3, "best": {"epoch": 3}}, best_epoch=3, best_model=weights)
+    assert store.trial_files("t") == ["best-0003.pt", "epoch-0003.pt"]
+    store.finish("t", 3)
+    assert store.trial_files("t") == ["best-0003.pt"]
+    assert store.load_latest("t") is None and torch.equal(store.load_best("t")["w"], weights["w"])
+    assert store.load_latest("never-saved") is None
+
+
+def test_store_uri_and_storage_problems(tmp_path):
+    assert (
+        store_uri("s3://bucket/runs/", "grid", "ab12") == "s3://bucket/runs/grid-ab12/checkpoints"
+    )
+    assert (
+        store_uri("s3://b/p?endpoint_override=localhost:9000&scheme=http", "g", "1")
+        == "s3://b/p/g-1/checkpoints?endpoint_override=localhost:9000&scheme=http"
+    )
+    assert store_uri("relative", "g", "1") == f"{os.getcwd()}/relative/g-1/checkpoints"
+    assert storage_problem(str(tmp_path / "not-yet")) is None  # made when the run saves
+    assert storage_problem("file://" + str(tmp_path)) is None
+    (tmp_path / "f").write_text("")
+    assert (
+        storage_problem(str(tmp_path / "f"))
+        == f"output.storage: {tmp_path / 'f'} is a file, not a folder"
+    )
+    line = storage_problem("nosuch://bucket/x")
+    assert line.startswith("output.storage: cannot open nosuch://bucket/x: ") and "\n" not in line

@@ -1,0 +1,239 @@
+"""The driver killed (kill -9) at three points of a tiny grid, then ``harness run --resume``:
+no finished trial is trained again, unfinished ones continue from their checkpoint, and the
+tables equal those of an uninterrupted run (same trial ids, same metrics: CPU runs are
+bit-identical). Also: ``output.storage`` holds every checkpoint, ``harness validate`` refuses a
+storage URI it cannot open.
+
+Each killed driver runs as ``python -m harness.cli run`` in its own process with its own local
+Ray, isolated by ``RAY_TMPDIR``: a kill -9 leaves that Ray running (its processes outlive the
+driver), so the test ends every process that carries its ``RAY_TMPDIR``, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from harness.cli import main
+from tests.conftest import REPO, tiny_config, write_config
+
+pytestmark = pytest.mark.timeout(900)
+
+METHODS = ["rlw", "deepchest"]
+SEEDS = [0, 1]
+TRIAL_METRICS = [
+    "trial_id",
+    "status",
+    "epochs_completed",
+    "best_epoch",
+    "val_mean_auroc",
+    "test_mean_auroc",
+    "test_mean_accuracy",
+    "test_mean_auprc",
+    "test_macro_f1",
+    "test_macro_f1_tuned",
+    "test_exact_match",
+]
+
+
+def grid_config(tmp_path: Path, storage: str | None = None) -> dict:
+    """4 trials of 3 epochs (rlw draws from the RNG; DeepChest with augmentation)."""
+    return tiny_config(
+        tmp_path,
+        name="crash",
+        grid={"methods": METHODS, "seeds": SEEDS},
+        train={"epochs": 3},
+        data={"augment": True},
+        output={"dir": str(tmp_path / "runs"), "storage": storage},
+    )
+
+
+def tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tables without what the clock or the machine decides."""
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")[TRIAL_METRICS]
+    epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet").drop(columns="train_time_s")
+    trials = trials.sort_values("trial_id").reset_index(drop=True)
+    epochs = epochs.sort_values(["trial_id", "epoch", "split", "task"]).reset_index(drop=True)
+    return trials, epochs
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    out = {}
+    for path in (run_dir / "trials").glob("*.json"):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except ValueError:  # caught while replaced
+            continue
+    return out
+
+
+class Driver:
+    """``harness run`` in a subprocess with its own local Ray (``RAY_TMPDIR``)."""
+
+    def __init__(self, config: Path, *args: str, log: Path):
+        self.ray_tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: socket paths
+        env = {
+            **os.environ,
+            "RAY_TMPDIR": self.ray_tmp,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled",
+        }
+        env.pop("RAY_ADDRESS", None)
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "run", str(config), *args],
+            cwd=REPO,
+            env=env,
+            stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ray_processes(self) -> list[psutil.Process]:
+        """Every process started for this driver: its descendants, and any process whose
+        environment carries this driver's RAY_TMPDIR (Ray's daemons reparented to init)."""
+        found = {}
+        with _suppress():
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                found[p.pid] = p
+        for p in psutil.process_iter():
+            if p.pid in found or p.pid == self.proc.pid:
+                continue
+            with _suppress():
+                if p.environ().get("RAY_TMPDIR") == self.ray_tmp:
+                    found[p.pid] = p
+        return list(found.values())
+
+    def kill9(self) -> None:
+        """kill -9 of the driver, then of the Ray it started (by pid)."""
+        family = self.ray_processes()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.cleanup(family)
+
+    def cleanup(self, family: list[psutil.Process] | None = None) -> None:
+        family = (family or []) + self.ray_processes()
+        for p in family:
+            with _suppress():
+                p.kill()
+        psutil.wait_procs(family, timeout=30)
+        assert not self.ray_processes()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            self.cleanup() if self.proc.poll() is not None else self.kill9()
+        return rc
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, psutil.Error)
+
+
+def until(condition, driver: Driver, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if driver.proc.poll() is not None:
+            driver.cleanup()
+            pytest.fail(f"the driver ended before {what}:\n{driver.log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            driver.kill9()
+            pytest.fail(f"no {what} in {timeout:g} s:\n{driver.log.read_text()[-3000:]}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_session, tmp_path_factory):
+    """The tables of the same grid run straight through (in this process's Ray)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    assert main(["run", str(write_config(tmp, grid_config(tmp)))]) == 0
+    return tables(tmp / "runs" / "crash")
+
+
+def _epoch_reported(run_dir: Path) -> bool:
+    return any(r.get("rows") for r in records(run_dir).values())
+
+
+def _half_done(run_dir: Path) -> bool:
+    ended = [r for r in records(run_dir).values() if r["status"] == "completed"]
+    return len(ended) >= len(METHODS) * len(SEEDS) // 2
+
+
+def _writing_tables(run_dir: Path) -> bool:
+    return (run_dir / "results").is_dir()
+
+
+@pytest.mark.parametrize(
+    "point",
+    [_epoch_reported, _half_done, _writing_tables],
+    ids=["after-first-epoch", "half-the-trials-done", "while-tables-are-written"],
+)
+def test_driver_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, point):
+    storage = "file://" + str(tmp_path / "store")
+    config = write_config(tmp_path, grid_config(tmp_path, storage))
+    run_dir = tmp_path / "runs" / "crash"
+    first = Driver(config, log=tmp_path / "first.log")
+    until(lambda: point(run_dir), first, point.__name__)
+    first.kill9()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert not manifest.get("finished_at")  # the kill landed before the run's end
+    before = records(run_dir)
+    ended = {t for t, r in before.items() if r["status"] == "completed"}
+    store = tmp_path / "store" / f"crash-{manifest['run_id']}" / "checkpoints"
+    saved = {t for t in before if t not in ended and list((store / t).glob("epoch-*.pt"))}
+    if point is _epoch_reported:
+        assert saved  # a trial had a checkpoint to continue from
+
+    second = Driver(config, "--resume", log=tmp_path / "second.log")
+    assert second.wait() == 0, second.log.read_text()[-3000:]
+    log = second.log.read_text()
+    todo = len(METHODS) * len(SEEDS) - len(ended)
+    if todo:
+        assert f"{todo} trial{'s' if todo != 1 else ''} to train" in log
+    else:
+        assert "every trial of" in log and "writing the report" in log
+    after = records(run_dir)
+    for trial_id in ended:  # not trained again: the very same record (its clock included)
+        assert after[trial_id]["summary"] == before[trial_id]["summary"]
+    for trial_id in saved:  # continued: this attempt's first report is a later epoch
+        results = sorted((run_dir / "ray").glob(f"tune-*/{trial_id}/result.json"))
+        first_report = json.loads(results[-1].read_text().splitlines()[0])
+        assert first_report["epoch"] > 1, trial_id
+
+    trials, epochs = tables(run_dir)
+    straight_trials, straight_epochs = uninterrupted
+    pd.testing.assert_frame_equal(trials, straight_trials)
+    pd.testing.assert_frame_equal(epochs, straight_epochs)
+    assert json.loads((run_dir / "manifest.json").read_text())["finished_at"]
+    # every finished trial keeps only its best weights, in the store; none in the run directory
+    for trial_id, best in zip(trials.trial_id, trials.best_epoch, strict=True):
+        assert sorted(p.name for p in (store / trial_id).iterdir()) == [f"best-{best:04d}.pt"]
+    assert not list(run_dir.rglob("*.pt")) and not list(run_dir.rglob("checkpoint_*"))
+
+
+def test_validate_refuses_a_storage_uri_it_cannot_open(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, output={"storage": "nosuch://bucket/runs"})
+    assert main(["validate", str(write_config(tmp_path, cfg))]) == 2
+    err = capsys.readouterr().err
+    assert "output.storage: cannot open nosuch://bucket/runs: " in err
+    (tmp_path / "file").write_text("")
+    cfg = tiny_config(tmp_path, output={"storage": str(tmp_path / "file")})
+    assert main(["validate", str(write_config(tmp_path, cfg))]) == 2
+    assert f"output.storage: {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
