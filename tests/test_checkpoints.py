@@ -3,6 +3,7 @@ interrupted trial on CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -102,3 +103,36 @@ def test_store_uri_and_storage_problems(tmp_path):
     )
     line = storage_problem("nosuch://bucket/x")
     assert line.startswith("output.storage: cannot open nosuch://bucket/x: ") and "\n" not in line
+
+
+def _ddp_worker(rank, world, init_file, spec, crash_after, results):
+    """One rank: straight through, or interrupted after ``crash_after`` and continued (each
+    rank restores from the store into its own memory; rank 0 alone writes)."""
+    import torch.distributed as dist
+
+    from harness.trainloop import TorchCollective
+    from tests.test_trainloop import Crash, CrashingReporter
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        if crash_after:
+            with contextlib.suppress(Crash):
+                train_trial(spec, CrashingReporter(crash_after), TorchCollective())
+        out = train_trial(spec, MemoryReporter(), TorchCollective())
+        results[(bool(crash_after), rank)] = (_rows(out), out["test_mean_auroc"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_worker_trial_resumes_bit_identical(tmp_path):
+    """DDP on 2 gloo processes, rlw (each rank draws from its own global RNG): interrupted
+    after epoch 2 and continued from the store, both ranks end with the rows and test metric
+    of an uninterrupted 2-worker run."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    for crash_after, store in ((0, None), (2, str(tmp_path / "store"))):
+        spec = spec_for(tmp_path, method="rlw", epochs=3, checkpoints=store)
+        init = tmp_path / f"init{crash_after}"
+        mp.spawn(_ddp_worker, args=(2, str(init), spec, crash_after, results), nprocs=2, join=True)
+    assert results[(True, 0)] == results[(True, 1)] == results[(False, 0)]

@@ -237,3 +237,38 @@ def test_validate_refuses_a_storage_uri_it_cannot_open(tmp_path, capsys):
     cfg = tiny_config(tmp_path, output={"storage": str(tmp_path / "file")})
     assert main(["validate", str(write_config(tmp_path, cfg))]) == 2
     assert f"output.storage: {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_trial_process_killed_is_retried_from_its_checkpoint(tmp_path, uninterrupted):
+    """kill -9 of the Ray worker processes that run the trials (``train.max_failures: 1``):
+    Tune retries each, the retry continues from the store (no epoch reported twice), and the
+    tables equal the uninterrupted run's."""
+    cfg = grid_config(tmp_path, "file://" + str(tmp_path / "store"))
+    cfg["train"]["max_failures"] = 1
+    config = write_config(tmp_path, cfg)
+    run_dir = tmp_path / "runs" / "crash"
+    driver = Driver(config, log=tmp_path / "driver.log")
+
+    def trial_processes():
+        found = []
+        for p in driver.ray_processes():
+            with _suppress():
+                if "ImplicitFunc" in " ".join(p.cmdline()):
+                    found.append(p)
+        return found
+
+    until(lambda: _epoch_reported(run_dir) and trial_processes(), driver, "an epoch report")
+    killed = trial_processes()
+    for p in killed:
+        with _suppress():
+            p.kill()
+    assert driver.wait() == 0, driver.log.read_text()[-3000:]
+    trials, epochs = tables(run_dir)
+    pd.testing.assert_frame_equal(trials, uninterrupted[0])
+    pd.testing.assert_frame_equal(epochs, uninterrupted[1])
+    for result in (run_dir / "ray").glob("tune-*/*/result.json"):
+        reports = [json.loads(line) for line in result.read_text().splitlines()]
+        epochs_reported = [r["epoch"] for r in reports if not r["done"]]
+        assert epochs_reported == sorted(set(epochs_reported)), (result, epochs_reported)
+    errors = list((run_dir / "ray").glob("tune-*/*/error.txt"))
+    assert len(errors) >= len(killed) >= 1  # Tune saw each trial fail, then retried it
