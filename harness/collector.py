@@ -37,18 +37,23 @@ class ResultsCollector(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         trial_id, record = self._record(trial)
         record.set(status="running", error=None)
+        record.start_attempt()  # every start counts: first, retried, or resumed
         record.save()
         self.progress.update(trial_id, status="running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id, record = self._record(trial)
         rows = json.loads(result.get("rows_json", "[]"))
+        if "node_json" in result:  # the trial's own word on its node (rank 0's)
+            record.attempt_ran_on(json.loads(result["node_json"]))
         if result.get("done"):
             # the final report carries the trial's whole history: it replaces what was
             # recorded epoch by epoch (a trial resumed elsewhere may not have replayed it all)
             summary = json.loads(result["summary_json"])
             record.replace_history(rows)
             record.set(summary=summary, status=summary["status"], error=summary["error"])
+            record.attempt_ran_on(summary)
+            record.end_attempt(summary["status"], summary["error"])
             self.progress.update(
                 trial_id,
                 status=summary["status"],
@@ -69,14 +74,23 @@ class ResultsCollector(tune.Callback):
         trial_id, record = self._record(trial)
         if record.status == "running":  # returned without its final report
             record.set(status="failed", error="trial ended without a final report")
+            record.end_attempt("failed", record.data["error"])
             record.save()
             self.progress.update(trial_id, status="failed", error=record.data["error"])
 
     def on_trial_error(self, iteration, trials, trial, **info):
         trial_id, record = self._record(trial)
         record.set(status="failed", error=error_line(trial))
+        record.end_attempt("failed", record.data["error"])
         record.save()
         self.progress.update(trial_id, status="failed", error=record.data["error"])
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed attempt that Tune retries (``train.max_failures``): the next start is a new
+        attempt; the trial itself stays running."""
+        trial_id, record = self._record(trial)
+        record.end_attempt("failed", error_line(trial))
+        record.save()
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")

@@ -29,9 +29,19 @@ from harness import resources
 from harness.checkpoints import CheckpointStore, store_uri
 from harness.config import ExperimentConfig
 from harness.errors import RunError, RunRefused, handle_sigterm
+from harness.nodes import NODE_KEYS, cluster_nodes, merge_nodes
 from harness.preflight import cluster_address, preflight  # harness validate runs it too
 from harness.progress import Progress
-from harness.results import TrialRecord, write_manifest, write_tables
+from harness.results import (
+    TrialRecord,
+    current_run_attempt,
+    end_run_attempt,
+    new_run_attempt,
+    past_run_attempts,
+    record_run_attempt_end,
+    write_manifest,
+    write_tables,
+)
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
 from harness.wording import plural
 
@@ -326,9 +336,17 @@ def _manifest(
     stored = claimed.stored_manifest if claimed.mode == "resume" else None
     # the checkpoint store's name (checkpoints.store_uri): made once, kept by every resume
     manifest["run_id"] = (stored or {}).get("run_id") or uuid.uuid4().hex[:12]
-    if stored:  # the run began earlier: keep when, and list each resume
+    if stored:  # the run began earlier: keep when
         manifest["started_at"] = stored["started_at"]
-        manifest["resumed_at"] = [*stored.get("resumed_at", []), _now()]
+    # every node of the cluster as this attempt starts (hardware is the driver's alone)
+    manifest["nodes"] = cluster_nodes(manifest["hardware"].get("gpus"))
+    ended = ("completed", "diverged")
+    trials = claimed.path / TRIALS_DIR
+    to_run = [i for i in trial_identities(cfg) if TrialRecord(trials, i).status not in ended]
+    manifest["attempts"] = [
+        *past_run_attempts(stored),
+        new_run_attempt(manifest["command"], claimed.mode == "resume", len(to_run)),
+    ]
     return manifest
 
 
@@ -342,10 +360,26 @@ def _finish(
     unfinished, and ``--resume`` just writes what is missing."""
     from reports import ReportError, write_report
 
+    if current_run_attempt(manifest) is None:  # a resume that only writes tables and report
+        earlier = {**manifest, "finished_at": finished_at or manifest.get("finished_at")}
+        manifest["attempts"] = [
+            *past_run_attempts(earlier),
+            new_run_attempt(" ".join(sys.argv), True, 0),
+        ]
     write_tables(run_dir, list(records.values()))
     manifest["trials"] = {
-        t: {"status": r.status, "error": r.data["error"]} for t, r in records.items()
+        t: {"status": r.status, "error": r.data["error"], "attempts": r.attempts}
+        for t, r in records.items()
     }
+    # nodes that joined after the start (an autoscaler) are known from this attempt's trials
+    since = current_run_attempt(manifest)["started_at"]
+    seen = [
+        {k: a.get(k) for k in NODE_KEYS}
+        for r in records.values()
+        for a in r.attempts
+        if a.get("hostname") and (a.get("started_at") or "") >= since
+    ]
+    manifest["nodes"] = merge_nodes(manifest.get("nodes") or [], seen)
     write_manifest(run_dir, manifest)
     try:
         report = write_report(run_dir)
@@ -355,6 +389,7 @@ def _finish(
             "that, harness run --resume writes it"
         ) from None
     manifest["finished_at"] = finished_at or _now()
+    end_run_attempt(manifest, "finished")
     write_manifest(run_dir, manifest)
     return report
 
@@ -404,6 +439,11 @@ def run_experiment(
         outcome = _run_claimed(cfg, claimed, config, address, progress, notify)
         succeeded = True
         return outcome
+    except BaseException as exc:  # the manifest's attempts record how this one ended
+        record_run_attempt_end(
+            claimed.path, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        )
+        raise
     finally:
         # a run that stops before any trial started leaves no directory behind
         claimed.release(discard=not succeeded)

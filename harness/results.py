@@ -8,9 +8,11 @@ epoch again replaces it rather than duplicating it. When the run ends they becom
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,15 @@ TRIALS_SCHEMA = pa.schema(
         ("wall_time_s", pa.float64()),
         ("train_time_s", pa.float64()),
         ("workers", pa.int64()),
-        ("device", pa.string()),
+        ("device", pa.string()),  # "cpu" or "cuda" (runs before 0.x: "cuda:<GPU model>")
+        # where the trial ran (its last attempt; rank 0 under several workers)
+        ("hostname", pa.string()),
+        ("node_ip", pa.string()),
+        ("node_id", pa.string()),  # Ray's node id
+        ("gpu_name", pa.string()),
+        ("cpu_threads", pa.int64()),
+        ("worker_hosts", pa.string()),  # every worker's host, by rank (several workers only)
+        ("attempts", pa.int64()),  # times started: 1 + retries (max_failures) + resumes
     ]
 )
 
@@ -79,6 +89,10 @@ EPOCHS_SCHEMA = pa.schema(
 )
 
 
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 def _write_json(path: Path, obj: Any) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -97,9 +111,49 @@ class TrialRecord:
             "error": None,
             "rows": {},  # "epoch:<n>" or "test" -> list of row dicts
             "summary": None,
+            # one entry per start: started_at, ended_at, status, hostname, node_ip, node_id
+            "attempts": [],
         }
         if self.path.is_file():
             self.data = json.loads(self.path.read_text())
+            self.data.setdefault("attempts", [])  # a record written before attempts were kept
+
+    # ---- attempts ----------------------------------------------------------------------
+    def start_attempt(self) -> None:
+        """The trial was (re)started: a retry after a failure, or a run resumed."""
+        self._close_open("interrupted")
+        self.data["attempts"].append(
+            {
+                "started_at": now_iso(),
+                "ended_at": None,
+                "status": "running",
+                "error": None,
+                "hostname": None,
+                "node_ip": None,
+                "node_id": None,
+            }
+        )
+
+    def attempt_ran_on(self, node: dict[str, Any]) -> None:
+        """Where the current attempt runs, from its first report that says so."""
+        attempts = self.data["attempts"]
+        if attempts and attempts[-1]["ended_at"] is None and not attempts[-1]["hostname"]:
+            attempts[-1].update({k: node.get(k) for k in ("hostname", "node_ip", "node_id")})
+
+    def end_attempt(self, status: str, error: str | None = None) -> None:
+        attempts = self.data["attempts"]
+        if attempts and attempts[-1]["ended_at"] is None:
+            attempts[-1].update(ended_at=now_iso(), status=status, error=error)
+
+    def _close_open(self, status: str) -> None:
+        """An attempt never closed: its driver stopped or was killed while it ran."""
+        for attempt in self.data["attempts"]:
+            if attempt["ended_at"] is None and attempt["status"] == "running":
+                attempt["status"] = status
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        return self.data["attempts"]
 
     def add_epoch(self, epoch: int, rows: list[dict[str, Any]]) -> None:
         self.data["rows"][f"epoch:{epoch}"] = rows
@@ -112,7 +166,9 @@ class TrialRecord:
             self.data["rows"].setdefault(key, []).append(row)
 
     def reset(self) -> None:
-        """Forget an unfinished attempt before the trial is run again."""
+        """Forget an unfinished attempt before the trial is run again (its entry in
+        ``attempts`` stays, marked interrupted if it never ended)."""
+        self._close_open("interrupted")
         self.data.update(status="pending", error=None, rows={}, summary=None)
 
     def set(self, **fields: Any) -> None:
@@ -144,9 +200,14 @@ def write_tables(run_dir: Path, records: list[TrialRecord]) -> tuple[Path, Path]
     for record in records:
         identity = record.data["identity"]
         summary = record.data["summary"] or {}
+        # a trial without a summary (failed, interrupted) still says where it last ran
+        ran = [a for a in record.attempts if a.get("hostname")]
+        where = {k: ran[-1].get(k) for k in ("hostname", "node_ip", "node_id")} if ran else {}
         trial_rows.append(
             {
+                **where,
                 **summary,
+                "attempts": len(record.attempts),
                 **identity,
                 "status": record.status,
                 "error": record.data["error"],
@@ -170,3 +231,81 @@ def _row_key_order(key: str) -> tuple[int, int]:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     _write_json(run_dir / "manifest.json", manifest)
+
+
+# ---- the run's attempts ------------------------------------------------------------------
+# The manifest's ``attempts``: one entry per `harness run` (the first, then each --resume) with
+# started_at, ended_at, command, resumed, trials_to_run, outcome (finished / interrupted /
+# failed; null while it runs) and driver (host:pid of the process that ran it).
+
+
+def _driver() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def past_run_attempts(stored: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The attempts recorded in an earlier manifest; one that never recorded its end (a driver
+    killed with SIGKILL, or a lost head node) is marked interrupted, its end unknown. A manifest
+    written before attempts were kept yields its start and ``resumed_at`` times."""
+    if not stored:
+        return []
+    if isinstance(stored.get("attempts"), list):
+        attempts = [dict(a) for a in stored["attempts"] if isinstance(a, dict)]
+    else:
+        starts = [stored.get("started_at"), *(stored.get("resumed_at") or [])]
+        attempts = [
+            {
+                "started_at": start,
+                "ended_at": None,
+                "command": stored.get("command") if i == len(starts) - 1 else None,
+                "resumed": i > 0,
+                "trials_to_run": None,
+                "outcome": None,
+            }
+            for i, start in enumerate(starts)
+        ]
+        if stored.get("finished_at") and attempts:
+            attempts[-1].update(ended_at=stored["finished_at"], outcome="finished")
+    for attempt in attempts:
+        if attempt.get("outcome") is None:
+            attempt["outcome"] = "interrupted"
+    return attempts
+
+
+def new_run_attempt(command: str, resumed: bool, trials_to_run: int) -> dict[str, Any]:
+    return {
+        "started_at": now_iso(),
+        "ended_at": None,
+        "command": command,
+        "resumed": resumed,
+        "trials_to_run": trials_to_run,
+        "outcome": None,
+        "driver": _driver(),
+    }
+
+
+def current_run_attempt(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's attempt that this process runs, if any."""
+    attempts = manifest.get("attempts") or []
+    last = attempts[-1] if attempts else None
+    if last and last.get("outcome") is None and last.get("driver") == _driver():
+        return last
+    return None
+
+
+def end_run_attempt(manifest: dict[str, Any], outcome: str) -> None:
+    if (attempt := current_run_attempt(manifest)) is not None:
+        attempt.update(ended_at=now_iso(), outcome=outcome)
+
+
+def record_run_attempt_end(run_dir: Path, outcome: str) -> None:
+    """Best effort, for a run that stops early (Ctrl-C, SIGTERM, an error): record this
+    process's attempt as ended with ``outcome`` in the manifest on disk."""
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(manifest, dict) and current_run_attempt(manifest) is not None:
+        end_run_attempt(manifest, outcome)
+        write_manifest(run_dir, manifest)

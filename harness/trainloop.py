@@ -43,6 +43,7 @@ from deepchest.metrics import TaskMetrics, masked_task_losses, task_metrics
 from deepchest.models import MultiTaskNet
 from harness.checkpoints import CheckpointStore
 from harness.measure import StepTimer
+from harness.nodes import this_node, trial_placement
 from harness.wording import plural
 from methods import engine
 
@@ -603,6 +604,8 @@ class _Trial:
                         "val_mean_accuracy": val_m.mean_accuracy,
                         "val_mean_loss": val_m.mean_loss,
                         "rows_json": json.dumps(rows),
+                        # where this attempt runs (rank 0's node under several workers)
+                        "node_json": json.dumps(this_node()),
                     }
                 )
         except Diverged as exc:
@@ -648,7 +651,8 @@ class _Trial:
             **{f"n_{split}": len(data) for split, data in self.splits.items()},
             "wall_time_s": self.prior_wall_s + time.perf_counter() - self.started,
             "train_time_s": self.train_time_s,
-            "device": _device_name(self.device),
+            # node, device ("cpu"/"cuda"), GPU model, CPU threads (and every worker's host)
+            **trial_placement(self.device, self.coll),
             "workers": self.coll.world_size,
             **self.timer.summary(),
         }
@@ -673,12 +677,6 @@ class _Trial:
 
 def _finite_or_nan(value: float) -> float:
     return value if math.isfinite(value) else math.nan
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return "cpu"
 
 
 def train_trial(

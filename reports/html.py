@@ -116,6 +116,7 @@ tr.incomplete td.count { color: var(--bad); font-weight: 600; }
 .status-completed { color: var(--ok); }
 .status-failed { color: var(--bad); }
 .status-diverged { color: var(--warn); }
+.status-retried { color: var(--warn); }
 .callout { border-left: 4px solid var(--bad); background: #fff5f5; padding: 8px 12px;
            margin: 16px 0; }
 .callout.warn { border-left-color: var(--warn); background: #fff8e5; }
@@ -392,14 +393,20 @@ def _what_was_run(ctx: ReportContext) -> str:
                 f"batch {esc(train.get('batch_size', MISSING))}",
             )
         )
-        devices = sorted({str(d) for d in trials["device"].dropna().unique()})
-        hardware = run.manifest.get("hardware") or {}
-        cpu, memory = hardware.get("cpu_count"), hardware.get("memory_gb")
-        host = [f"{cpu} CPU cores" if cpu else "", f"{memory} GB memory" if memory else ""]
-        host_text = ", ".join(part for part in host if part)
+        devices = sorted(
+            {device_label(d, g) for d, g in zip(trials["device"], trials["gpu_name"], strict=True)}
+            - {""}
+        )
         text = ", ".join(f"<code>{esc(d)}</code>" for d in devices) or MISSING
-        if host_text:
-            text += f" on a host with {esc(host_text)}"
+        if nodes := nodes_text(run.manifest, trials):
+            text += f" on {esc(nodes)}"
+        else:  # a run recorded before its nodes were: the driver's host
+            hardware = run.manifest.get("hardware") or {}
+            cpu, memory = hardware.get("cpu_count"), hardware.get("memory_gb")
+            host = [f"{cpu} CPU cores" if cpu else "", f"{memory} GB memory" if memory else ""]
+            host_text = ", ".join(part for part in host if part)
+            if host_text:
+                text += f" on a host with {esc(host_text)}"
         items.append((f"{prefix}Hardware", text))
     meta = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items)
     return f'<dl class="meta">{meta}</dl>'
@@ -939,6 +946,73 @@ def section_cost(ctx: ReportContext) -> str:
     return "".join(parts)
 
 
+def device_label(device: Any, gpu_name: Any) -> str:
+    """``"cpu"``, ``"cuda (NVIDIA H200)"``; empty when unknown."""
+    device = device if isinstance(device, str) else ""
+    if isinstance(gpu_name, str) and gpu_name:
+        return f"{device or 'cuda'} ({gpu_name})"
+    return device
+
+
+def nodes_text(manifest: dict[str, Any], trials: pd.DataFrame) -> str:
+    """``"2 nodes: node-a (16 CPU, 1 GPU NVIDIA H200), node-b (16 CPU)"`` from the manifest's
+    ``nodes``; a node's GPU model is Ray's, else the one its trials saw. Empty for a run
+    recorded before nodes were."""
+    nodes = [n for n in manifest.get("nodes") or [] if isinstance(n, dict)]
+    if not nodes:
+        return ""
+    seen: dict[str, str] = {}  # node id or host name -> GPU model its trials reported
+    for node_id, host, gpu in zip(
+        trials["node_id"], trials["hostname"], trials["gpu_name"], strict=True
+    ):
+        if isinstance(gpu, str) and gpu:
+            for key in (node_id, host):
+                if isinstance(key, str):
+                    seen.setdefault(key, gpu)
+    parts = []
+    for node in nodes:
+        name = str(node.get("hostname") or node.get("node_ip") or "unknown host")
+        gpus, cpus = node.get("gpus"), node.get("cpus")
+        model = node.get("gpu_model") or seen.get(node.get("node_id")) or seen.get(name)
+        res = [f"{_resource('CPU', float(cpus))} CPU"] if cpus is not None else []
+        if gpus:
+            res.append(f"{_resource('GPU', float(gpus))} GPU" + (f" {model}" if model else ""))
+        parts.append(f"{name} ({', '.join(res)})" if res else name)
+    return f"{plural(len(parts), 'node')}: {', '.join(parts)}"
+
+
+def _attempts_html(manifest: dict[str, Any]) -> str:
+    """Each `harness run` of this run directory: the first and every --resume."""
+    attempts = [a for a in manifest.get("attempts") or [] if isinstance(a, dict)]
+    if not attempts:
+        return ""
+    items = []
+    for attempt in attempts:
+        start, end = (
+            parse_timestamp(attempt.get("started_at")),
+            parse_timestamp(attempt.get("ended_at")),
+        )
+        took = ""
+        if start and end and (start.tzinfo is None) == (end.tzinfo is None):
+            took = f", {fmt_duration((end - start).total_seconds())}"
+        # the attempt that writes the report at the run's end records its outcome just after
+        outcome = str(attempt.get("outcome") or "ended its trials, then wrote this report")
+        if outcome == "interrupted" and not end:
+            outcome += " (end not recorded: the driver was killed)"
+        trials_to_run = attempt.get("trials_to_run")
+        what = "resumed" if attempt.get("resumed") else "started"
+        if isinstance(trials_to_run, int):
+            what += f", {plural(trials_to_run, 'trial')} to run"
+        command = attempt.get("command")
+        items.append(
+            f"<li>{esc(fmt_timestamp(attempt.get('started_at')))}: {esc(what)}; "
+            f"{esc(outcome)}{esc(took)}"
+            + (f" &mdash; <code>{esc(command)}</code>" if command else "")
+            + "</li>"
+        )
+    return f'<ol class="attempts">{"".join(items)}</ol>'
+
+
 def _run_provenance(run: RunResults, heading_name: str | None) -> str:
     manifest = run.manifest
     started, finished = manifest.get("started_at"), manifest.get("finished_at")
@@ -963,9 +1037,14 @@ def _run_provenance(run: RunResults, heading_name: str | None) -> str:
         ("Git commit", f"<code>{esc(commit)}</code>" if commit else MISSING),
         ("Harness", esc(manifest.get("harness_version") or MISSING)),
         ("Versions", mapping(manifest.get("versions"))),
-        ("Hardware", mapping(manifest.get("hardware"))),
+        ("Driver host" if manifest.get("nodes") else "Hardware", mapping(manifest.get("hardware"))),
         ("Ray cluster", mapping(manifest.get("cluster_resources"))),
     ]
+    if nodes := nodes_text(manifest, run.trials):
+        items.insert(-2, ("Nodes", esc(nodes)))
+    if attempts := _attempts_html(manifest):
+        count = len(manifest["attempts"])
+        items.insert(4, (f"Attempts ({count})", attempts))
     if unreported:
         items.append(
             (
@@ -1029,6 +1108,9 @@ def _trials_table(ctx: ReportContext) -> str:
         ("Best epoch", "num"),
         ("Test AUROC", "num"),
         ("Wall time", "num"),
+        ("Node", ""),
+        ("Device", ""),
+        ("Attempts", "num"),
         ("Error", ""),
     ]
     ordered = trials.sort_values(["method", "workload", "seed", "trial_id"], kind="mergesort")
@@ -1049,6 +1131,9 @@ def _trials_table(ctx: ReportContext) -> str:
             f'<td class="num">{fmt_int(row.best_epoch)}</td>',
             f'<td class="num">{fmt_number(row.test_mean_auroc, 3)}</td>',
             f'<td class="num">{fmt_duration(row.wall_time_s)}</td>',
+            _node_cell(row),
+            f"<td>{esc(device_label(row.device, row.gpu_name) or MISSING)}</td>",
+            _attempts_cell(row.attempts),
             f'<td class="error" title="{esc(full)}">{esc(error_line(full))}</td>'
             if full
             else "<td></td>",
@@ -1060,6 +1145,26 @@ def _trials_table(ctx: ReportContext) -> str:
         "(hover for the full text)."
     )
     return table_html(headers, rows) + f'<p class="caption">{caption}</p>'
+
+
+def _node_cell(row: Any) -> str:
+    """The host a trial ran on (its last attempt), its IP and every worker's host on hover."""
+    host = row.hostname if isinstance(row.hostname, str) else None
+    if not host:
+        return f"<td>{MISSING}</td>"
+    title = [row.node_ip] if isinstance(row.node_ip, str) else []
+    if isinstance(row.worker_hosts, str) and row.worker_hosts:
+        title.append(f"workers: {row.worker_hosts}")
+    return f'<td title="{esc("; ".join(title))}">{esc(host)}</td>'
+
+
+def _attempts_cell(attempts: Any) -> str:
+    """How often the trial was started; more than once is marked retried."""
+    if is_missing(attempts):
+        return f'<td class="num">{MISSING}</td>'
+    n = int(attempts)
+    mark = ' <span class="status status-retried">retried</span>' if n > 1 else ""
+    return f'<td class="num">{n}{mark}</td>'
 
 
 SECTIONS: list[Section] = [

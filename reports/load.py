@@ -101,6 +101,17 @@ OPTIONAL_EPOCH_FLOAT_COLUMNS: tuple[str, ...] = (
     "f1_tuned",
 )
 
+# Where each trial ran (added with the cluster provenance): absent in older runs, filled with
+# None (strings) or NaN (counts); an older run's ``device`` "cuda:<model>" is split in two.
+OPTIONAL_TRIAL_STRING_COLUMNS: tuple[str, ...] = (
+    "hostname",
+    "node_ip",
+    "node_id",
+    "gpu_name",
+    "worker_hosts",
+)
+OPTIONAL_TRIAL_COUNT_COLUMNS: tuple[str, ...] = ("attempts", "cpu_threads")
+
 STRING_COLUMNS: tuple[str, ...] = (
     "trial_id",
     "method",
@@ -219,6 +230,27 @@ def _read_table(
     return frame.reset_index(drop=True)
 
 
+def _placement_columns(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The where-it-ran columns, present in every loaded table whatever the run's age."""
+    for column in OPTIONAL_TRIAL_STRING_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    try:
+        for column in OPTIONAL_TRIAL_COUNT_COLUMNS:
+            if column not in frame.columns:
+                frame[column] = float("nan")
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
+    except (TypeError, ValueError) as exc:
+        raise ReportError(f"corrupt file {path}: {_one_line(exc)}") from exc
+    device = frame["device"].astype(object)
+    old = device.map(lambda d: isinstance(d, str) and d.startswith("cuda:"))
+    if old.any():  # before gpu_name: "cuda:<model>"
+        frame.loc[old & frame["gpu_name"].isna(), "gpu_name"] = device[old].str[5:]
+        frame.loc[old, "device"] = "cuda"
+    return frame
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
     """Read a run directory; raise :class:`ReportError` naming the file when one is unusable."""
     root = Path(run_dir)
@@ -232,6 +264,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
     epochs = _read_table(
         root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
     )
+    trials = _placement_columns(trials, root / TRIALS_FILE)
     return RunResults(run_dir=root, trials=trials, epochs=epochs, manifest=manifest, config=config)
 
 

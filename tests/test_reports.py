@@ -592,7 +592,7 @@ def test_every_section_in_order_with_its_figures(run_dir: Path) -> None:
     assert "2025-01-31 12:00:00 UTC" in document and "1 h 02 min" in document
     assert "4 completed" in document
     assert "0123456789abcdef0123456789abcdef01234567" in document
-    assert "cuda:NVIDIA H100" in document
+    assert "cuda (NVIDIA H100)" in document  # an older run's "cuda:<model>"
     assert "train 700, val 150, test 150" in document
     assert "always negative" in document
     assert "Only 2 paired seeds" in document  # fewer than 3 seeds warns
