@@ -52,3 +52,87 @@ def test_grid_runs_on_a_two_node_cluster(tmp_path):
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     found = json.loads(lines[0].removeprefix("RESULT "))
     assert found == {"status": ["completed", "completed"], "cpus": 2.0}
+
+
+GROWING = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    import ray
+    from ray.cluster_utils import Cluster
+    from harness.config import parse_config
+    from harness.launch import connect, run_experiment
+    from harness.progress import LineProgress
+
+    class Clock(LineProgress):
+        # when each trial started running and ended, on the driver's clock
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen = {}
+
+        def update(self, trial_id, **fields):
+            super().update(trial_id, **fields)
+            if "status" in fields:
+                self.seen.setdefault(trial_id, {})[fields["status"]] = time.monotonic()
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.wait_for_nodes()
+
+    # 1. the code travels: a task on another node imports harness from Ray's upload
+    worker = cluster.add_node(num_cpus=1, resources={"worker": 1})
+    cluster.wait_for_nodes()
+    connect(cluster.address, ship_code=True)
+    @ray.remote(resources={"worker": 1}, num_cpus=0)
+    def where():
+        import harness
+        return harness.__file__
+    shipped = ray.get(where.remote())
+    ray.shutdown()
+    cluster.remove_node(worker)
+
+    # 2. one CPU at start: the second trial starts as soon as a node joins, not after the first
+    cfg = parse_config(json.loads(sys.argv[1]))
+    progress = Clock(cfg.train.epochs)
+    notes = []
+    run = threading.Thread(
+        target=run_experiment,
+        kwargs=dict(cfg=cfg, address=cluster.address, progress=progress, notify=notes.append),
+    )
+    run.start()
+    deadline = time.monotonic() + 180
+    while "running" not in str(progress.seen) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cluster.add_node(num_cpus=1)
+    run.join(timeout=300)
+    starts = sorted(t["running"] for t in progress.seen.values())
+    ends = sorted(t["completed"] for t in progress.seen.values())
+    print("RESULT", json.dumps({
+        "shipped": shipped, "overlap": starts[1] < ends[0],
+        "statuses": sorted(progress.state[t]["status"] for t in progress.state),
+        "notes": notes,
+    }))
+    cluster.shutdown()
+    """
+)
+
+
+def test_code_is_shipped_and_concurrency_follows_a_growing_cluster(tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        name="growing",
+        grid={"methods": ["equal"], "seeds": [0, 1]},
+        train={"epochs": 12},
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", GROWING, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the checkout: workers would import from their working directory
+        timeout=400,
+    )
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    found = json.loads(lines[0].removeprefix("RESULT "))
+    assert "runtime_resources" in found["shipped"], found  # not the installed package
+    assert found["statuses"] == ["completed", "completed"]
+    assert found["overlap"], found  # the second trial ran on the new node meanwhile
+    assert any("as many at once as fit" in note for note in found["notes"]), found

@@ -187,7 +187,7 @@ def test_killed_while_writing_the_report_resume_writes_it_without_ray(
     assert main(["run", str(path)]) == EXIT_BAD_INPUT
     assert "already holds an unfinished run" in capsys.readouterr().err
 
-    def no_ray(address):
+    def no_ray(address, ship_code=True):
         raise AssertionError("Ray started for a run with nothing to train")
 
     monkeypatch.setattr(harness.launch, "connect", no_ray)
@@ -290,7 +290,7 @@ def test_a_lock_on_a_removed_lock_file_is_refused(tmp_path, monkeypatch):
 def test_interrupted_while_starting_says_nothing_was_kept(tmp_path, capsys, monkeypatch):
     import harness.launch
 
-    def interrupted(address):
+    def interrupted(address, ship_code=True):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(harness.launch, "connect", interrupted)
