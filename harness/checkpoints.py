@@ -19,9 +19,9 @@ that loads, with the best weights that it names. When a trial has ended,
 :meth:`CheckpointStore.finish` keeps only the best weights (what model export needs).
 
 S3 credentials, region and endpoint come from the usual AWS variables and files; an
-S3-compatible store (MinIO, ...) is reached with ``AWS_ENDPOINT_URL`` (read by pyarrow 15 and
-later) or with the URI's own options (``s3://bucket/prefix?endpoint_override=host:9000&scheme=
-http``).
+S3-compatible store (MinIO, ...) is reached with ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``
+(read by ``FileSystem.from_uri``; checked with pyarrow 26) or with the URI's own options
+(``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``).
 """
 
 from __future__ import annotations

@@ -136,3 +136,15 @@ def test_two_worker_trial_resumes_bit_identical(tmp_path):
         init = tmp_path / f"init{crash_after}"
         mp.spawn(_ddp_worker, args=(2, str(init), spec, crash_after, results), nprocs=2, join=True)
     assert results[(True, 0)] == results[(True, 1)] == results[(False, 0)]
+
+
+def test_s3_endpoint_comes_from_aws_endpoint_url(monkeypatch):
+    """``AWS_ENDPOINT_URL`` redirects an ``s3://`` store (MinIO and the like): pyarrow then
+    connects there; nothing listens on port 9 here, so the one line names that address."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    line = storage_problem("s3://bucket/runs?region=us-east-1")
+    assert line.startswith("output.storage: cannot open s3://bucket/runs?region=us-east-1: ")
+    assert "127.0.0.1" in line and "\n" not in line
