@@ -272,3 +272,33 @@ def test_trial_process_killed_is_retried_from_its_checkpoint(tmp_path, uninterru
         assert epochs_reported == sorted(set(epochs_reported)), (result, epochs_reported)
     errors = list((run_dir / "ray").glob("tune-*/*/error.txt"))
     assert len(errors) >= len(killed) >= 1  # Tune saw each trial fail, then retried it
+
+
+def test_two_worker_trial_continues_after_driver_kill9(tmp_path):
+    """A ``workers_per_trial: 2`` trial (TorchTrainer, DDP on gloo): the driver killed after
+    the first epoch report, ``--resume`` continues it from its checkpoint (each worker restores
+    from the store itself) to the rows and metrics of an uninterrupted 2-worker run."""
+    tables_of = {}
+    for mode in ("straight", "killed"):
+        cfg = tiny_config(
+            tmp_path / mode,
+            name="ddp",
+            grid={"methods": ["rlw"]},
+            train={"epochs": 3},
+            resources={"workers_per_trial": 2, "cpus_per_worker": 1},
+        )
+        (tmp_path / mode).mkdir()
+        config = write_config(tmp_path / mode, cfg)
+        run_dir = tmp_path / mode / "runs" / "ddp"
+        driver = Driver(config, log=tmp_path / f"{mode}.log")
+        if mode == "killed":
+            until(lambda run_dir=run_dir: _epoch_reported(run_dir), driver, "an epoch report")
+            driver.kill9()
+            driver = Driver(config, "--resume", log=tmp_path / "resumed.log")
+        assert driver.wait() == 0, driver.log.read_text()[-3000:]
+        tables_of[mode] = tables(run_dir)
+        if mode == "killed":
+            results = sorted((run_dir / "ray").glob("tune-*/*/result.json"))
+            assert json.loads(results[-1].read_text().splitlines()[0])["epoch"] > 1
+    pd.testing.assert_frame_equal(tables_of["killed"][0], tables_of["straight"][0])
+    pd.testing.assert_frame_equal(tables_of["killed"][1], tables_of["straight"][1])
