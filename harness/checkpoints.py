@@ -71,6 +71,26 @@ def storage_problem(uri: str) -> str | None:
     return None
 
 
+def delete_store(root: str | None) -> None:
+    """Delete a run's checkpoint store (``root`` as :func:`store_uri` made it: the
+    ``checkpoints`` folder, then its ``<name>-<run id>`` folder if nothing else is left there).
+    Nothing happens for None or a store already gone."""
+    if not root:
+        return
+    fs, path = open_uri(root)
+    path = path.rstrip("/")
+    if not path.endswith("/checkpoints"):  # only ever a store this module named
+        raise ValueError(f"not a checkpoint store: {root}")
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    fs.delete_dir(path)
+    parent = path.rsplit("/", 1)[0]
+    selector = pafs.FileSelector(parent, allow_not_found=True)
+    if parent and not fs.get_file_info(selector):
+        with contextlib.suppress(OSError):
+            fs.delete_dir(parent)
+
+
 def _to_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)

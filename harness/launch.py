@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from harness import resources
-from harness.checkpoints import CheckpointStore, store_uri
+from harness.checkpoints import CheckpointStore, delete_store, store_uri
 from harness.config import ExperimentConfig
 from harness.errors import RunError, RunRefused, handle_sigterm
 from harness.nodes import NODE_KEYS, cluster_nodes, merge_nodes
@@ -336,6 +336,8 @@ def _manifest(
     stored = claimed.stored_manifest if claimed.mode == "resume" else None
     # the checkpoint store's name (checkpoints.store_uri): made once, kept by every resume
     manifest["run_id"] = (stored or {}).get("run_id") or uuid.uuid4().hex[:12]
+    storage = cfg.output.storage or str(claimed.path)
+    manifest["checkpoints"] = store_uri(storage, cfg.name, manifest["run_id"])
     if stored:  # the run began earlier: keep when
         manifest["started_at"] = stored["started_at"]
     # every node of the cluster as this attempt starts (hardware is the driver's alone)
@@ -494,6 +496,12 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
         planned = resources.plan(cfg, cluster, limits)
         gpus, concurrency = planned.gpus, planned.max_concurrent
         claimed.clear()  # --overwrite: the earlier run goes only now that this one can start
+        if claimed.mode == "overwrite":  # and so do its checkpoints, wherever they were
+            old = (claimed.stored_manifest or {}).get("checkpoints")
+            try:
+                delete_store(old)
+            except (OSError, ValueError) as exc:  # unreachable now: the new run needs none
+                _say(notify, f"the replaced run's checkpoints at {old} stay: {exc}")
         # the manifest first: from now on the folder is recognisably a run directory
         manifest = _manifest(cfg, claimed, cluster, concurrency, gpus, limits, planned.notes)
         write_manifest(run_dir, manifest)
@@ -501,7 +509,7 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
         records = _load_records(run_dir, cfg)
         for record in records.values():
             record.save()
-        checkpoints = store_uri(cfg.output.storage or str(run_dir), cfg.name, manifest["run_id"])
+        checkpoints = manifest["checkpoints"]
         if claimed.mode == "resume":
             _keep_only_best_weights(checkpoints, records)
 

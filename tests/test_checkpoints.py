@@ -148,3 +148,17 @@ def test_s3_endpoint_comes_from_aws_endpoint_url(monkeypatch):
     line = storage_problem("s3://bucket/runs?region=us-east-1")
     assert line.startswith("output.storage: cannot open s3://bucket/runs?region=us-east-1: ")
     assert "127.0.0.1" in line and "\n" not in line
+
+
+def test_delete_store_removes_only_a_checkpoint_store(tmp_path):
+    from harness.checkpoints import delete_store
+
+    root = store_uri(str(tmp_path), "run", "id1")
+    CheckpointStore(root).save("t", 1, {"best": {"epoch": None}}, None, None)
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(ValueError, match="not a checkpoint store"):
+        delete_store(str(tmp_path / "keep"))
+    delete_store(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    delete_store(root)  # gone already: nothing happens
+    delete_store(None)

@@ -302,3 +302,25 @@ def test_two_worker_trial_continues_after_driver_kill9(tmp_path):
             assert json.loads(results[-1].read_text().splitlines()[0])["epoch"] > 1
     pd.testing.assert_frame_equal(tables_of["killed"][0], tables_of["straight"][0])
     pd.testing.assert_frame_equal(tables_of["killed"][1], tables_of["straight"][1])
+
+
+def test_overwrite_starts_a_new_store_and_deletes_the_old_one(tmp_path):
+    """A run killed with checkpoints in ``output.storage``, then ``--overwrite``: the new run
+    has a new run id, so nothing is restored (every trial starts at epoch 1), and the replaced
+    run's store is deleted."""
+    storage = tmp_path / "store"
+    config = write_config(tmp_path, grid_config(tmp_path, "file://" + str(storage)))
+    run_dir = tmp_path / "runs" / "crash"
+    first = Driver(config, log=tmp_path / "first.log")
+    until(lambda: _epoch_reported(run_dir), first, "an epoch report")
+    first.kill9()
+    old = json.loads((run_dir / "manifest.json").read_text())
+    assert list((storage / f"crash-{old['run_id']}" / "checkpoints").rglob("epoch-*.pt"))
+    second = Driver(config, "--overwrite", log=tmp_path / "second.log")
+    assert second.wait() == 0, second.log.read_text()[-3000:]
+    new = json.loads((run_dir / "manifest.json").read_text())
+    assert new["run_id"] != old["run_id"]
+    assert new["checkpoints"] == f"file://{storage}/crash-{new['run_id']}/checkpoints"
+    assert sorted(p.name for p in storage.iterdir()) == [f"crash-{new['run_id']}"]
+    for result in (run_dir / "ray").glob("tune-*/*/result.json"):
+        assert json.loads(result.read_text().splitlines()[0])["epoch"] == 1
