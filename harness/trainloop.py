@@ -150,7 +150,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np.random.set_state(
         {
             "bit_generator": "MT19937",
-            "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},
+            "state": {"key": numpy["key"].cpu().numpy().astype(np.uint32), "pos": numpy["pos"]},
             "has_gauss": numpy["has_gauss"],
             "gauss": numpy["gauss"],
         }
