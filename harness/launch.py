@@ -470,6 +470,8 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
             for record in records.values():
                 record.save()
             stored = claimed.stored_manifest or {}
+            if stored.get("checkpoints"):
+                _keep_only_best_weights(stored["checkpoints"], records)
             # the trials ended when the run that trained them did: keep that time if recorded
             manifest = {**stored, "finished_at": None}
             report = _finish(run_dir, records, manifest, stored.get("finished_at"))

@@ -324,3 +324,20 @@ def test_overwrite_starts_a_new_store_and_deletes_the_old_one(tmp_path):
     assert sorted(p.name for p in storage.iterdir()) == [f"crash-{new['run_id']}"]
     for result in (run_dir / "ray").glob("tune-*/*/result.json"):
         assert json.loads(result.read_text().splitlines()[0])["epoch"] == 1
+
+
+def test_resume_prunes_what_a_kill_left_in_an_ended_trials_store(ray_session, tmp_path):
+    """A driver killed after a trial ended but before that trial's store was pruned leaves its
+    epoch state there: ``--resume`` (here the one that only writes tables and report) keeps the
+    best weights alone."""
+    cfg = tiny_config(tmp_path, grid={"methods": ["equal"]})
+    config = write_config(tmp_path, cfg)
+    assert main(["run", str(config)]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    store = run_dir / f"tiny-{manifest['run_id']}" / "checkpoints" / "equal-simple_cnn-s0"
+    (best,) = store.iterdir()
+    (store / "epoch-0002.pt").write_bytes(best.read_bytes())  # what the kill left
+    (run_dir / "report.html").unlink()  # killed before the report, too
+    assert main(["run", str(config), "--resume"]) == 0
+    assert [p.name for p in store.iterdir()] == [best.name]
