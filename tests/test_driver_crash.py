@@ -239,6 +239,7 @@ def test_validate_refuses_a_storage_uri_it_cannot_open(tmp_path, capsys):
     assert f"output.storage: {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores: `pytest -m slow`
 def test_trial_process_killed_is_retried_from_its_checkpoint(tmp_path, uninterrupted):
     """kill -9 of the Ray worker processes that run the trials (``train.max_failures: 1``):
     Tune retries each, the retry continues from the store (no epoch reported twice), and the
@@ -274,6 +275,7 @@ def test_trial_process_killed_is_retried_from_its_checkpoint(tmp_path, uninterru
     assert len(errors) >= len(killed) >= 1  # Tune saw each trial fail, then retried it
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores: `pytest -m slow`
 def test_two_worker_trial_continues_after_driver_kill9(tmp_path):
     """A ``workers_per_trial: 2`` trial (TorchTrainer, DDP on gloo): the driver killed after
     the first epoch report, ``--resume`` continues it from its checkpoint (each worker restores
@@ -304,6 +306,7 @@ def test_two_worker_trial_continues_after_driver_kill9(tmp_path):
     pd.testing.assert_frame_equal(tables_of["killed"][1], tables_of["straight"][1])
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores: `pytest -m slow`
 def test_overwrite_starts_a_new_store_and_deletes_the_old_one(tmp_path):
     """A run killed with checkpoints in ``output.storage``, then ``--overwrite``: the new run
     has a new run id, so nothing is restored (every trial starts at epoch 1), and the replaced
