@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 BEST_FILE = re.compile(r"^best-(\d+)\.pt$")
+PARTIAL = ".partial"  # a file being written; moved to its real name when whole
 
 
 def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -113,10 +115,14 @@ class CheckpointStore:
         return [Path(i.path).name for i in self.fs.get_file_info(selector)]
 
     def _write(self, trial_id: str, name: str, obj: Any) -> None:
+        """Write under a temporary name, then move into place: a file under its real name is
+        always whole (a kill mid-write leaves only a ``.partial``, removed by the next save)."""
         data = _to_bytes(obj)  # serialise first: a failure here writes nothing
-        self.fs.create_dir(self._dir(trial_id), recursive=True)
-        with self.fs.open_output_stream(f"{self._dir(trial_id)}/{name}") as out:
+        directory = self._dir(trial_id)
+        self.fs.create_dir(directory, recursive=True)
+        with self.fs.open_output_stream(f"{directory}/{name}{PARTIAL}") as out:
             out.write(data)
+        self.fs.move(f"{directory}/{name}{PARTIAL}", f"{directory}/{name}")
 
     def _read(self, trial_id: str, name: str, map_location) -> Any:
         with self.fs.open_input_stream(f"{self._dir(trial_id)}/{name}") as stream:
@@ -141,14 +147,19 @@ class CheckpointStore:
         best weights other than ``best_epoch``'s."""
         names = self._names(trial_id)
         best_name = f"best-{best_epoch:04d}.pt" if best_epoch is not None else None
-        if best_name and best_name not in names and best_model is not None:
+        # this epoch became the best: (re)write it, even over an earlier attempt's file of the
+        # same epoch (on a GPU a redone epoch's weights differ a little)
+        fresh = best_epoch == epoch or best_name not in names
+        if best_name and fresh and best_model is not None:
             self._write(trial_id, best_name, best_model)
         epoch_name = f"epoch-{epoch:04d}.pt"
         self._write(trial_id, epoch_name, state)
         stale = [
             n
             for n in names
-            if (EPOCH_FILE.match(n) and n != epoch_name) or (BEST_FILE.match(n) and n != best_name)
+            if (EPOCH_FILE.match(n) and n != epoch_name)
+            or (BEST_FILE.match(n) and n != best_name)
+            or n.endswith(PARTIAL)
         ]
         self._delete(trial_id, stale)
 
@@ -167,7 +178,11 @@ class CheckpointStore:
                     if best_epoch is not None
                     else None
                 )
-            except (RuntimeError, OSError, EOFError, KeyError):  # cut short or half-deleted
+            # an unreadable file (written by a version without the move, or half-deleted) is
+            # passed over; any other error of the file system (a network blip, expired
+            # credentials) fails the attempt, so Tune retries it, rather than read as "no
+            # checkpoint" and have the next save delete the real one
+            except (RuntimeError, EOFError, KeyError, FileNotFoundError, pickle.UnpicklingError):
                 continue
             return state
         return None

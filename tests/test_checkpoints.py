@@ -162,3 +162,47 @@ def test_delete_store_removes_only_a_checkpoint_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
     delete_store(root)  # gone already: nothing happens
     delete_store(None)
+
+
+class _Faulty:
+    """The store's file system with one method replaced (pyarrow's own cannot be patched)."""
+
+    def __init__(self, fs, **replaced):
+        self._fs, self._replaced = fs, replaced
+
+    def __getattr__(self, name):
+        return self._replaced.get(name) or getattr(self._fs, name)
+
+
+def test_a_kill_mid_write_never_leaves_a_cut_file_under_a_real_name(tmp_path):
+    """Files are written as .partial and moved into place; a redone best epoch is rewritten;
+    a file-system error other than a missing or cut file fails the load (Tune retries the
+    attempt) instead of reading as "no checkpoint" and losing the real one at the next save."""
+    store = CheckpointStore(str(tmp_path / "s"))
+    real = store.fs
+    old, new = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+    store.save("t", 1, {"epoch": 1, "best": {"epoch": 1}}, best_epoch=1, best_model=old)
+
+    def killed_before_move(src, dest):
+        raise KeyboardInterrupt
+
+    store.fs = _Faulty(real, move=killed_before_move)
+    with pytest.raises(KeyboardInterrupt):
+        store.save("t", 2, {"epoch": 2, "best": {"epoch": 2}}, best_epoch=2, best_model=new)
+    store.fs = real
+    assert store.trial_files("t") == ["best-0001.pt", "best-0002.pt.partial", "epoch-0001.pt"]
+    assert store.load_latest("t")["epoch"] == 1
+    # the retry redoes epoch 2 and its best weights; the partial file goes
+    store.save("t", 2, {"epoch": 2, "best": {"epoch": 2}}, best_epoch=2, best_model=new)
+    assert store.trial_files("t") == ["best-0002.pt", "epoch-0002.pt"]
+    assert torch.equal(store.load_latest("t")["best_model"]["w"], new["w"])
+    # a best file of the same epoch from an earlier attempt is replaced by this attempt's
+    store.save("t", 2, {"epoch": 2, "best": {"epoch": 2}}, best_epoch=2, best_model=old)
+    assert torch.equal(store.load_best("t")["w"], old["w"])
+
+    def unreachable(path):
+        raise OSError("connection reset by peer")
+
+    store.fs = _Faulty(real, open_input_stream=unreachable)
+    with pytest.raises(OSError, match="connection reset"):
+        store.load_latest("t")
