@@ -422,12 +422,18 @@ def run_experiment(
             directory is gone, as if the run had never begun.
     """
     handle_sigterm()
-    output_dir = Path(cfg.output.dir).expanduser()
-    if os.environ.get(JOB_CONFIG_ENV) and not output_dir.is_absolute():
+    storage = cfg.output.storage
+    relative = [
+        (key, value)
+        for key, value in (("output.dir", cfg.output.dir), ("output.storage", storage))
+        if value and "://" not in value and not Path(value).expanduser().is_absolute()
+    ]
+    if os.environ.get(JOB_CONFIG_ENV) and relative:
+        key, value = relative[0]
         raise RunRefused(
-            f"output.dir: {cfg.output.dir!r} is relative, and under `ray job submit` the driver "
-            "runs in the job's temporary working directory, which goes with the job: give an "
-            "absolute path on the head node"
+            f"{key}: {value!r} is relative, and under `ray job submit` the driver runs in the "
+            "job's temporary working directory, which goes with the job: give an absolute "
+            "path (or a storage URI)"
         )
     address = cluster_address(cfg, address)
     preflight(cfg, local=not address)
@@ -544,10 +550,19 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
 def _keep_only_best_weights(checkpoints: str, records: dict[str, TrialRecord]) -> None:
     """Ended trials keep only their best weights in the store; a driver killed between a
     trial's end and its final report may have left its epoch state there."""
-    store = CheckpointStore(checkpoints)
-    for trial_id, record in records.items():
-        if record.status in ("completed", "diverged"):
-            store.finish(trial_id, (record.data["summary"] or {}).get("best_epoch"))
+    try:
+        store = CheckpointStore(checkpoints)
+        for trial_id, record in records.items():
+            if record.status in ("completed", "diverged"):
+                store.finish(trial_id, (record.data["summary"] or {}).get("best_epoch"))
+    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError: an unreachable store
+        # pruning only saves space: the run goes on, and says what it could not do
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"harness: warning: could not prune the ended trials' checkpoints in "
+            f"{checkpoints} ({first})",
+            file=sys.stderr,
+        )
 
 
 def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=None) -> None:

@@ -50,14 +50,15 @@ def is_finished(path: Path, manifest: dict[str, Any] | None) -> bool:
 
 
 def trained_anything(path: Path) -> bool:
-    """Whether any trial of the run in ``path`` reported an epoch or ended (a failure
+    """Whether any trial of the run in ``path`` started (an attempt recorded: it may have
+    saved a checkpoint before its first report), reported an epoch or ended (a failure
     included: its error line is worth keeping)."""
     for record in (path / TRIALS_DIR).glob("*.json"):
         try:
             data = json.loads(record.read_text())
         except (OSError, ValueError):
             return True  # unreadable: keep it, let the user look
-        if data.get("rows") or data.get("status") != "pending":
+        if data.get("rows") or data.get("status") != "pending" or data.get("attempts"):
             return True
     return False
 

@@ -71,3 +71,12 @@ def test_a_relative_output_dir_under_ray_job_submit_is_refused(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "harness: error: output.dir: 'runs' is relative, and under `ray job submit`" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_relative_output_storage_under_ray_job_submit_is_refused(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {}}')
+    cfg = tiny_config(tmp_path, output={"dir": str(tmp_path / "runs"), "storage": "ckpts"})
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 2
+    assert "output.storage: 'ckpts' is relative" in capsys.readouterr().err

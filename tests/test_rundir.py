@@ -349,3 +349,16 @@ def test_a_run_name_that_is_a_file_names_the_name(tmp_path):
     with pytest.raises(RunRefused, match=r"^name: the run directory .*afile \(output.dir/name\)"):
         RunDirectory.claim(tmp_path / "afile", CONFIG, resume=False, overwrite=True)
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_trial_that_started_keeps_its_experiment_on_resume(tmp_path):
+    """A trial with an attempt may have saved a checkpoint before its first report: a
+    --resume of a changed experiment is then refused, as for one that reported."""
+    path = tmp_path / "r"
+    _fake_run(path, trained=False)
+    record = path / "trials" / "a.json"
+    record.write_text(json.dumps({"status": "pending", "rows": {}, "attempts": [{"start": 1}]}))
+    with pytest.raises(RunRefused, match="differs from"):
+        RunDirectory.claim(
+            path, {"name": "r", "train": {"epochs": 9}}, resume=True, overwrite=False
+        )
