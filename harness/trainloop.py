@@ -409,6 +409,7 @@ class _Trial:
         if self.store is None:
             return
         state = self.store.load_latest(self.spec["trial_id"], map_location=self.device)
+        self._check_same_epoch(state["epoch"] if state else 0)
         if state is None:
             return
         self.net.load_state_dict(state["model"])
@@ -421,6 +422,20 @@ class _Trial:
         self.timer = StepTimer(self.device, history=state["timer"])
         self.train_time_s, self.prior_wall_s = state["train_time_s"], state["wall_time_s"]
         set_rng_state(state["rng"], self.device)
+
+    def _check_same_epoch(self, epoch: int) -> None:
+        """Every worker must continue from the same epoch, or their collectives pair up wrong
+        (a hang, or sums of different steps): refuse when their stores disagree."""
+        if self.coll.world_size == 1:
+            return
+        mine = torch.tensor([float(epoch)], device=self.device)
+        epochs = self.coll.all_gather_cat(mine).cpu().tolist()
+        if len(set(epochs)) > 1:
+            raise RuntimeError(
+                f"the workers found different checkpoints (epochs {sorted(set(epochs))}): "
+                "every node must reach the same store (set output.storage to a shared path "
+                "or a storage URI on a cluster whose nodes share no file system)"
+            )
 
     def _save(self) -> None:
         """Rank 0 writes the epoch's state (the other ranks hold the same)."""
