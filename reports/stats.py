@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -135,6 +136,15 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - k) * float(p[i])))
         out[i] = running
     return out.tolist()
+
+
+def holm_family(
+    family: Sequence[tuple[Any, PairedResult]],
+) -> list[tuple[Any, PairedResult, float]]:
+    """``(key, result, Holm-adjusted p)`` for each paired comparison of one family (the
+    comparisons a correction runs over), in the input order; see :func:`holm`."""
+    adjusted = holm([r.p_value for _, r in family])
+    return [(key, r, p) for (key, r), p in zip(family, adjusted, strict=True)]
 
 
 def time_to_target(

@@ -265,8 +265,7 @@ def paired_comparisons(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
                     paired[metric.column].tolist(), paired[f"{metric.column}_ref"].tolist()
                 )
                 family.append((method, result))
-            adjusted = stats.holm([r.p_value for _, r in family])
-            for (method, r), p_holm in zip(family, adjusted, strict=True):
+            for method, r, p_holm in stats.holm_family(family):
                 rows.append(
                     {
                         "workload": workload,
@@ -347,8 +346,7 @@ def per_task_paired(
             (task, stats.paired_difference(group[column].tolist(), group[f"{column}_ref"].tolist()))
             for task, group in config.groupby("task", sort=False)
         ]
-        adjusted = stats.holm([r.p_value for _, r in family])
-        for (task, r), p_holm in zip(family, adjusted, strict=True):
+        for task, r, p_holm in stats.holm_family(family):
             rows.append(
                 {
                     "method": method,

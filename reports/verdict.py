@@ -92,8 +92,7 @@ def _cost_ratios(done: pd.DataFrame, workload: str, baseline: str) -> pd.DataFra
             a, b = paired[column].to_numpy(float), paired[f"{column}_ref"].to_numpy(float)
             keep = (a > 0) & (b > 0)  # logs need positive values; NaN compares False
             family.append((method, stats.paired_difference(np.log(a[keep]), np.log(b[keep]))))
-        adjusted = stats.holm([r.p_value for _, r in family])
-        for (method, r), p_holm in zip(family, adjusted, strict=True):
+        for method, r, p_holm in stats.holm_family(family):
             rows.append(
                 {
                     "method": method,
