@@ -11,14 +11,8 @@ driver), so the test ends every process that carries its ``RAY_TMPDIR``, by pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +20,8 @@ import psutil
 import pytest
 
 from harness.cli import main
-from tests.conftest import REPO, tiny_config, write_config
+from tests.conftest import tiny_config, write_config
+from tests.drivers import Driver, records, until
 from tests.test_checkpoints import METRICS
 
 pytestmark = pytest.mark.timeout(900)
@@ -55,97 +50,6 @@ def tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = trials.sort_values("trial_id").reset_index(drop=True)
     epochs = epochs.sort_values(["trial_id", "epoch", "split", "task"]).reset_index(drop=True)
     return trials, epochs
-
-
-def records(run_dir: Path) -> dict[str, dict]:
-    out = {}
-    for path in (run_dir / "trials").glob("*.json"):
-        try:
-            out[path.stem] = json.loads(path.read_text())
-        except ValueError:  # caught while replaced
-            continue
-    return out
-
-
-class Driver:
-    """``harness run`` in a subprocess with its own local Ray (``RAY_TMPDIR``)."""
-
-    def __init__(self, config: Path, *args: str, log: Path):
-        self.ray_tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: socket paths
-        env = {
-            **os.environ,
-            "RAY_TMPDIR": self.ray_tmp,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled",
-        }
-        env.pop("RAY_ADDRESS", None)
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "run", str(config), *args],
-            cwd=REPO,
-            env=env,
-            stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def ray_processes(self) -> list[psutil.Process]:
-        """Every process started for this driver: its descendants, and any process whose
-        environment carries this driver's RAY_TMPDIR (Ray's daemons reparented to init)."""
-        found = {}
-        with _suppress():
-            for p in psutil.Process(self.proc.pid).children(recursive=True):
-                found[p.pid] = p
-        for p in psutil.process_iter():
-            if p.pid in found or p.pid == self.proc.pid:
-                continue
-            with _suppress():
-                if p.environ().get("RAY_TMPDIR") == self.ray_tmp:
-                    found[p.pid] = p
-        return list(found.values())
-
-    def kill9(self) -> None:
-        """kill -9 of the driver, then of the Ray it started (by pid)."""
-        family = self.ray_processes()
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.cleanup(family)
-
-    def cleanup(self, family: list[psutil.Process] | None = None) -> None:
-        family = (family or []) + self.ray_processes()
-        for p in family:
-            with _suppress():
-                p.kill()
-        psutil.wait_procs(family, timeout=30)
-        assert not self.ray_processes()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-
-    def wait(self, timeout: float = 300) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        finally:
-            self.cleanup() if self.proc.poll() is not None else self.kill9()
-        return rc
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is not None and issubclass(kind, psutil.Error)
-
-
-def until(condition, driver: Driver, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if driver.proc.poll() is not None:
-            driver.cleanup()
-            pytest.fail(f"the driver ended before {what}:\n{driver.log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            driver.kill9()
-            pytest.fail(f"no {what} in {timeout:g} s:\n{driver.log.read_text()[-3000:]}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +146,7 @@ def test_trial_process_killed_is_retried_from_its_checkpoint(tmp_path, uninterru
     def trial_processes():
         found = []
         for p in driver.ray_processes():
-            with _suppress():
+            with contextlib.suppress(psutil.Error):
                 if "ImplicitFunc" in " ".join(p.cmdline()):
                     found.append(p)
         return found
@@ -250,7 +154,7 @@ def test_trial_process_killed_is_retried_from_its_checkpoint(tmp_path, uninterru
     until(lambda: _epoch_reported(run_dir) and trial_processes(), driver, "an epoch report")
     killed = trial_processes()
     for p in killed:
-        with _suppress():
+        with contextlib.suppress(psutil.Error):
             p.kill()
     assert driver.wait() == 0, driver.log.read_text()[-3000:]
     trials, epochs = tables(run_dir)

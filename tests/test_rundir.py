@@ -21,6 +21,7 @@ from harness.cli import main
 from harness.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TERMINATED, RunError, RunRefused
 from harness.rundir import LOCK_FILE, MANIFEST_FILE, RunDirectory
 from tests.conftest import REPO, tiny_config, write_config
+from tests.drivers import Driver, until
 
 CONFIG = {"name": "r", "train": {"epochs": 2}}
 
@@ -206,27 +207,11 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
     """A real driver in a subprocess, SIGTERM once a trial has trained an epoch."""
     cfg = tiny_config(tmp_path, grid={"methods": ["equal"]}, train={"epochs": 200})
     path = write_config(tmp_path, cfg)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    err_path = tmp_path / "stderr.txt"
-    with open(err_path, "w") as err:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "run", str(path)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**env, "RAY_num_cpus": "2"},
-        )
-        try:
-            deadline = time.monotonic() + 240
-            while "epoch 1/200" not in err_path.read_text():
-                assert driver.poll() is None and time.monotonic() < deadline, err_path.read_text()
-                time.sleep(0.5)
-            driver.send_signal(signal.SIGTERM)
-            code = driver.wait(timeout=120)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-    stderr = err_path.read_text()
+    driver = Driver(path, log=tmp_path / "driver.log", env={"RAY_num_cpus": "2"})
+    until(lambda: "epoch 1/200" in driver.log.read_text(), driver, "a trained epoch", 240)
+    driver.proc.send_signal(signal.SIGTERM)
+    code = driver.wait(timeout=120)
+    stderr = driver.log.read_text()
     assert code == EXIT_TERMINATED, stderr
     assert "terminated (SIGTERM); finished trials are kept" in stderr
     assert "Traceback" not in stderr and "*** SIGABRT" not in stderr
