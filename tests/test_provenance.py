@@ -5,12 +5,15 @@ interrupted trial's restart; a simulated two-node cluster lists both nodes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pandas as pd
 import pytest
@@ -18,7 +21,6 @@ import pytest
 from harness.cli import main
 from harness.errors import EXIT_TERMINATED
 from tests.conftest import REPO, tiny_config, write_config
-from tests.drivers import Driver, records, until
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -72,6 +74,22 @@ def test_trials_record_their_node_device_and_attempts(ray_session, tmp_path):
     assert pd.read_parquet(run_dir / "results" / "trials.parquet").attempts.tolist() == [1]
 
 
+def _wait_for(condition, driver, deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert driver.poll() is None, f"the driver ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _records(run_dir) -> dict[str, dict]:
+    out = {}
+    for path in (run_dir / "trials").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):  # replaced while read
+            out[path.stem] = json.loads(path.read_text())
+    return out
+
+
 def test_an_interrupted_trial_counts_its_restart_and_the_report_marks_it(ray_session, tmp_path):
     """Two trials one after the other; SIGTERM once the first has finished and the second has
     trained an epoch; --resume: the second was started twice, the first once."""
@@ -83,20 +101,32 @@ def test_an_interrupted_trial_counts_its_restart_and_the_report_marks_it(ray_ses
     )
     path = write_config(tmp_path, cfg)
     run_dir = tmp_path / "runs" / "tiny"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
     def first_done_second_trained():
-        found = records(run_dir)
-        done = [t for t, r in found.items() if r["status"] == "completed"]
-        running = [t for t, r in found.items() if r["status"] == "running" and r["rows"]]
+        records = _records(run_dir)
+        done = [t for t, r in records.items() if r["status"] == "completed"]
+        running = [t for t, r in records.items() if r["status"] == "running" and r["rows"]]
         return len(done) == 1 and len(running) == 1
 
-    driver = Driver(path, log=tmp_path / "driver.log", env={"RAY_num_cpus": "2"})
-    until(first_done_second_trained, driver, "one trial done, one training")
-    driver.proc.send_signal(signal.SIGTERM)
-    assert driver.wait(timeout=120) == EXIT_TERMINATED, driver.log.read_text()[-3000:]
-    found = records(run_dir)
-    finished = next(t for t, r in found.items() if r["status"] == "completed")
-    interrupted = next(t for t in found if t != finished)
+    with open(tmp_path / "stderr.txt", "w") as err:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "run", str(path)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**env, "RAY_num_cpus": "2"},
+        )
+        try:
+            _wait_for(first_done_second_trained, driver, 300, "one trial done, one training")
+            driver.send_signal(signal.SIGTERM)
+            assert driver.wait(timeout=120) == EXIT_TERMINATED
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    records = _records(run_dir)
+    finished = next(t for t, r in records.items() if r["status"] == "completed")
+    interrupted = next(t for t in records if t != finished)
     stopped = _manifest(run_dir)["attempts"]
     assert [a["outcome"] for a in stopped] == ["interrupted"]
     assert stopped[0]["ended_at"] and stopped[0]["trials_to_run"] == 2
