@@ -18,10 +18,8 @@ least one complete epoch; :meth:`CheckpointStore.load_latest` takes the newest e
 that loads, with the best weights that it names. When a trial has ended,
 :meth:`CheckpointStore.finish` keeps only the best weights (what model export needs).
 
-S3 credentials, region and endpoint come from the usual AWS variables and files; an
-S3-compatible store (MinIO, ...) is reached with ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``
-(read by ``FileSystem.from_uri``; checked with pyarrow 26) or with the URI's own options
-(``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``).
+Credentials and endpoints: see :mod:`harness.storage` (an S3-compatible store is reached
+with ``AWS_ENDPOINT_URL`` or the URI's ``?endpoint_override=host:9000&scheme=http``).
 """
 
 from __future__ import annotations
@@ -36,18 +34,11 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
+from harness.storage import first_line, open_uri
+
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 BEST_FILE = re.compile(r"^best-(\d+)\.pt$")
 PARTIAL = ".partial"  # a file being written; moved to its real name when whole
-
-
-def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    """``(file system, path in it)`` for a URI or a local path (relative to the working
-    directory, ``~`` expanded). Raises whatever pyarrow raises for a URI it cannot open
-    (``pyarrow.ArrowInvalid`` for an unknown scheme, ``OSError`` for unreachable stores)."""
-    if "://" not in uri:
-        uri = str(Path(uri).expanduser().resolve())
-    return pafs.FileSystem.from_uri(uri)
 
 
 def store_uri(storage: str, name: str, run_id: str) -> str:
@@ -66,8 +57,7 @@ def storage_problem(uri: str) -> str | None:
         fs, path = open_uri(uri)
         info = fs.get_file_info(path)
     except Exception as exc:  # ArrowInvalid, OSError, ValueError: pyarrow's own words
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"output.storage: cannot open {uri}: {first}"
+        return f"output.storage: cannot open {uri}: {first_line(exc)}"
     if info.type == pafs.FileType.File:
         return f"output.storage: {uri} is a file, not a folder"
     return None

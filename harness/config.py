@@ -95,7 +95,10 @@ def _no_duplicates(values: list, what: str) -> list:
 class DataConfig(_Strict):
     dataset: Literal["synthetic", "nih", "chexpert", "chestmnist"] = "synthetic"
     root: str | None = None
+    # a local path, or a URI (s3://, gs://, ...) staged once per node into cache_dir
     prepared: str | None = None
+    # node-local cache of staged data sets (harness.storage); None: ~/.cache/deepchest-harness
+    cache_dir: str | None = None
     augment: Literal["auto"] | bool = "auto"
     hflip: bool = False
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -112,6 +115,17 @@ class DataConfig(_Strict):
     @classmethod
     def _seed(cls, seed: int) -> int:
         return _check_seed(seed)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, cache_dir: str | None) -> str | None:
+        # each node resolves it, in a trial's working folder: only ~ and absolute paths agree
+        if cache_dir is not None and not (cache_dir.startswith("~") or cache_dir.startswith("/")):
+            raise ValueError(
+                f"{cache_dir!r} is relative; give an absolute path (or one under ~), the same "
+                "on every node"
+            )
+        return cache_dir
 
     @field_validator("tasks")
     @classmethod

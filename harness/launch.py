@@ -43,6 +43,7 @@ from harness.results import (
     write_tables,
 )
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
+from harness.storage import is_remote, local_path
 from harness.wording import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
@@ -99,8 +100,8 @@ def trial_spec(
         params["initial_weights"] = str(Path(params["initial_weights"]).resolve())
     data = dict(d["data"], augment=cfg.data.augments())
     for key in ("root", "prepared"):
-        if data[key]:
-            data[key] = str(Path(data[key]).expanduser().resolve())
+        if data[key] and not is_remote(data[key]):
+            data[key] = local_path(data[key])
     return {
         **identity,
         "data": data,

@@ -6,7 +6,9 @@ one line per problem (a :class:`~harness.config.ConfigError`, so exit 2 like any
 experiment file):
 
 * the data source: a ChestMNIST ``.npz`` (or folder), a prepared folder (its manifest readable,
-  its files matching it, its data set the one named), the ``data.tasks`` it holds;
+  its files matching it, its data set the one named), the ``data.tasks`` it holds; a prepared
+  folder in object storage (``data.prepared: s3://...``): its manifest only (a finished
+  prepare of the named data set with those tasks), checked also for a run on a cluster;
 * the split sizes read from that source (a manifest, an ``.npz`` header, the synthetic
   fractions): a training split smaller than one batch (``train.batch_size`` x
   ``workers_per_trial``, the last incomplete batch is dropped), an empty validation split (the
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import PATH_HYPERPARAMETERS, PREPARED_DATASETS, ConfigError, ExperimentConfig
+from harness.storage import is_remote, remote_source
 from harness.wording import plural
 
 __all__ = ["Preflight", "cluster_address", "preflight", "pretrained_problems"]
@@ -84,11 +87,15 @@ def _data(
 
     data = cfg.data
     key = "data.prepared" if data.dataset in PREPARED_DATASETS else "data.root"
-    if data.dataset != "synthetic" and not local:
+    remote = bool(data.prepared) and is_remote(data.prepared)
+    if data.dataset != "synthetic" and not local and not remote:
         unchecked.append(f"{key} ({CLUSTER_SIDE}; so are its split sizes)")
         return None
     try:
-        sizes = check_source(data.model_dump(mode="json"))
+        if remote:  # object storage: its manifest says it all, without a download
+            sizes = remote_source(data.model_dump(mode="json"))
+        else:
+            sizes = check_source(data.model_dump(mode="json"))
     except DatasetError as exc:
         lines.append(str(exc))
         return None

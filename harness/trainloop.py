@@ -44,6 +44,7 @@ from deepchest.models import MultiTaskNet
 from harness.checkpoints import CheckpointStore
 from harness.measure import StepTimer
 from harness.nodes import this_node, trial_placement
+from harness.storage import is_remote, stage_prepared
 from harness.wording import plural
 from methods import engine
 
@@ -324,7 +325,11 @@ class _Trial:
             torch.set_num_threads(max(1, int(spec.get("threads", 1))))
         seed_everything(spec["seed"])
 
-        self.splits = load_splits(spec["data"])
+        data = spec["data"]
+        if data.get("prepared") and is_remote(data["prepared"]):  # memory-mapping needs a file
+            local = stage_prepared(data["prepared"], data.get("cache_dir"))
+            data = dict(data, prepared=str(local))
+        self.splits = load_splits(data)
         self.image_size = int(spec["data"]["image_size"])
         augment = spec["data"].get("augment", False)
         self.augment = AugmentSettings(hflip=bool(spec["data"].get("hflip", False)))

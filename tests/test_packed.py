@@ -463,7 +463,8 @@ def test_load_refuses_edited_index_and_changed_images(tmp_path, packed):
         f.seek(-3, os.SEEK_END)
         f.write(b"\x01\x02\x03")
     os.utime(written / "images.npy", ns=(1, 10**18))
-    assert refusal(written).startswith(f"{written / 'images.npy'}: modified after the prepare")
+    # a new time makes the load check every shard: the changed one is named
+    assert refusal(written).startswith(f"{written / 'images.npy'}: shard 2 (rows 8 .. 11) differs")
     assert "shard 2 (rows 8 .. 11) differs" in refusal(written, verify=True)
 
     # a flipped byte behind an unchanged size and time: only verify sees it
@@ -481,13 +482,51 @@ def test_load_refuses_edited_index_and_changed_images(tmp_path, packed):
     assert "shard 1 (rows 4 .. 7) differs from its sha256" in refusal(flipped_dir, verify=True)
 
 
-def test_a_copy_with_a_new_time_loads_after_verify(tmp_path, packed):
+def test_a_copy_with_a_new_time_is_verified_once(tmp_path, packed):
     os.utime(packed / "images.npy", ns=(10**18, 10**18))  # what `cp` without -p does
-    assert "modified after the prepare" in refusal(packed)
-    _, info = load_packed(packed, verify=True)
+    _, info = load_packed(packed, cache_dir=tmp_path / "cache")
+    assert info.verified and info.restamped  # the first load read every shard
+    assert (
+        json.loads((packed / "manifest.json").read_text())["files"]["images.npy"]["mtime_ns"]
+        == 10**18
+    )
+    _, info = load_packed(packed, cache_dir=tmp_path / "cache")
+    assert not info.verified and not info.restamped
+    assert not (tmp_path / "cache").exists()  # the manifest took the new time
+
+
+def test_a_copy_on_a_read_only_mount_is_verified_once_then_remembered(
+    tmp_path, packed, monkeypatch
+):
+    """A read-only folder (simulated: the tests run as root, where chmod does not stop
+    writes) cannot take the new time: the record goes to the cache, and the next load reads
+    no shard; a record stops counting when the file changes again."""
+    real_write = prep.write_json_atomic
+
+    def read_only(path, data):
+        if Path(path).parent == packed:
+            raise OSError(30, "Read-only file system", str(path))
+        real_write(path, data)
+
+    import deepchest.data.packed as packed_module
+
+    monkeypatch.setattr(packed_module, "write_json_atomic", read_only)
+    before = (packed / "manifest.json").read_bytes()
+    os.utime(packed / "images.npy", ns=(10**18, 10**18))
+    cache = tmp_path / "cache"
+    _, info = load_packed(packed, cache_dir=cache)
     assert info.verified and info.restamped
-    _, info = load_packed(packed)
-    assert not info.restamped
+    assert (packed / "manifest.json").read_bytes() == before
+    assert len(list((cache / "verified").glob("*.json"))) == 1
+    hashed = []
+    monkeypatch.setattr(
+        packed_module, "_shard_sha256", lambda *a: hashed.append(a) or "never matches"
+    )
+    splits, info = load_packed(packed, cache_dir=cache)  # remembered: no shard is read
+    assert not info.verified and not hashed and len(splits["train"]) > 0
+    os.utime(packed / "images.npy", ns=(2 * 10**18, 2 * 10**18))  # touched again
+    assert "shard 0 (rows 0 .. 3) differs" in refusal(packed)
+    assert hashed
 
 
 def test_image_size_out_of_range_is_one_line(tmp_path, small):

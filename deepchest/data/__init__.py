@@ -6,6 +6,7 @@ place uint8 images become model input, so training, evaluation and prediction ag
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "DatasetError",
     "LabeledImages",
     "check_source",
+    "default_cache_dir",
     "load_splits",
     "to_model_input",
 ]
@@ -32,6 +34,15 @@ _MEAN, _STD = 0.5, 0.25
 
 class DatasetError(ValueError):
     """A data set that cannot be read; the message is one line naming the path or key."""
+
+
+def default_cache_dir() -> Path:
+    """This machine's cache folder for data (``data.cache_dir`` when unset):
+    ``$XDG_CACHE_HOME/deepchest-harness``, else ``~/.cache/deepchest-harness``. It holds the
+    prepared data sets staged from object storage (``prepared/``) and the records of verified
+    copies in read-only folders (``verified/``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deepchest-harness"
 
 
 def to_model_input(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -83,7 +94,7 @@ def _chestmnist(data: dict[str, Any]) -> dict[str, LabeledImages]:
 def _prepared(data: dict[str, Any], *, verify: bool = False) -> dict[str, LabeledImages]:
     from deepchest.data.packed import load_packed
 
-    splits, info = load_packed(data["prepared"], verify=verify)
+    splits, info = load_packed(data["prepared"], verify=verify, cache_dir=data.get("cache_dir"))
     if info.dataset != data["dataset"]:
         raise DatasetError(
             f"data.prepared: {data['prepared']} holds data set {info.dataset!r}, not "
@@ -131,7 +142,7 @@ def check_source(data: dict[str, Any]) -> dict[str, int]:
     from deepchest.data.packed import load_packed
 
     try:
-        _, info = load_packed(data["prepared"])
+        _, info = load_packed(data["prepared"], cache_dir=data.get("cache_dir"))
     except DatasetError as exc:
         raise _keyed("data.prepared", exc) from None
     if info.dataset != dataset:

@@ -21,19 +21,25 @@ Checks, each a one-line :class:`~deepchest.data.DatasetError` naming the file:
 
 * a missing ``manifest.json``, ``images.npy`` or ``index.parquet``;
 * a prepare that is unfinished (interrupted or killed) or failed (too many bad images);
-* ``images.npy`` whose size, shape, dtype or modification time differs from the manifest
-  (truncated, replaced or written after the prepare);
+* ``images.npy`` whose size, shape or dtype differs from the manifest (truncated or replaced
+  after the prepare); a changed modification time alone triggers a full check (below);
 * ``index.parquet`` whose sha256 differs from the manifest (edited), or whose rows disagree
   with the manifest's counts;
 * with ``verify=True``, every shard's sha256 is recomputed (reads the whole file once).
 
-A copy that keeps the bytes but not the modification time (``cp`` without ``-p``) is refused
-as modified; ``verify=True`` (``harness data verify DIR``) then proves the content and records
-the new time in the manifest, after which it loads without a full read.
+A copy that keeps the bytes but not the modification time (``cp`` without ``-p``, a download,
+another mount of the same files) is verified once on its first load: every shard's sha256 is
+recomputed (one full read) and the new time is recorded in the manifest, or, when the folder
+cannot be written (a read-only mount), in a small record under the cache folder
+(``<cache_dir>/verified/``, see :func:`deepchest.data.default_cache_dir`) keyed by the file's
+absolute path, size and time. Later loads then skip the full read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepchest.data import DatasetError
+from deepchest.data import DatasetError, default_cache_dir
 from deepchest.data.base import LabeledImages
 from deepchest.data.index import SPLITS
 from deepchest.data.prepare import (
@@ -58,7 +64,9 @@ from deepchest.data.prepare import (
     write_json_atomic,
 )
 
-__all__ = ["PackedInfo", "load_packed"]
+__all__ = ["PackedInfo", "content_id", "load_packed"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class PackedInfo:
     total (listed in ``bad_path``); ``index_rows[split][i]``: the position in the reader's
     index (and ``index.parquet``) of the split's ``i``-th image; ``verified``: every shard's
     sha256 was checked; ``restamped``: a changed modification time of ``images.npy`` was
-    recorded after its content proved intact."""
+    recorded (in the manifest or the cache's record) after its content proved intact."""
 
     out: Path
     dataset: str
@@ -133,8 +141,38 @@ def _first_bad(out: Path, manifest: dict[str, Any]) -> str:
     return f": {bad_summary(bad, manifest.get('root', ''))}" if bad else ""
 
 
+def _record_path(path: Path, cache_dir: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    return cache_dir / "verified" / f"{key}.json"
+
+
+def content_id(manifest: dict[str, Any]) -> str:
+    """A sha256 hex digest of what a manifest's shard checksums say ``images.npy`` holds (its
+    shape and every shard's sha256; neither a copy's time nor its place is part of it)."""
+    shards = [s.get("sha256") for s in manifest["shards"]]
+    return hashlib.sha256(json.dumps([manifest["shape"], shards]).encode()).hexdigest()
+
+
+def _read_record(path: Path, st: os.stat_result, manifest: dict[str, Any], cache: Path) -> bool:
+    """A record under the cache says this very file (path, size, time) was verified."""
+    try:
+        record = json.loads(_record_path(path, cache).read_text())
+    except (OSError, ValueError):
+        return False
+    return record == _record(path, st, manifest)
+
+
+def _record(path: Path, st: os.stat_result, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": str(path.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "content": content_id(manifest),
+    }
+
+
 def _check_images(
-    out: Path, manifest: dict[str, Any], verify: bool
+    out: Path, manifest: dict[str, Any], verify: bool, cache_dir: Path
 ) -> tuple[np.ndarray, bool, bool]:
     """Map images.npy after checking it against the manifest; returns the memmap and whether
     the shards were verified and the modification time re-recorded."""
@@ -161,12 +199,15 @@ def _check_images(
             f"{list(manifest['shape'])} uint8",
         )
     moved = st.st_mtime_ns != recorded["mtime_ns"]
+    if moved and not verify and _read_record(path, st, manifest, cache_dir):
+        return images, False, False  # this copy was verified before (read-only folder)
     if moved and not verify:
-        raise _fail(
+        log.warning(
+            "%s: its modification time differs from the manifest (a copy or another mount); "
+            "checking every shard's sha256 once",
             path,
-            "modified after the prepare (its modification time differs from the manifest); "
-            f"run harness data verify {out} to check its content",
         )
+        verify = True
     if verify:
         for i, shard in enumerate(manifest["shards"]):
             a, b = shard["rows"]
@@ -182,8 +223,14 @@ def _check_images(
         try:
             write_json_atomic(out / MANIFEST, manifest)
             restamped = True
-        except OSError:
-            pass
+        except OSError:  # a read-only folder: remember it in the cache instead
+            record = _record_path(path, cache_dir)
+            try:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(record, _record(path, st, manifest))
+                restamped = True
+            except OSError:
+                pass
     return images, verify, restamped
 
 
@@ -224,13 +271,16 @@ def _read_index(out: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def load_packed(
-    out: str | os.PathLike, *, verify: bool = False
+    out: str | os.PathLike, *, verify: bool = False, cache_dir: str | os.PathLike | None = None
 ) -> tuple[dict[str, LabeledImages], PackedInfo]:
     """The splits (``train``, ``val``, ``test``, each possibly empty) of the folder ``out``
     written by ``prepare``, as views into the memory-mapped ``images.npy``, and what the
     folder holds. Checks the folder against its manifest first (module docstring);
-    ``verify=True`` also recomputes every shard's sha256. Each problem is a one-line
+    ``verify=True`` also recomputes every shard's sha256 (so does a first load of a copy with
+    another modification time). ``cache_dir`` (default :func:`default_cache_dir`) holds the
+    records of verified copies in read-only folders. Each problem is a one-line
     ``DatasetError`` naming the file."""
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     out = Path(out)
     manifest_path = out / MANIFEST
     if not out.is_dir():
@@ -240,7 +290,7 @@ def load_packed(
         raise _fail(manifest_path, "missing; not a prepared data set (harness data prepare)")
     _check_state(manifest_path, manifest)
     try:
-        images, verified, restamped = _check_images(out, manifest, verify)
+        images, verified, restamped = _check_images(out, manifest, verify, cache)
         columns = _read_index(out, manifest)
         tasks = tuple(manifest["task_names"])
         blocks = manifest["splits"]
