@@ -136,3 +136,91 @@ def test_code_is_shipped_and_concurrency_follows_a_growing_cluster(tmp_path):
     assert found["statuses"] == ["completed", "completed"]
     assert found["overlap"], found  # the second trial ran on the new node meanwhile
     assert any("as many at once as fit" in note for note in found["notes"]), found
+
+
+PREEMPTED = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    from pathlib import Path
+    from ray.cluster_utils import Cluster
+    from harness.config import parse_config
+    from harness.launch import run_experiment
+    from harness.progress import LineProgress
+    import pandas as pd
+
+    # the head takes no trial: it runs first on node A, which is then lost (a preemption)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    node_a = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    spec = json.loads(sys.argv[1])
+    cfg = parse_config(spec)
+    run_dir = Path(spec["output"]["dir"]) / spec["name"]
+    outcome = {}
+    run = threading.Thread(target=lambda: outcome.update(result=run_experiment(
+        cfg, address=cluster.address, progress=LineProgress(cfg.train.epochs))))
+    run.start()
+
+    def reported_epochs():
+        records = [json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json")]
+        return sum(len(r["rows"]) for r in records)
+
+    deadline = time.monotonic() + 240
+    while reported_epochs() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lost_at = reported_epochs()
+    node_b = cluster.add_node(num_cpus=1)
+    cluster.remove_node(node_a)
+    run.join(timeout=300)
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet")
+    (record,) = [json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json")]
+    results = sorted((run_dir / "ray").glob("tune-*/*/result.json"))
+    reports = [json.loads(line) for p in results for line in p.read_text().splitlines()]
+    print("RESULT", json.dumps({
+        "lost_at": lost_at,
+        "status": trials.status.tolist(),
+        "attempts": trials.attempts.tolist(),
+        "node_id": trials.node_id.tolist(),
+        "node_a": node_a.node_id, "node_b": node_b.node_id,
+        "attempt_nodes": [a["node_id"] for a in record["attempts"]],
+        "epochs": sorted(set(epochs.epoch)),
+        "rows_per_split": epochs.groupby(["epoch", "split"]).size().unique().tolist(),
+        "reported": [r["epoch"] for r in reports if not r.get("done")],
+        "report": "status-retried" in (run_dir / "report.html").read_text(),
+    }))
+    cluster.shutdown()
+    """
+)
+
+
+def test_a_lost_node_retries_its_trial_elsewhere_from_the_checkpoint(tmp_path):
+    """``cluster.remove_node`` while the trial trains on that node (``train.max_failures: 1``):
+    Tune retries it on the node that joined, it continues from its last epoch checkpoint in
+    the store (no epoch trained twice), completes, and the tables and report count 2 attempts."""
+    cfg = tiny_config(
+        tmp_path,
+        name="preempted",
+        grid={"methods": ["rlw"], "seeds": [0]},
+        train={"epochs": 10, "max_failures": 1},
+        output={"dir": str(tmp_path / "runs"), "storage": str(tmp_path / "store")},
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", PREEMPTED, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=400,
+    )
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    found = json.loads(lines[0].removeprefix("RESULT "))
+    assert 2 <= found["lost_at"] < 10, found  # lost mid-trial, after a checkpoint
+    assert found["status"] == ["completed"] and found["attempts"] == [2], found
+    assert found["attempt_nodes"] == [found["node_a"], found["node_b"]], found
+    assert found["node_id"] == [found["node_b"]]
+    assert found["epochs"] == list(range(1, 11)), found
+    assert found["rows_per_split"] == [14], found  # one row per task, none twice
+    # the retry resumed after the last saved epoch: no epoch reported twice
+    assert found["reported"] == sorted(set(found["reported"])), found
+    assert found["reported"][0] == 1 and len(found["reported"]) == 10, found
+    assert found["report"], found
