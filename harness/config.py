@@ -263,6 +263,10 @@ class ClusterConfig(_Strict):
     # upload the project's packages to the nodes of a cluster joined by address (Ray's
     # runtime_env py_modules), so that nodes need only its dependencies installed
     ship_code: bool = True
+    # the most of each resource an autoscaler can reach ({CPU: 64, GPU: 8}), for autoscalers
+    # that do not report it to Ray (`ray up`, `ray start --autoscaling-config`); what Ray
+    # reports (KubeRay) takes precedence. None: the cluster's size now is all there is
+    max_resources: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
 
 class OutputConfig(_Strict):

@@ -501,7 +501,7 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
     started_ray = connect(address, ship_code=cfg.cluster.ship_code)
     try:
         cluster = ray.cluster_resources()
-        limits = resources.autoscaler_limits()
+        limits = resources.autoscaler_limits(cfg.cluster.max_resources)
         planned = resources.plan(cfg, cluster, limits)
         gpus, concurrency = planned.gpus, planned.max_concurrent
         claimed.clear()  # --overwrite: the earlier run goes only now that this one can start

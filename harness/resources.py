@@ -3,7 +3,10 @@ autoscaling Ray cluster.
 
 The cluster's *ceiling* is what it has now or, per resource, what its autoscaler can reach
 (Ray's cluster config: each node group's ``max_count`` times its resources; Ray Train reads the
-same figure, ``ray._private.state.state.get_max_resources_from_cluster_config``). Decisions
+same figure, ``ray._private.state.state.get_max_resources_from_cluster_config``). Only an
+autoscaler that reports its config to Ray's GCS fills it (KubeRay); Ray's own autoscaler of
+``ray up`` and ``ray start --autoscaling-config`` does not (checked with Ray 2.60, v1 and v2),
+so there the user declares it in ``cluster.max_resources``. Decisions
 that used to freeze the size at start use the ceiling instead:
 
 - ``gpus_per_worker: auto`` is 1 when the cluster has a GPU or can scale to one, so a GPU node
@@ -26,15 +29,18 @@ from harness.errors import RunError
 from harness.wording import plural
 
 
-def autoscaler_limits() -> dict[str, float]:
-    """The most of each resource the autoscaler can add nodes up to; empty without an
-    autoscaler (a fixed cluster, a local Ray). Needs a connected Ray."""
+def autoscaler_limits(declared: dict[str, float] | None = None) -> dict[str, float]:
+    """The most of each resource the autoscaler can add nodes up to, as the cluster reports
+    it (KubeRay does; Ray's own autoscaler of ``ray up`` and ``ray start
+    --autoscaling-config`` does not), else ``declared`` (``cluster.max_resources``), else
+    empty (a fixed cluster, a local Ray). Needs a connected Ray."""
     try:
         from ray._private.state import state
 
-        return dict(state.get_max_resources_from_cluster_config() or {})
+        reported = dict(state.get_max_resources_from_cluster_config() or {})
     except Exception:  # an older or newer Ray without it: behave as a fixed cluster
-        return {}
+        reported = {}
+    return reported or dict(declared or {})
 
 
 def ceiling(now: dict[str, float], limits: dict[str, float]) -> dict[str, float]:
@@ -77,7 +83,12 @@ def plan(cfg: ExperimentConfig, now: dict[str, float], limits: dict[str, float])
     workers = plural(r.workers_per_trial, "worker")
     have = f"{now.get('CPU', 0):g} CPU and {now.get('GPU', 0):g} GPU"
     if need_cpu > most.get("CPU", 0) or need_gpu > most.get("GPU", 0):
-        scales = " and its autoscaler cannot add more" if limits else ""
+        scales = (
+            " and its autoscaler cannot add more"
+            if limits
+            else "; if an autoscaler can add nodes, say how far in cluster.max_resources "
+            "(e.g. {CPU: 64, GPU: 8})"
+        )
         raise RunError(
             f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU ({workers}) but "
             f"the cluster has {have}{scales}"
@@ -92,7 +103,8 @@ def plan(cfg: ExperimentConfig, now: dict[str, float], limits: dict[str, float])
     if cfg.resources.gpus_per_worker == "auto" and gpus == 0:
         notes.append(
             "trials run on CPU: the cluster has no GPU and cannot scale to one "
-            "(resources.gpus_per_worker: auto)"
+            "(resources.gpus_per_worker: auto; an autoscaler that can add GPU nodes but does "
+            "not report it to Ray is declared in cluster.max_resources)"
         )
     cap = r.max_concurrent_trials
     if r.workers_per_trial > 1:

@@ -32,6 +32,31 @@ def records(run_dir: Path) -> dict[str, dict]:
     return out
 
 
+def processes_of(pid: int | None, ray_tmp: str) -> list[psutil.Process]:
+    """The descendants of ``pid`` and every other process whose environment carries
+    ``RAY_TMPDIR=ray_tmp`` (Ray's daemons, reparented to init), ``pid`` itself excluded."""
+    found = {}
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            for p in psutil.Process(pid).children(recursive=True):
+                found[p.pid] = p
+    for p in psutil.process_iter():
+        if p.pid in found or p.pid == pid:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("RAY_TMPDIR") == ray_tmp:
+                found[p.pid] = p
+    return list(found.values())
+
+
+def end_processes(processes: list[psutil.Process]) -> None:
+    """kill -9 each, by pid, and wait for them."""
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(processes, timeout=30)
+
+
 class Driver:
     """``harness run`` in a subprocess with its own local Ray (``RAY_TMPDIR``)."""
 
@@ -56,19 +81,8 @@ class Driver:
         )
 
     def ray_processes(self) -> list[psutil.Process]:
-        """Every process started for this driver: its descendants, and any process whose
-        environment carries this driver's RAY_TMPDIR (Ray's daemons reparented to init)."""
-        found = {}
-        with contextlib.suppress(psutil.Error):
-            for p in psutil.Process(self.proc.pid).children(recursive=True):
-                found[p.pid] = p
-        for p in psutil.process_iter():
-            if p.pid in found or p.pid == self.proc.pid:
-                continue
-            with contextlib.suppress(psutil.Error):
-                if p.environ().get("RAY_TMPDIR") == self.ray_tmp:
-                    found[p.pid] = p
-        return list(found.values())
+        """Every process started for this driver (see :func:`processes_of`)."""
+        return processes_of(self.proc.pid, self.ray_tmp)
 
     def kill9(self) -> None:
         """kill -9 of the driver, then of the Ray it started (by pid)."""
@@ -78,11 +92,7 @@ class Driver:
         self.cleanup(family)
 
     def cleanup(self, family: list[psutil.Process] | None = None) -> None:
-        family = (family or []) + self.ray_processes()
-        for p in family:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(family, timeout=30)
+        end_processes((family or []) + self.ray_processes())
         assert not self.ray_processes()
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 

@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from tests.clusters import FakeAutoscalingCluster
 from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.timeout(420)
@@ -224,3 +225,100 @@ def test_a_lost_node_retries_its_trial_elsewhere_from_the_checkpoint(tmp_path):
     assert found["reported"] == sorted(set(found["reported"])), found
     assert found["reported"][0] == 1 and len(found["reported"]) == 10, found
     assert found["report"], found
+
+
+AUTOSCALED = textwrap.dedent(
+    """
+    import json, sys
+    import pandas as pd
+    import ray
+    from harness import resources
+    from harness.config import parse_config
+    from harness.launch import run_experiment
+    from harness.progress import LineProgress
+
+    address, spec = sys.argv[1], json.loads(sys.argv[2])
+    ray.init(address=address)
+    head = ray.get_runtime_context().get_node_id()
+    now, reported = ray.cluster_resources(), resources.autoscaler_limits()
+    ray.shutdown()
+    cfg = parse_config(spec)
+    refused = ""
+    try:  # Ray's own autoscaler does not report its limits: undeclared, nothing fits now
+        run_experiment(parse_config({**spec, "cluster": {}}), address=address)
+    except Exception as exc:
+        refused = str(exc)
+    limits = resources.autoscaler_limits(cfg.cluster.max_resources)
+    auto = resources.plan(parse_config({**spec, "resources": {"gpus_per_worker": "auto"}}),
+                          now, limits)
+    notes = []
+    outcome = run_experiment(cfg, address=address, progress=LineProgress(2), notify=notes.append)
+    trials = pd.read_parquet(outcome.run_dir / "results" / "trials.parquet")
+    print("RESULT", json.dumps({
+        "cpus_at_start": now.get("CPU", 0), "reported": reported, "refused": refused,
+        "limits": limits, "auto_gpus": auto.gpus,
+        "notes": notes, "status": trials.status.tolist(),
+        "on_head": int((trials.node_id == head).sum()),
+        "nodes": trials.node_id.nunique(),
+    }))
+    """
+)
+
+
+def test_trials_wait_for_the_autoscaler_and_complete_on_the_nodes_it_adds(tmp_path):
+    """An autoscaling cluster whose head holds no CPU and whose node groups start at zero
+    nodes (Ray's fake multi-node provider: the nodes are local raylets). Ray's own autoscaler
+    does not report its limits, so without ``cluster.max_resources`` the run is refused in one
+    line that says so; with them declared, the trials are pending at start, the autoscaler
+    adds nodes for their demand, the grid completes there. ``auto`` takes the declared GPU as
+    one it can wait for; the trials here ask for none (a fake GPU node has no CUDA device to
+    train on), so they run on the CPU nodes."""
+    cluster = FakeAutoscalingCluster(
+        head_cpus=0,
+        worker_node_types={
+            "cpu": {
+                "resources": {"CPU": 1, "object_store_memory": 300_000_000},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 2,
+            },
+            "gpu": {
+                "resources": {"CPU": 1, "GPU": 1, "object_store_memory": 300_000_000},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 1,
+            },
+        },
+    )
+    cfg = tiny_config(
+        tmp_path,
+        name="autoscaled",
+        grid={"methods": ["equal"], "seeds": [0, 1]},
+        resources={"cpus_per_worker": 1, "gpus_per_worker": 0},
+        cluster={"max_resources": {"CPU": 3, "GPU": 1}},
+    )
+    try:
+        cluster.start()
+        result = subprocess.run(
+            [sys.executable, "-c", AUTOSCALED, cluster.address, json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=cluster.env,
+            timeout=400,
+        )
+    finally:
+        cluster.shutdown()
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    found = json.loads(lines[0].removeprefix("RESULT "))
+    assert found["cpus_at_start"] == 0 and found["reported"] == {}, found
+    assert found["refused"].startswith(
+        "resources: a trial needs 1 CPU and 0 GPU (1 worker) but the cluster has 0 CPU and "
+        "0 GPU; if an autoscaler can add nodes, say how far in cluster.max_resources"
+    ), found
+    assert found["limits"] == {"CPU": 3, "GPU": 1}, found
+    assert found["auto_gpus"] == 1.0, found  # a GPU the autoscaler can add counts
+    assert any("trials wait until the autoscaler adds nodes" in n for n in found["notes"]), found
+    assert found["status"] == ["completed", "completed"], found
+    assert found["on_head"] == 0, found

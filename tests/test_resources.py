@@ -33,7 +33,8 @@ def test_auto_without_any_gpu_says_the_trials_run_on_cpu(tmp_path):
     assert planned.gpus == 0.0
     assert planned.notes == [
         "trials run on CPU: the cluster has no GPU and cannot scale to one "
-        "(resources.gpus_per_worker: auto)"
+        "(resources.gpus_per_worker: auto; an autoscaler that can add GPU nodes but does not "
+        "report it to Ray is declared in cluster.max_resources)"
     ]
 
 
