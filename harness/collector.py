@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from ray import tune
 
 from harness.progress import Progress
-from harness.results import TrialRecord
+from harness.results import ENDED, TrialRecord
 
 
 class ResultsCollector(tune.Callback):
-    def __init__(self, records: dict[str, TrialRecord], progress: Progress):
+    """``on_ended(trial_id, best_epoch)`` is called once a trial's final report (completed
+    or diverged) is saved in its record: the launcher prunes its checkpoints then, not the
+    trial, so that a crash before the record is saved leaves the epoch state to resume from."""
+
+    def __init__(
+        self,
+        records: dict[str, TrialRecord],
+        progress: Progress,
+        on_ended: Callable[[str, int | None], None] | None = None,
+    ):
         self.records = records
         self.progress = progress
+        self.on_ended = on_ended
 
     # Tune pickles its run config (callbacks included) into its experiment state; the live
     # records and the progress view belong to this driver process and are not saved.
@@ -28,7 +39,7 @@ class ResultsCollector(tune.Callback):
         return {}
 
     def __setstate__(self, state):
-        self.records, self.progress = {}, None
+        self.records, self.progress, self.on_ended = {}, None, None
 
     def _record(self, trial) -> tuple[str, TrialRecord]:
         trial_id = trial.config["trial_id"]
@@ -61,7 +72,7 @@ class ResultsCollector(tune.Callback):
                 error=summary["error"],
             )
         else:
-            record.add_epoch(result["epoch"], rows)
+            record.add_epochs(rows)  # this epoch's, after a restore also the earlier ones
             self.progress.update(
                 trial_id,
                 epoch=result["epoch"],
@@ -69,6 +80,8 @@ class ResultsCollector(tune.Callback):
                 loss=result["train_mean_loss"],
             )
         record.save()
+        if result.get("done") and record.status in ENDED and self.on_ended is not None:
+            self.on_ended(trial_id, record.data["summary"].get("best_epoch"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         trial_id, record = self._record(trial)

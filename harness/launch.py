@@ -33,6 +33,7 @@ from harness.nodes import NODE_KEYS, cluster_nodes, merge_nodes
 from harness.preflight import cluster_address, preflight  # harness validate runs it too
 from harness.progress import Progress
 from harness.results import (
+    ENDED,
     TrialRecord,
     current_run_attempt,
     end_run_attempt,
@@ -43,7 +44,7 @@ from harness.results import (
     write_tables,
 )
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
-from harness.storage import is_remote, local_path
+from harness.storage import first_line, is_remote, local_path
 from harness.wording import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
@@ -69,7 +70,7 @@ class RunOutcome:
 
     @property
     def failed(self) -> list[TrialRecord]:
-        return [r for r in self.records if r.status not in ("completed", "diverged")]
+        return [r for r in self.records if r.status not in ENDED]
 
 
 def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
@@ -343,9 +344,8 @@ def _manifest(
         manifest["started_at"] = stored["started_at"]
     # every node of the cluster as this attempt starts (hardware is the driver's alone)
     manifest["nodes"] = cluster_nodes(manifest["hardware"].get("gpus"))
-    ended = ("completed", "diverged")
     trials = claimed.path / TRIALS_DIR
-    to_run = [i for i in trial_identities(cfg) if TrialRecord(trials, i).status not in ended]
+    to_run = [i for i in trial_identities(cfg) if TrialRecord(trials, i).status not in ENDED]
     manifest["attempts"] = [
         *past_run_attempts(stored),
         new_run_attempt(manifest["command"], claimed.mode == "resume", len(to_run)),
@@ -462,7 +462,7 @@ def _load_records(run_dir: Path, cfg: ExperimentConfig) -> dict[str, TrialRecord
     (run_dir / TRIALS_DIR).mkdir(exist_ok=True)
     records = {i["trial_id"]: TrialRecord(run_dir / TRIALS_DIR, i) for i in trial_identities(cfg)}
     for record in records.values():
-        if record.status not in ("completed", "diverged"):
+        if record.status not in ENDED:
             record.reset()
     return records
 
@@ -478,7 +478,7 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
                 record.save()
             stored = claimed.stored_manifest or {}
             if stored.get("checkpoints"):
-                _keep_only_best_weights(stored["checkpoints"], records)
+                _keep_only_best_weights(stored["checkpoints"], _ended(records))
             # the trials ended when the run that trained them did: keep that time if recorded
             manifest = {**stored, "finished_at": None}
             report = _finish(run_dir, records, manifest, stored.get("finished_at"))
@@ -520,7 +520,7 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
             record.save()
         checkpoints = manifest["checkpoints"]
         if claimed.mode == "resume":
-            _keep_only_best_weights(checkpoints, records)
+            _keep_only_best_weights(checkpoints, _ended(records))
 
         identities = trial_identities(cfg)
         todo = [i for i in identities if records[i["trial_id"]].status == "pending"]
@@ -548,22 +548,29 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
 
-def _keep_only_best_weights(checkpoints: str, records: dict[str, TrialRecord]) -> None:
-    """Ended trials keep only their best weights in the store; a driver killed between a
-    trial's end and its final report may have left its epoch state there."""
+def _keep_only_best_weights(checkpoints: str, ended: dict[str, int | None]) -> None:
+    """Trials that ended (``{trial id: best epoch}``) keep only their best weights in the
+    store; a driver killed between recording a trial's final report and this prune left its
+    epoch state there, which a resumed driver prunes."""
     try:
         store = CheckpointStore(checkpoints)
-        for trial_id, record in records.items():
-            if record.status in ("completed", "diverged"):
-                store.finish(trial_id, (record.data["summary"] or {}).get("best_epoch"))
+        for trial_id, best_epoch in ended.items():
+            store.finish(trial_id, best_epoch)
     except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError: an unreachable store
         # pruning only saves space: the run goes on, and says what it could not do
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(
             f"harness: warning: could not prune the ended trials' checkpoints in "
-            f"{checkpoints} ({first})",
+            f"{checkpoints} ({first_line(exc)})",
             file=sys.stderr,
         )
+
+
+def _ended(records: dict[str, TrialRecord]) -> dict[str, int | None]:
+    return {
+        trial_id: (record.data["summary"] or {}).get("best_epoch")
+        for trial_id, record in records.items()
+        if record.status in ENDED
+    }
 
 
 def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=None) -> None:
@@ -573,6 +580,10 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     from ray import tune
 
     from harness.collector import ResultsCollector
+
+    def prune(trial_id: str, best_epoch: int | None) -> None:
+        if checkpoints:
+            _keep_only_best_weights(checkpoints, {trial_id: best_epoch})
 
     storage = str(run_dir / "ray")
     specs = {i["trial_id"]: trial_spec(cfg, i, gpus, checkpoints) for i in todo}
@@ -602,7 +613,7 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
             name=f"tune-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}",
             storage_path=storage,
             verbose=0,
-            callbacks=[ResultsCollector(records, progress)],
+            callbacks=[ResultsCollector(records, progress, on_ended=prune)],
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )

@@ -100,6 +100,10 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+# the statuses whose final report ends a trial for good (a failed one may be run again)
+ENDED = ("completed", "diverged")
+
+
 class TrialRecord:
     """What the driver knows of one trial: identity, state, rows by epoch, summary."""
 
@@ -155,8 +159,12 @@ class TrialRecord:
     def attempts(self) -> list[dict[str, Any]]:
         return self.data["attempts"]
 
-    def add_epoch(self, epoch: int, rows: list[dict[str, Any]]) -> None:
-        self.data["rows"][f"epoch:{epoch}"] = rows
+    def add_epochs(self, rows: list[dict[str, Any]]) -> None:
+        """Train/val rows of one or more epochs; each epoch's replace what was recorded."""
+        by_epoch: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_epoch.setdefault(f"epoch:{row['epoch']}", []).append(row)
+        self.data["rows"].update(by_epoch)
 
     def replace_history(self, rows: list[dict[str, Any]]) -> None:
         """All rows of the trial (train/val by epoch, then test) replace what was recorded."""

@@ -373,6 +373,9 @@ class _Trial:
 
         self.epoch = 0
         self.rows: list[dict[str, Any]] = []
+        # rows restored from a checkpoint, sent again with the next epoch's report: the driver
+        # may have reset its record (--resume) and must hold them even if this attempt fails
+        self.unreported: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": None, "val_mean_auroc": -math.inf, "model": None}
         self.train_time_s = 0.0
         self.prior_wall_s = 0.0
@@ -423,6 +426,7 @@ class _Trial:
             self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
         self.epoch, self.rows = state["epoch"], state["rows"]
+        self.unreported = list(self.rows)
         self.best = {**state["best"], "model": state["best_model"]}
         self.timer = StepTimer(self.device, history=state["timer"])
         self.train_time_s, self.prior_wall_s = state["train_time_s"], state["wall_time_s"]
@@ -615,6 +619,7 @@ class _Trial:
                 )
                 self.rows += rows
                 self._save()
+                rows, self.unreported = self.unreported + rows, []
                 self.reporter.report(
                     {
                         "epoch": self.epoch,
@@ -676,10 +681,8 @@ class _Trial:
             "workers": self.coll.world_size,
             **self.timer.summary(),
         }
-        if self.store is not None and self.coll.rank == 0:
-            # only what model export needs stays: the best weights. Before the final report,
-            # which may end the trial's process at once (a crash in between re-runs the trial)
-            self.store.finish(self.spec["trial_id"], self.best["epoch"])
+        # the store keeps the last epoch state until the driver has recorded this final
+        # report and prunes it (ResultsCollector): a crash in between loses nothing
         self.reporter.report(
             {
                 "epoch": self.epoch,

@@ -4,6 +4,7 @@ interrupted trial on CPU."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 
@@ -57,9 +58,13 @@ def test_interrupted_and_resumed_trial_is_bit_identical(tmp_path, method, data):
     assert [m["epoch"] for m in reporter.reports if not m["done"]] == [3, 4]
     assert _rows(resumed) == _rows(straight)
     assert repr([resumed[k] for k in METRICS]) == repr([straight[k] for k in METRICS])
-    # the finished trial keeps only its best weights; nothing was left in the temp folder
+    # the trial leaves its last epoch state until the driver has its final report and prunes
+    # (ResultsCollector); nothing was left in the temp folder
     store = CheckpointStore(uri)
-    assert store.trial_files(spec["trial_id"]) == [f"best-{resumed['best_epoch']:04d}.pt"]
+    assert store.trial_files(spec["trial_id"]) == [
+        f"best-{resumed['best_epoch']:04d}.pt",
+        "epoch-0004.pt",
+    ]
     assert _temp_leftovers() <= before
 
 
@@ -206,3 +211,23 @@ def test_a_kill_mid_write_never_leaves_a_cut_file_under_a_real_name(tmp_path):
     store.fs = _Faulty(real, open_input_stream=unreachable)
     with pytest.raises(OSError, match="connection reset"):
         store.load_latest("t")
+
+
+def test_a_restored_trial_that_fails_keeps_its_earlier_epochs_in_the_record(tmp_path):
+    """``--resume`` resets the driver's record of an unfinished trial; the trial restores
+    epochs 1-2 from the store and fails in epoch 3's report. The record still holds epochs
+    1-3: the first report after a restore carries the restored rows too."""
+    from harness.results import TrialRecord
+    from tests.test_trainloop import Crash, CrashingReporter
+
+    spec = spec_for(tmp_path, method="rlw", epochs=4, checkpoints=str(tmp_path / "store"))
+    interrupted(spec, after=2)
+    record = TrialRecord(tmp_path, {"trial_id": spec["trial_id"]})
+    record.reset()  # what --resume does to a trial that did not end
+    reporter = CrashingReporter(after=3)
+    with pytest.raises(Crash):
+        train_trial(spec, reporter)
+    for metrics in reporter.reports:  # what the collector does with each epoch report
+        record.add_epochs(json.loads(metrics["rows_json"]))
+    assert sorted(record.data["rows"]) == ["epoch:1", "epoch:2", "epoch:3"]
+    assert all(len(rows) == 2 * 14 for rows in record.data["rows"].values())  # train + val
