@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
-from harness.storage import first_line, open_uri
+from harness.storage import first_line, open_uri, redact
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 BEST_FILE = re.compile(r"^best-(\d+)\.pt$")
@@ -57,9 +57,9 @@ def storage_problem(uri: str) -> str | None:
         fs, path = open_uri(uri)
         info = fs.get_file_info(path)
     except Exception as exc:  # ArrowInvalid, OSError, ValueError: pyarrow's own words
-        return f"output.storage: cannot open {uri}: {first_line(exc)}"
+        return f"output.storage: cannot open {redact(uri)}: {first_line(exc)}"
     if info.type == pafs.FileType.File:
-        return f"output.storage: {uri} is a file, not a folder"
+        return f"output.storage: {redact(uri)} is a file, not a folder"
     return None
 
 

@@ -116,6 +116,16 @@ class DataConfig(_Strict):
     def _seed(cls, seed: int) -> int:
         return _check_seed(seed)
 
+    @field_validator("prepared")
+    @classmethod
+    def _prepared(cls, prepared: str | None) -> str | None:
+        # a file:// URI is a local path: memory-mapped where it is, never staged
+        if prepared is not None and prepared.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            return unquote(urlparse(prepared).path)
+        return prepared
+
     @field_validator("cache_dir")
     @classmethod
     def _cache_dir(cls, cache_dir: str | None) -> str | None:
@@ -267,6 +277,14 @@ class ClusterConfig(_Strict):
     # that do not report it to Ray (`ray up`, `ray start --autoscaling-config`); what Ray
     # reports (KubeRay) takes precedence. None: the cluster's size now is all there is
     max_resources: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+
+    @field_validator("max_resources")
+    @classmethod
+    def _max_resources(cls, limits: dict[str, float] | None) -> dict[str, float] | None:
+        for key in limits or {}:  # Ray's names are case-sensitive: `cpu` would be ignored
+            if key != key.upper() and key.upper() in ("CPU", "GPU"):
+                raise ValueError(f"{key!r}: Ray calls this resource {key.upper()!r}")
+        return limits
 
 
 class OutputConfig(_Strict):

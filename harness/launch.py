@@ -44,7 +44,7 @@ from harness.results import (
     write_tables,
 )
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
-from harness.storage import first_line, is_remote, local_path
+from harness.storage import first_line, is_remote, local_path, redact
 from harness.wording import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
@@ -510,7 +510,7 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
             try:
                 delete_store(old)
             except (OSError, ValueError) as exc:  # unreachable now: the new run needs none
-                _say(notify, f"the replaced run's checkpoints at {old} stay: {exc}")
+                _say(notify, f"the replaced run's checkpoints at {redact(old)} stay: {exc}")
         # the manifest first: from now on the folder is recognisably a run directory
         manifest = _manifest(cfg, claimed, cluster, concurrency, gpus, limits, planned.notes)
         write_manifest(run_dir, manifest)
@@ -556,11 +556,11 @@ def _keep_only_best_weights(checkpoints: str, ended: dict[str, int | None]) -> N
         store = CheckpointStore(checkpoints)
         for trial_id, best_epoch in ended.items():
             store.finish(trial_id, best_epoch)
-    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError: an unreachable store
+    except Exception as exc:  # an unreachable store, expired credentials, ...
         # pruning only saves space: the run goes on, and says what it could not do
         print(
             f"harness: warning: could not prune the ended trials' checkpoints in "
-            f"{checkpoints} ({first_line(exc)})",
+            f"{redact(checkpoints)} ({first_line(exc)})",
             file=sys.stderr,
         )
 
@@ -582,7 +582,7 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     from harness.collector import ResultsCollector
 
     def prune(trial_id: str, best_epoch: int | None) -> None:
-        if checkpoints:
+        if checkpoints:  # best-effort, and never an error inside Tune's event loop
             _keep_only_best_weights(checkpoints, {trial_id: best_epoch})
 
     storage = str(run_dir / "ray")

@@ -20,14 +20,13 @@ prepare) reuse the copy; nothing is ever evicted (delete the folder to free the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
@@ -50,10 +49,21 @@ def is_remote(location: str) -> bool:
 
 
 def local_path(location: str) -> str:
-    """A local path for a plain path or a ``file://`` URI (``~`` expanded, made absolute)."""
-    if location.startswith("file://"):
-        location = unquote(urlparse(location).path)
+    """A plain local path, ``~`` expanded, made absolute (``file://`` URIs are made plain
+    paths when the experiment file is read)."""
     return str(Path(location).expanduser().resolve())
+
+
+def redact(uri: str) -> str:
+    """``uri`` without credentials written into it (``s3://KEY:SECRET@bucket/...``, which
+    pyarrow accepts), for messages, logs and records."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def first_line(exc: BaseException) -> str:
@@ -74,7 +84,7 @@ def read_prepared_manifest(uri: str) -> dict[str, Any]:
     when the store cannot be opened or the folder is not a finished prepare."""
     from deepchest.data.prepare import FORMAT, FORMAT_VERSION, MANIFEST
 
-    where = f"data.prepared: {uri}"
+    where = f"data.prepared: {redact(uri)}"
     try:
         fs, root = open_uri(uri)
         with fs.open_input_stream(f"{root.rstrip('/')}/{MANIFEST}") as stream:
@@ -110,34 +120,18 @@ def remote_source(data: dict[str, Any]) -> dict[str, int]:
     storage that ``data`` (the experiment file's ``data`` section) names, from its manifest
     alone (pre-flight: nothing else is downloaded). Raises ``DatasetError`` (one line) as
     :func:`read_prepared_manifest` does, and for another data set or a task it lacks."""
+    from deepchest.data import check_tasks
+
     uri = data["prepared"]
     manifest = read_prepared_manifest(uri)
     if manifest.get("dataset") != data["dataset"]:
         raise _dataset_error(
-            f"data.prepared: {uri} holds data set {manifest.get('dataset')!r}, not "
+            f"data.prepared: {redact(uri)} holds data set {manifest.get('dataset')!r}, not "
             f"{data['dataset']!r}"
         )
-    names = manifest.get("task_names", [])
-    tasks = data.get("tasks")
-    missing = [t for t in tasks if t not in names] if isinstance(tasks, list) else []
-    if missing:
-        raise _dataset_error(
-            f"data.tasks: unknown task {missing[0]!r}; available: {', '.join(names)}"
-        )
+    check_tasks(tuple(manifest.get("task_names", [])), data.get("tasks"))
     counts = manifest.get("counts", {})
     return {split: int(counts.get(split, 0)) for split in ("train", "val", "test")}
-
-
-@contextlib.contextmanager
-def _node_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock shared by every process of this node (a ``flock`` on ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _copy(fs: pafs.FileSystem, src: str, dst: Path, size: int, say: Callable[[str], None]) -> None:
@@ -150,6 +144,8 @@ def _copy(fs: pafs.FileSystem, src: str, dst: Path, size: int, say: Callable[[st
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 say(f"  {dst.name}: {done / 2**20:,.0f} of {size / 2**20:,.0f} MiB")
                 last = time.monotonic()
+        out.flush()
+        os.fsync(out.fileno())  # on disk before the folder takes its final name
     if done != size:
         raise OSError(f"{src}: read {done} bytes, the store lists {size}")
 
@@ -165,13 +161,13 @@ def stage_prepared(
     store fails mid-copy (nothing is left under the final name)."""
     from deepchest.data import default_cache_dir
     from deepchest.data.packed import content_id, load_packed
-    from deepchest.data.prepare import BAD, IMAGES, INDEX, MANIFEST
+    from deepchest.data.prepare import BAD, IMAGES, INDEX, MANIFEST, exclusive_lock
 
     manifest = read_prepared_manifest(uri)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     name = f"{manifest['dataset']}-{manifest['image_size']}px-{content_id(manifest)[:16]}"
     final = cache / "prepared" / name
-    with _node_lock(cache / "prepared" / f"{name}.lock"):
+    with exclusive_lock(cache / "prepared" / f"{name}.lock"):
         if final.is_dir():  # staged earlier, by this run or another
             return final
         fs, root = open_uri(uri)
@@ -179,7 +175,7 @@ def stage_prepared(
         infos = {n: fs.get_file_info(f"{root}/{n}") for n in (MANIFEST, INDEX, IMAGES, BAD)}
         for needed in (INDEX, IMAGES):
             if infos[needed].type != pafs.FileType.File:
-                raise _dataset_error(f"data.prepared: {uri}: no {needed}")
+                raise _dataset_error(f"data.prepared: {redact(uri)}: no {needed}")
         files = {n: i for n, i in infos.items() if i.type == pafs.FileType.File}
         total = sum(i.size for i in files.values())
         partial = final.with_name(f"{name}.partial")
@@ -189,18 +185,33 @@ def stage_prepared(
         if free < total:
             shutil.rmtree(partial, ignore_errors=True)
             raise _dataset_error(
-                f"data.cache_dir: {cache} has {free / 2**30:.1f} GiB free, staging {uri} needs "
-                f"{total / 2**30:.1f} GiB"
+                f"data.cache_dir: {cache} has {free / 2**30:.1f} GiB free, staging "
+                f"{redact(uri)} needs {total / 2**30:.1f} GiB"
             )
-        say(f"staging {uri} ({total / 2**20:,.0f} MiB) into {final}")
+        say(f"staging {redact(uri)} ({total / 2**20:,.0f} MiB) into {final}")
         started = time.monotonic()
         try:
             for file_name, info in files.items():
                 _copy(fs, info.path, partial / file_name, info.size, say)
+            staged = read_prepared_manifest(str(partial))
+            if content_id(staged) != content_id(manifest):  # replaced while we copied
+                raise _dataset_error(
+                    f"data.prepared: {redact(uri)} changed while it was copied; run again"
+                )
             load_packed(partial, verify=True, cache_dir=cache)  # every sha256; records the time
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         partial.rename(final)
-        say(f"staged {uri} in {time.monotonic() - started:.0f} s; checksums match")
+        _fsync_dir(final.parent)
+        say(f"staged {redact(uri)} in {time.monotonic() - started:.0f} s; checksums match")
         return final
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -13,20 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.drivers import end_processes, processes_of
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.drivers import end_processes, free_port, processes_of
 
 
 class FakeAutoscalingCluster:
@@ -38,7 +31,7 @@ class FakeAutoscalingCluster:
         self.ray_tmp = tempfile.mkdtemp(prefix="ha", dir="/tmp")  # short: socket paths
         from ray.util import get_node_ip_address
 
-        self.port = _free_port()
+        self.port = free_port()
         # the fake provider starts its nodes against this address (its default is port 6379)
         self.address = f"{get_node_ip_address()}:{self.port}"
         self.env = {

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,13 @@ def records(run_dir: Path) -> dict[str, dict]:
         except ValueError:  # caught while replaced
             continue
     return out
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def processes_of(pid: int | None, ray_tmp: str) -> list[psutil.Process]:

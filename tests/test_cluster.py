@@ -1,6 +1,7 @@
-"""A simulated two-node Ray cluster (ray.cluster_utils.Cluster), joined by address.
+"""Simulated Ray clusters joined by address: ``ray.cluster_utils.Cluster`` (three nodes; a
+node lost mid-trial; a cluster that grows) and an autoscaling cluster (``tests/clusters.py``).
 
-Runs in a subprocess because the test session already holds a local Ray.
+Each runs in a subprocess because the test session already holds a local Ray.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SCRIPT = textwrap.dedent(
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     cfg = parse_config(json.loads(sys.argv[1]))
     outcome = run_experiment(cfg, address=cluster.address, progress=LineProgress(2))
@@ -34,14 +36,17 @@ SCRIPT = textwrap.dedent(
     trials = pd.read_parquet(outcome.run_dir / "results" / "trials.parquet")
     manifest = json.loads((outcome.run_dir / "manifest.json").read_text())
     print("RESULT", json.dumps({"status": sorted(trials.status),
-                                "cpus": manifest["cluster_resources"]["CPU"]}))
+                                "cpus": manifest["cluster_resources"]["CPU"],
+                                "nodes": int(trials.node_id.nunique()),
+                                "manifest_nodes": len(manifest["nodes"])}))
     cluster.shutdown()
     """
 )
 
 
-def test_grid_runs_on_a_two_node_cluster(tmp_path):
-    cfg = tiny_config(tmp_path, name="cluster")
+def test_grid_spreads_over_a_three_node_cluster(tmp_path):
+    """4 one-CPU trials on 3 one-CPU nodes: the first three start at once, one per node."""
+    cfg = tiny_config(tmp_path, name="cluster", grid={"seeds": [0, 1]})
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(cfg)],
         capture_output=True,
@@ -52,7 +57,8 @@ def test_grid_runs_on_a_two_node_cluster(tmp_path):
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     found = json.loads(lines[0].removeprefix("RESULT "))
-    assert found == {"status": ["completed", "completed"], "cpus": 2.0}
+    assert found["status"] == ["completed"] * 4 and found["cpus"] == 3.0, found
+    assert found["nodes"] >= 2 and found["manifest_nodes"] == 3, found
 
 
 GROWING = textwrap.dedent(
@@ -265,6 +271,7 @@ AUTOSCALED = textwrap.dedent(
 )
 
 
+@pytest.mark.timeout(600)  # the head's start (up to 120 s) and the run (up to 400 s)
 def test_trials_wait_for_the_autoscaler_and_complete_on_the_nodes_it_adds(tmp_path):
     """An autoscaling cluster whose head holds no CPU and whose node groups start at zero
     nodes (Ray's fake multi-node provider: the nodes are local raylets). Ray's own autoscaler

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from deepchest.data import DatasetError
-from deepchest.data.packed import load_packed
-from deepchest.data.prepare import prepare
+from deepchest.data.packed import content_id, load_packed
+from deepchest.data.prepare import exclusive_lock, prepare
 from harness.cli import main
 from harness.storage import remote_source, stage_prepared
 from tests.conftest import REPO, tiny_config, write_config
-from tests.drivers import Driver, records, until
+from tests.drivers import Driver, free_port, records, until
 from tests.test_packed import S, make_index, write_pngs
 
 pytestmark = pytest.mark.timeout(900)
@@ -33,23 +33,18 @@ pytestmark = pytest.mark.timeout(900)
 BUCKET = "harness"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on localhost with one bucket; yields the AWS variables that reach it
     (also set in this process for the module's tests)."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-    )
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -86,7 +81,11 @@ def s3(tmp_path_factory):
             else:
                 os.environ[key] = value
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def s3_fs() -> pafs.FileSystem:
@@ -115,6 +114,14 @@ def packed(tmp_path_factory):
     return out
 
 
+def _waits_on_lock(pid: int) -> bool:
+    """The process is blocked in flock (its kernel wait channel says so)."""
+    try:
+        return "flock" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
 STAGE = """
 import json, sys
 from harness.storage import stage_prepared
@@ -127,17 +134,32 @@ print(json.dumps({"path": str(path), "lines": lines}))
 def test_staged_once_per_node_verified_and_reused(s3, packed, tmp_path):
     uri = upload(packed, "data/nih-16")
     cache = tmp_path / "cache"
-    # two trials starting on one node at once: one downloads, the other waits and reuses
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", STAGE, uri, str(cache)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    manifest = json.loads((packed / "manifest.json").read_text())
+    name = f"nih-{S}px-{content_id(manifest)[:16]}"
+    # two trials starting on one node at once: both wait on the lock this test holds until
+    # both are up; then one downloads, the other waits for it and reuses the copy
+    procs = []
+    try:
+        with exclusive_lock(cache / "prepared" / f"{name}.lock"):
+            for _ in range(2):
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", STAGE, uri, str(cache)],
+                        cwd=REPO,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                )
+            deadline = time.monotonic() + 120
+            while not all(_waits_on_lock(p.pid) for p in procs):
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+                time.sleep(0.1)
+        outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert all(p.returncode == 0 for p in procs)
     assert outs[0]["path"] == outs[1]["path"]
     staging = [line for out in outs for line in out["lines"] if line.startswith("staging ")]
@@ -252,7 +274,8 @@ def test_a_grid_on_object_storage_survives_a_driver_kill9(ray_session, s3, packe
     first.kill9()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     prefix = f"checkpoints/s3-{manifest['run_id']}/checkpoints"
-    assert any(name.endswith(".pt") for name in listing(prefix))
+    saved = {name.split("/")[0] for name in listing(prefix) if "/epoch-" in name}
+    assert saved  # a trial had an epoch state in S3 to continue from
 
     second = Driver(config, "--resume", log=tmp_path / "second.log", env=s3)
     assert second.wait() == 0, second.log.read_text()[-3000:]
@@ -266,3 +289,6 @@ def test_a_grid_on_object_storage_survives_a_driver_kill9(ray_session, s3, packe
     )
     assert not list(run_dir.rglob("*.pt")) and not list(run_dir.rglob("checkpoint_*"))
     assert (run_dir / "report.html").is_file()
+    for trial_id in saved:  # continued from S3: this attempt's first report is a later epoch
+        results = sorted((run_dir / "ray").glob(f"tune-*/{trial_id}/result.json"))
+        assert json.loads(results[-1].read_text().splitlines()[0])["epoch"] > 1, trial_id

@@ -20,6 +20,7 @@ __all__ = [
     "DatasetError",
     "LabeledImages",
     "check_source",
+    "check_tasks",
     "default_cache_dir",
     "load_splits",
     "to_model_input",
@@ -54,7 +55,7 @@ def _select_tasks(splits: dict[str, LabeledImages], tasks: Any) -> dict[str, Lab
     if tasks in (None, "all"):
         return splits
     names = next(iter(splits.values())).task_names
-    _check_tasks(names, tasks)
+    check_tasks(names, tasks)
     index = torch.tensor([names.index(t) for t in tasks])
     return {
         split: LabeledImages(d.images, d.labels[:, index], d.mask[:, index], tuple(tasks))
@@ -135,25 +136,28 @@ def check_source(data: dict[str, Any]) -> dict[str, int]:
             counts = chestmnist_split_sizes(root, image_size=size)
         except DatasetError as exc:
             raise _keyed("data.root", exc) from None
-        _check_tasks(FINDINGS, data["tasks"])
+        check_tasks(FINDINGS, data["tasks"])
         return counts
     if dataset not in READABLE:
         raise DatasetError(f"data.dataset: {dataset!r} is not readable; readable: {READABLE}")
     from deepchest.data.packed import load_packed
 
     try:
-        _, info = load_packed(data["prepared"], cache_dir=data.get("cache_dir"))
+        # cheap: a copy with another modification time is verified by the trials, not here
+        _, info = load_packed(data["prepared"], cache_dir=data.get("cache_dir"), check_copy=False)
     except DatasetError as exc:
         raise _keyed("data.prepared", exc) from None
     if info.dataset != dataset:
         raise DatasetError(
             f"data.prepared: {data['prepared']} holds data set {info.dataset!r}, not {dataset!r}"
         )
-    _check_tasks(info.task_names, data["tasks"])
+    check_tasks(info.task_names, data["tasks"])
     return dict(info.counts)
 
 
-def _check_tasks(names: tuple[str, ...], tasks: Any) -> None:
+def check_tasks(names: tuple[str, ...], tasks: Any) -> None:
+    """Raise ``DatasetError`` (one line) when ``tasks`` (``data.tasks``: a list, ``all`` or
+    None) names a task that is not among ``names``."""
     missing = [t for t in tasks if t not in names] if tasks not in (None, "all") else []
     if missing:
         raise DatasetError(

@@ -37,10 +37,12 @@ absolute path, size and time. Later loads then skip the full read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ from deepchest.data.prepare import (
     _read_manifest,
     _shard_sha256,
     bad_summary,
+    exclusive_lock,
     file_sha256,
     write_json_atomic,
 )
@@ -172,7 +175,7 @@ def _record(path: Path, st: os.stat_result, manifest: dict[str, Any]) -> dict[st
 
 
 def _check_images(
-    out: Path, manifest: dict[str, Any], verify: bool, cache_dir: Path
+    out: Path, manifest: dict[str, Any], verify: bool, cache_dir: Path, check_copy: bool
 ) -> tuple[np.ndarray, bool, bool]:
     """Map images.npy after checking it against the manifest; returns the memmap and whether
     the shards were verified and the modification time re-recorded."""
@@ -199,39 +202,71 @@ def _check_images(
             f"{list(manifest['shape'])} uint8",
         )
     moved = st.st_mtime_ns != recorded["mtime_ns"]
-    if moved and not verify and _read_record(path, st, manifest, cache_dir):
-        return images, False, False  # this copy was verified before (read-only folder)
-    if moved and not verify:
-        log.warning(
-            "%s: its modification time differs from the manifest (a copy or another mount); "
-            "checking every shard's sha256 once",
-            path,
-        )
-        verify = True
-    if verify:
-        for i, shard in enumerate(manifest["shards"]):
-            a, b = shard["rows"]
-            if _shard_sha256(images, a, b) != shard.get("sha256"):
-                raise _fail(
-                    path,
-                    f"shard {i} (rows {a} .. {b - 1}) differs from its sha256 in the manifest "
-                    "(modified or corrupt); prepare the data set again",
-                )
-    restamped = False
-    if moved:  # verified: same bytes, new time (a copy); remember the new time
-        recorded["mtime_ns"] = st.st_mtime_ns
-        try:
-            write_json_atomic(out / MANIFEST, manifest)
-            restamped = True
-        except OSError:  # a read-only folder: remember it in the cache instead
-            record = _record_path(path, cache_dir)
-            try:
-                record.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(record, _record(path, st, manifest))
-                restamped = True
-            except OSError:
-                pass
-    return images, verify, restamped
+    if not moved:
+        if verify:
+            _verify_shards(path, images, manifest)
+        return images, verify, False
+    if not verify and (not check_copy or _read_record(path, st, manifest, cache_dir)):
+        return images, False, False  # pre-flight, or a read-only copy verified before
+    # a copy: verify it once. The trials that start on this machine at once take turns, and
+    # those that waited find it recorded (in the manifest, or the cache's record)
+    with _copy_lock(path, cache_dir):
+        fresh = _read_manifest(out / MANIFEST) or manifest
+        same_content = content_id(fresh) == content_id(manifest)
+        if not verify and same_content:
+            if fresh["files"][IMAGES]["mtime_ns"] == st.st_mtime_ns:
+                return images, False, False
+            if _read_record(path, st, manifest, cache_dir):
+                return images, False, False
+        if not verify:
+            log.warning(
+                "%s: its modification time differs from the manifest (a copy or another "
+                "mount); checking every shard's sha256 once",
+                path,
+            )
+        _verify_shards(path, images, manifest)
+        return images, True, _remember(out, path, st, manifest, cache_dir)
+
+
+@contextlib.contextmanager
+def _copy_lock(path: Path, cache_dir: Path) -> Iterator[None]:
+    """This machine's lock for verifying ``path`` (under the cache folder: the data folder
+    may be read-only); no lock when the cache folder cannot be written either."""
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):
+            stack.enter_context(exclusive_lock(_record_path(path, cache_dir).with_suffix(".lock")))
+        yield
+
+
+def _verify_shards(path: Path, images: np.ndarray, manifest: dict[str, Any]) -> None:
+    for i, shard in enumerate(manifest["shards"]):
+        a, b = shard["rows"]
+        if _shard_sha256(images, a, b) != shard.get("sha256"):
+            raise _fail(
+                path,
+                f"shard {i} (rows {a} .. {b - 1}) differs from its sha256 in the manifest "
+                "(modified or corrupt); prepare the data set again",
+            )
+
+
+def _remember(
+    out: Path, path: Path, st: os.stat_result, manifest: dict[str, Any], cache_dir: Path
+) -> bool:
+    """A verified copy's new time goes into its manifest or, for a read-only folder, into a
+    record under the cache folder; False when neither can be written."""
+    manifest["files"][IMAGES]["mtime_ns"] = st.st_mtime_ns
+    try:
+        write_json_atomic(out / MANIFEST, manifest)
+        return True
+    except OSError:
+        pass
+    try:
+        record = _record_path(path, cache_dir)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, _record(path, st, manifest))
+        return True
+    except OSError:
+        return False
 
 
 def _read_index(out: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -271,14 +306,19 @@ def _read_index(out: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def load_packed(
-    out: str | os.PathLike, *, verify: bool = False, cache_dir: str | os.PathLike | None = None
+    out: str | os.PathLike,
+    *,
+    verify: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    check_copy: bool = True,
 ) -> tuple[dict[str, LabeledImages], PackedInfo]:
     """The splits (``train``, ``val``, ``test``, each possibly empty) of the folder ``out``
     written by ``prepare``, as views into the memory-mapped ``images.npy``, and what the
     folder holds. Checks the folder against its manifest first (module docstring);
     ``verify=True`` also recomputes every shard's sha256 (so does a first load of a copy with
     another modification time). ``cache_dir`` (default :func:`default_cache_dir`) holds the
-    records of verified copies in read-only folders. Each problem is a one-line
+    records of verified copies in read-only folders. ``check_copy=False`` leaves a copy
+    unverified (pre-flight: the trials verify it). Each problem is a one-line
     ``DatasetError`` naming the file."""
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     out = Path(out)
@@ -290,7 +330,7 @@ def load_packed(
         raise _fail(manifest_path, "missing; not a prepared data set (harness data prepare)")
     _check_state(manifest_path, manifest)
     try:
-        images, verified, restamped = _check_images(out, manifest, verify, cache)
+        images, verified, restamped = _check_images(out, manifest, verify, cache, check_copy)
         columns = _read_index(out, manifest)
         tasks = tuple(manifest["task_names"])
         blocks = manifest["splits"]

@@ -77,6 +77,7 @@ import multiprocessing
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -287,8 +288,9 @@ def _cpu_count() -> int:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half
+    (also when several processes write it at once: each through its own temporary file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
@@ -383,6 +385,19 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on ``path`` (made if missing), shared by
+    every process of this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     with open(out / _LOCK, "w") as lock:
         try:
@@ -396,9 +411,12 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _remove_outputs(out: Path) -> None:
-    for name in (IMAGES, INDEX, MANIFEST, BAD, f".{MANIFEST}.tmp", f".{INDEX}.tmp"):
+    for name in (IMAGES, INDEX, MANIFEST, BAD, f".{INDEX}.tmp"):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
+    for leftover in out.glob(f".{MANIFEST}.*tmp"):  # write_json_atomic's, cut short
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 # ---- the prepare ---------------------------------------------------------------------------
