@@ -276,7 +276,9 @@ class ClusterConfig(_Strict):
     # the most of each resource an autoscaler can reach ({CPU: 64, GPU: 8}), for autoscalers
     # that do not report it to Ray (`ray up`, `ray start --autoscaling-config`); what Ray
     # reports (KubeRay) takes precedence. None: the cluster's size now is all there is
-    max_resources: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    max_resources: dict[str, Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]] | None = (
+        None
+    )
 
     @field_validator("max_resources")
     @classmethod

@@ -227,9 +227,11 @@ def test_a_lost_node_retries_its_trial_elsewhere_from_the_checkpoint(tmp_path):
     assert found["node_id"] == [found["node_b"]]
     assert found["epochs"] == list(range(1, 11)), found
     assert found["rows_per_split"] == [14], found  # one row per task, none twice
-    # the retry resumed after the last saved epoch: no epoch reported twice
+    # the retry resumed after the last saved epoch: no epoch reported twice (the report of
+    # the epoch in flight when the node went may be lost to Tune; its rows come with the
+    # retry's first report, so the tables above hold every epoch)
     assert found["reported"] == sorted(set(found["reported"])), found
-    assert found["reported"][0] == 1 and len(found["reported"]) == 10, found
+    assert found["reported"][0] == 1 and found["reported"][-1] == 10, found
     assert found["report"], found
 
 

@@ -115,11 +115,9 @@ def packed(tmp_path_factory):
 
 
 def _waits_on_lock(pid: int) -> bool:
-    """The process is blocked in flock (its kernel wait channel says so)."""
-    try:
-        return "flock" in Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return False
+    """The process is blocked waiting for a flock (``/proc/locks`` lists waiters with ``->``)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("->" in line and "FLOCK" in line and line.split()[5] == str(pid) for line in lines)
 
 
 STAGE = """
