@@ -7,6 +7,7 @@ starts, with the YAML path of the bad key in the message (``grid.methods[2]: ...
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from pathlib import Path
@@ -47,6 +48,9 @@ RAY_RESOURCE_STEP = 0.0001
 # deeper YAML is no experiment file (this schema nests 4 levels); PyYAML would recurse until
 # RecursionError, and aliases could expand a small file into millions of values
 MAX_YAML_DEPTH = 32
+# data keys that name the data source: pre-flight opens one per run, the report compares
+# trials on one data set
+UNSWEPT_DATA_KEYS = ("dataset", "root", "prepared", "cache_dir")
 MAX_YAML_VALUES = 100_000
 
 
@@ -191,6 +195,9 @@ class GridConfig(_Strict):
     methods: Annotated[list[str], Field(min_length=1)] = ["equal", "deepchest"]
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0, 1]
     backbones: Annotated[list[str], Field(min_length=1)] = ["resnet18"]
+    # dotted key (train.*, data.*, method_params.<method>.*) -> the values each trial takes,
+    # crossed with methods, backbones and seeds (checked by ExperimentConfig._sweep)
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 
     @field_validator("methods")
     @classmethod
@@ -391,6 +398,68 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"method_params.{name}: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _sweep(self) -> ExperimentConfig:
+        for key, values in self.grid.sweep.items():
+            where = f"grid.sweep.{key}"
+            problem = self._sweep_key_problem(key)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+            labels: dict[str, int] = {}
+            for i, value in enumerate(values):
+                _check_plain_value(value, f"{where}[{i}]")
+                label = sweep_label(value)
+                if label in labels:
+                    raise ValueError(
+                        f"{where}[{i}]: {value!r} repeats [{labels[label]}] (both name the "
+                        f"trials {key}={label})"
+                    )
+                labels[label] = i
+                try:
+                    self.with_values({key: value})
+                except ConfigError as exc:
+                    problem = exc.lines[0].partition(": ")[2] or exc.lines[0]
+                    raise ValueError(f"{where}[{i}]: {value!r}: {problem}") from None
+        return self
+
+    def _sweep_key_problem(self, key: str) -> str | None:
+        """Why ``key`` cannot be swept, or None."""
+        section, _, rest = key.partition(".")
+        if section in ("train", "data") and rest:
+            model = TrainConfig if section == "train" else DataConfig
+            if rest not in model.model_fields:
+                hint = _did_you_mean(rest, list(model.model_fields))
+                return f"{section} has no key {rest!r}{hint}"
+            if section == "data" and rest in UNSWEPT_DATA_KEYS:
+                return "the data source is one per run (make one run per data set)"
+            return None
+        if section == "method_params":
+            method, _, name = rest.partition(".")
+            if method not in self.grid.methods:
+                return f"{method!r} is not among grid.methods ({', '.join(self.grid.methods)})"
+            import methods
+
+            base, _ = self.weighting_method(method)
+            known = next(m.hyperparameters for m in methods.describe() if m.name == base)
+            if name not in known:
+                listed = ", ".join(known) or "none"
+                return f"{base} has no hyperparameter {name!r} (it has: {listed})"
+            return None
+        return "sweep keys are train.<key>, data.<key> or method_params.<method>.<key>"
+
+    def with_values(self, values: dict[str, Any]) -> ExperimentConfig:
+        """This experiment with dotted keys set (``{"train.lr": 3e-4}``), validated again,
+        without its sweep. Raises ``ConfigError`` for a value the schema refuses."""
+        raw = self.model_dump(mode="python")
+        raw["grid"]["sweep"] = {}
+        for key, value in values.items():
+            *path, last = key.split(".")
+            node = raw
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return parse_config(raw)
+
     def weighting_method(self, name: str) -> tuple[str, dict[str, Any]]:
         """The registered method and hyperparameters behind a grid name: a variant's
         ``method`` and the rest of its entry, or the method itself and its own entry."""
@@ -400,10 +469,36 @@ class ExperimentConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def sweep_points(self, method: str) -> list[dict[str, Any]]:
+        """The swept settings a trial of ``method`` takes: every combination of the
+        ``grid.sweep`` values, in the file's key order (``[{}]`` without a sweep). A
+        ``method_params.<m>.*`` key varies only the trials of ``<m>``."""
+        keys = [
+            k
+            for k in self.grid.sweep
+            if not k.startswith("method_params.") or k.split(".")[1] == method
+        ]
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(self.grid.sweep[k] for k in keys))
+        ]
+
     @property
     def trial_count(self) -> int:
         g = self.grid
-        return len(g.methods) * len(g.seeds) * len(g.backbones)
+        per_method = len(g.seeds) * len(g.backbones)
+        return sum(per_method * len(self.sweep_points(m)) for m in g.methods)
+
+
+def sweep_label(value: Any) -> str:
+    """How a swept value appears in trial ids (``train.lr=0.0003``): short, file-name safe."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -519,14 +614,18 @@ def _known_keys(loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _message(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "extra_forbidden":
         loc = tuple(error["loc"])
         if loc in REMOVED_KEYS:
             return f"unknown key ({REMOVED_KEYS[loc]})"
-        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
-        return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+        return f"unknown key{_did_you_mean(str(loc[-1]), _known_keys(loc))}"
     if error["type"] == "finite_number":
         return f"must be a finite number, not {error['input']!r}"
     if error["type"] == "int_type" and isinstance(error.get("input"), float):

@@ -27,7 +27,7 @@ import yaml
 
 from harness import resources
 from harness.checkpoints import CheckpointStore, delete_store, store_uri
-from harness.config import ExperimentConfig
+from harness.config import ExperimentConfig, sweep_label
 from harness.errors import RunError, RunRefused, handle_sigterm
 from harness.nodes import NODE_KEYS, cluster_nodes, merge_nodes
 from harness.preflight import cluster_address, preflight  # harness validate runs it too
@@ -74,13 +74,28 @@ class RunOutcome:
 
 
 def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """Grid points in a stable order: method, then backbone, then seed."""
+    """Grid points in a stable order: method, then backbone, then swept setting, then seed.
+    A swept setting's values are identity keys by their dotted names (``"train.lr"``) and
+    end the trial id (``equal-resnet18-s0-train.lr=0.0003``)."""
     return [
-        {"trial_id": f"{m}-{b}-s{s}", "method": m, "backbone": b, "seed": s}
+        {
+            "trial_id": f"{m}-{b}-s{s}"
+            + "".join(f"-{key}={sweep_label(value)}" for key, value in point.items()),
+            "method": m,
+            "backbone": b,
+            "seed": s,
+            **point,
+        }
         for m in cfg.grid.methods
         for b in cfg.grid.backbones
+        for point in cfg.sweep_points(m)
         for s in cfg.grid.seeds
     ]
+
+
+def swept_values(identity: dict[str, Any]) -> dict[str, Any]:
+    """The swept settings of a trial: its identity's dotted keys."""
+    return {k: v for k, v in identity.items() if "." in k}
 
 
 def trial_spec(
@@ -91,6 +106,8 @@ def trial_spec(
 ) -> dict[str, Any]:
     """The plain dict that the training loop takes (see ``trainloop``); ``checkpoints``: the
     run's checkpoint root (``checkpoints.store_uri``), None to save nothing."""
+    if swept := swept_values(identity):
+        cfg = cfg.with_values(swept)
     d = cfg.to_dict()
     train = dict(d["train"])
     weighting, params = cfg.weighting_method(identity["method"])

@@ -196,12 +196,32 @@ def _table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         values = [r.get(field.name) for r in records]
         if pa.types.is_floating(field.type):
             values = [math.nan if v is None else float(v) for v in values]
+        if pa.types.is_string(field.type):  # a swept column of mixed types: as text
+            values = [None if v is None else str(v) for v in values]
         columns[field.name] = pa.array(values, type=field.type)
     return pa.table(columns, schema=schema)
 
 
+def _with_swept(schema: pa.Schema, records: list[TrialRecord]) -> pa.Schema:
+    """``schema`` with a column per swept setting (the identities' dotted keys, e.g.
+    ``train.lr``) after ``seed``; a trial that does not vary a key (another method's
+    hyperparameter) has null there. Types as pyarrow infers them (text when mixed)."""
+    keys = list(dict.fromkeys(k for r in records for k in r.data["identity"] if "." in k))
+    fields = []
+    for key in keys:
+        values = [r.data["identity"].get(key) for r in records]
+        try:
+            kind = pa.array(values).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            kind = pa.string()
+        fields.append(pa.field(key, pa.float64() if pa.types.is_null(kind) else kind))
+    at = schema.get_field_index("seed") + 1
+    return pa.schema([*list(schema)[:at], *fields, *list(schema)[at:]])
+
+
 def write_tables(run_dir: Path, records: list[TrialRecord]) -> tuple[Path, Path]:
-    """``results/trials.parquet`` and ``results/epochs.parquet`` from the trial records."""
+    """``results/trials.parquet`` and ``results/epochs.parquet`` from the trial records, with
+    a column per swept setting in both."""
     out = run_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
     trial_rows, epoch_rows = [], []
@@ -228,8 +248,8 @@ def write_tables(run_dir: Path, records: list[TrialRecord]) -> tuple[Path, Path]
         for key in sorted(record.data["rows"], key=_row_key_order):
             epoch_rows += [{**row, **identity} for row in record.data["rows"][key]]
     trials_path, epochs_path = out / "trials.parquet", out / "epochs.parquet"
-    pq.write_table(_table(trial_rows, TRIALS_SCHEMA), trials_path)
-    pq.write_table(_table(epoch_rows, EPOCHS_SCHEMA), epochs_path)
+    pq.write_table(_table(trial_rows, _with_swept(TRIALS_SCHEMA, records)), trials_path)
+    pq.write_table(_table(epoch_rows, _with_swept(EPOCHS_SCHEMA, records)), epochs_path)
     return trials_path, epochs_path
 
 

@@ -265,7 +265,41 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
         root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
     )
     trials = _placement_columns(trials, root / TRIALS_FILE)
+    swept = _swept_keys(config)
+    trials, epochs = _arm_labels(trials, swept), _arm_labels(epochs, swept)
     return RunResults(run_dir=root, trials=trials, epochs=epochs, manifest=manifest, config=config)
+
+
+def _swept_keys(config: dict[str, Any]) -> list[str]:
+    grid = config.get("grid") if isinstance(config.get("grid"), dict) else {}
+    sweep = grid.get("sweep") if isinstance(grid.get("sweep"), dict) else {}
+    return [str(k) for k in sweep]
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _arm_labels(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Trials that differ in a swept setting (``grid.sweep``) are different arms of the
+    comparison, never pooled: their ``method`` becomes ``equal (train.lr=0.0003)``; the
+    registered method stays in ``weighting``. A run without a sweep is left as it is."""
+    present = [k for k in keys if k in frame.columns]
+    frame = frame.copy()
+    frame["weighting"] = frame["method"]
+    if not present:
+        return frame
+
+    def label(row: pd.Series) -> str:
+        parts = [f"{k}={_setting(row[k])}" for k in present if not pd.isna(row[k])]
+        return f"{row['method']} ({', '.join(parts)})" if parts else row["method"]
+
+    frame["method"] = frame.apply(label, axis=1).astype(object)
+    return frame
 
 
 @dataclass
