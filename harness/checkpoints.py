@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
-from harness.storage import first_line, open_uri, redact
+from harness.storage import first_line, missing_bucket, open_uri, redact
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 BEST_FILE = re.compile(r"^best-(\d+)\.pt$")
@@ -56,8 +56,11 @@ def storage_problem(uri: str) -> str | None:
     try:
         fs, path = open_uri(uri)
         info = fs.get_file_info(path)
+        bucket = missing_bucket(fs, path)
     except Exception as exc:  # ArrowInvalid, OSError, ValueError: pyarrow's own words
         return f"output.storage: cannot open {redact(uri)}: {first_line(exc)}"
+    if bucket:
+        return f"output.storage: {redact(uri)}: no bucket {bucket!r} there"
     if info.type == pafs.FileType.File:
         return f"output.storage: {redact(uri)} is a file, not a folder"
     return None

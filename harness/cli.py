@@ -180,10 +180,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         for record in failed:
             _err(f"trial {record.data['identity']['trial_id']} failed: {record.data['error']}")
-        _err(
-            f"{len(failed)} of {len(outcome.records)} trials failed; results of the others "
-            f"are in {outcome.run_dir}"
+        rest = (
+            f"results of the others are in {outcome.run_dir}"
+            if len(failed) < len(outcome.records)
+            else f"their records are in {outcome.run_dir}"
         )
+        _err(f"{len(failed)} of {len(outcome.records)} trials failed; {rest}")
         return EXIT_FAILED
     return 0
 

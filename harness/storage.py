@@ -54,6 +54,21 @@ def local_path(location: str) -> str:
     return str(Path(location).expanduser().resolve())
 
 
+# file systems whose first path component is a bucket (or container) that must exist
+BUCKET_FILE_SYSTEMS = ("s3", "gcs", "abfs")
+
+
+def missing_bucket(fs: pafs.FileSystem, path: str) -> str | None:
+    """The bucket named by ``path`` when ``fs`` is an object store and that bucket does not
+    exist (a path under it reads as merely absent, and writes fail later), else None."""
+    if fs.type_name not in BUCKET_FILE_SYSTEMS:
+        return None
+    bucket = path.strip("/").split("/", 1)[0]
+    if bucket and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        return bucket
+    return None
+
+
 def redact(uri: str) -> str:
     """``uri`` without credentials written into it (``s3://KEY:SECRET@bucket/...``, which
     pyarrow accepts), for messages, logs and records."""
@@ -82,11 +97,14 @@ def read_prepared_manifest(uri: str) -> dict[str, Any]:
     """The manifest of the prepared folder at ``uri`` (object storage), checked to be a
     finished prepare of this format. Raises ``DatasetError`` (one line, ``data.prepared: ...``)
     when the store cannot be opened or the folder is not a finished prepare."""
+    from deepchest.data import DatasetError
     from deepchest.data.prepare import FORMAT, FORMAT_VERSION, MANIFEST
 
     where = f"data.prepared: {redact(uri)}"
     try:
         fs, root = open_uri(uri)
+        if bucket := missing_bucket(fs, root):
+            raise _dataset_error(f"{where}: no bucket {bucket!r} there")
         with fs.open_input_stream(f"{root.rstrip('/')}/{MANIFEST}") as stream:
             raw = stream.read()
     except FileNotFoundError:
@@ -94,6 +112,8 @@ def read_prepared_manifest(uri: str) -> dict[str, Any]:
             f"{where}: no {MANIFEST}; not a prepared data set (harness data prepare, then "
             "copy the folder there)"
         ) from None
+    except DatasetError:
+        raise
     except Exception as exc:  # ArrowInvalid, OSError, ValueError: pyarrow's own words
         raise _dataset_error(f"{where}: cannot read it: {first_line(exc)}") from None
     try:

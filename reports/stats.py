@@ -60,6 +60,32 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     return (mean, mean - half, mean + half)
 
 
+def delta_m(
+    values: Sequence[float], reference: Sequence[float], lower_is_better: Sequence[bool]
+) -> float:
+    """Δm%: the mean relative change of a multi-task model against a reference, in percent
+    (Maninis, Radosavovic and Kokkinos, CVPR 2019, "Attentive single-tasking of multiple
+    tasks"; the measure of LibMTL's ``count_improvement`` and of the Nash-MTL and FAMO papers).
+
+    Over the K (task, metric) entries with M_k the model's value, B_k the reference's and
+    l_k = 1 when lower is better (a loss), else 0::
+
+        Δm = 100 / K * sum_k (-1)^{l_k} * (M_k - B_k) / B_k
+
+    so Δm > 0 is better than the reference. Entries where either value is NaN or B_k is 0
+    are left out of the mean (and out of K); none left gives NaN.
+    """
+    m, b = _as_floats(values), _as_floats(reference)
+    lower = np.asarray(lower_is_better, dtype=bool).ravel()
+    if not m.size == b.size == lower.size:
+        raise ValueError(f"delta_m: {m.size}, {b.size} and {lower.size} entries differ")
+    keep = ~np.isnan(m) & ~np.isnan(b) & (b != 0)
+    if not keep.any():
+        return NAN
+    sign = np.where(lower[keep], -1.0, 1.0)
+    return float(100.0 * np.mean(sign * (m[keep] - b[keep]) / b[keep]))
+
+
 @dataclass(frozen=True)
 class PairedResult:
     """Paired comparison of two methods over the same seeds (difference is a - b)."""

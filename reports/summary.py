@@ -284,6 +284,58 @@ def paired_comparisons(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
+# the per-finding test metrics Δm% averages over, with whether lower is better
+DELTA_M_METRICS: tuple[tuple[str, bool], ...] = (("auroc", False), ("auprc", False), ("loss", True))
+DELTA_M_COLUMNS = ["workload", "reference", "method", "n", "mean", "low", "high"]
+
+
+def delta_m_table(trials: pd.DataFrame, epochs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Δm% (:func:`reports.stats.delta_m`) of every other method against ``reference``, per
+    workload: for each seed both completed, Δm over every finding and every metric of
+    ``DELTA_M_METRICS`` (test AUROC and AUPRC, higher is better; test loss, lower is better),
+    then the mean over seeds with its 95% t-interval (``n``: the seeds)."""
+    done = completed_trials(trials)
+    test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
+    if test.empty:
+        return pd.DataFrame(columns=DELTA_M_COLUMNS)
+    last = test.sort_values("epoch", kind="mergesort").drop_duplicates(
+        ["trial_id", "task"], keep="last"
+    )
+    last = last.assign(seed=last["trial_id"].map(done.set_index("trial_id")["seed"]))
+    names = [c for c, _ in DELTA_M_METRICS]
+    lower = [low for _, low in DELTA_M_METRICS]
+    keys = ["workload", "task", "seed"]
+    rows = []
+    for workload in workloads(trials):
+        here = last[last["workload"] == workload]
+        ref = here[here["method"] == reference][[*keys, *names]]
+        if ref.empty:
+            continue
+        for method in sorted(set(here["method"]) - {reference}):
+            joined = here[here["method"] == method].merge(ref, on=keys, suffixes=("", "_ref"))
+            per_seed = [
+                stats.delta_m(
+                    group[names].to_numpy().ravel(),
+                    group[[f"{n}_ref" for n in names]].to_numpy().ravel(),
+                    lower * len(group),
+                )
+                for _, group in joined.groupby("seed")
+            ]
+            mean, low, high = stats.mean_ci(per_seed)
+            rows.append(
+                {
+                    "workload": workload,
+                    "reference": reference,
+                    "method": method,
+                    "n": int(np.sum(~np.isnan(per_seed))),
+                    "mean": mean,
+                    "low": low,
+                    "high": high,
+                }
+            )
+    return pd.DataFrame(rows, columns=DELTA_M_COLUMNS)
+
+
 # --- section 3: per task -------------------------------------------------------------------
 
 

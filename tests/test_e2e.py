@@ -136,8 +136,8 @@ def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, caps
     err = capsys.readouterr().err
     assert "trial equal-simple_cnn-s0 failed: " in err
     assert "weights.pt: not a readable torch state dict" in err
-    assert "2 of 2 trials failed" in err
     run_dir = tmp_path / "runs" / "broken"
+    assert f"2 of 2 trials failed; their records are in {run_dir}" in err
     trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
     assert set(trials.status) == {"failed"}
     assert trials.error.str.contains("not a readable torch state dict").all()

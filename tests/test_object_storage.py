@@ -216,6 +216,7 @@ def test_validate_reads_the_remote_manifest(s3, packed, tmp_path, capsys):
     cases = {
         f"s3://{BUCKET}/data/nowhere": f"data.prepared: s3://{BUCKET}/data/nowhere: no "
         "manifest.json; not a prepared data set",
+        "s3://nobucket/nih": "data.prepared: s3://nobucket/nih: no bucket 'nobucket' there",
         uri: None,
     }
     for where, expected in cases.items():
@@ -227,6 +228,17 @@ def test_validate_reads_the_remote_manifest(s3, packed, tmp_path, capsys):
             assert rc == 2 and expected in captured.err, captured.err
         else:
             assert rc == 0, captured.err
+    cfg = tiny_config(
+        tmp_path,
+        data={**base, "prepared": uri},
+        train={"batch_size": 8},
+        output={"storage": "s3://nobucket/runs"},
+    )
+    cfg["data"].pop("num_samples")
+    assert main(["validate", str(write_config(tmp_path, cfg))]) == 2  # writes would fail later
+    assert "output.storage: s3://nobucket/runs: no bucket 'nobucket' there" in (
+        capsys.readouterr().err
+    )
     cfg = tiny_config(tmp_path, data={**base, "prepared": uri, "tasks": ["Nodule", "Mass"]})
     cfg["data"].pop("num_samples")
     assert main(["validate", str(write_config(tmp_path, cfg))]) == 2

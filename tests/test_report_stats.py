@@ -11,6 +11,7 @@ import pytest
 
 from reports.stats import (
     PairedResult,
+    delta_m,
     holm,
     mean_ci,
     paired_difference,
@@ -270,3 +271,41 @@ def test_paired_nearly_equal_differences_warn_nothing() -> None:
         warnings.simplefilter("error")
         result = paired_difference(a, b)
     assert result.mean_diff == pytest.approx(0.05) and result.p_value < 1e-6
+
+
+# ---- delta_m ---------------------------------------------------------------------------------
+
+
+def test_delta_m_by_hand():
+    """AUROC 0.8 vs 0.7: +0.1/0.7 = +0.142857; AUPRC 0.5 vs 0.5: 0; loss 0.2 vs 0.25 (lower
+    is better): -(0.2 - 0.25)/0.25 = +0.2. Mean of the three x 100 = 11.428571..."""
+    value = delta_m([0.8, 0.5, 0.2], [0.7, 0.5, 0.25], [False, False, True])
+    assert value == pytest.approx(100 * (0.1 / 0.7 + 0.0 + 0.2) / 3, rel=1e-12)
+    assert value == pytest.approx(11.428571428571429, rel=1e-12)
+
+
+def test_delta_m_as_libmtl_averages_it():
+    """LibMTL's count_improvement averages (-1)^w (B - M)/B over each task's metrics (w = 1
+    when higher is better), then over tasks: with the same metrics for every task that is the
+    mean over all entries, written out here independently of delta_m."""
+    rng = np.random.default_rng(0)
+    tasks, lower = 5, [False, False, True]
+    base = rng.uniform(0.2, 0.9, (tasks, 3))
+    new = base * rng.uniform(0.8, 1.2, (tasks, 3))
+    per_task = []
+    for t in range(tasks):
+        w = np.array([0 if low else 1 for low in lower])
+        per_task.append(((-1.0) ** w * (base[t] - new[t]) / base[t]).mean())
+    expected = 100 * float(np.mean(per_task))
+    assert delta_m(new.ravel(), base.ravel(), lower * tasks) == pytest.approx(expected, rel=1e-12)
+
+
+def test_delta_m_skips_undefined_entries_and_is_zero_against_itself():
+    x = [0.7, 0.4, 0.3, 0.9]
+    assert delta_m(x, x, [False, False, True, False]) == 0.0
+    # NaN on either side and a zero reference leave their entry out of the mean
+    value = delta_m([0.8, math.nan, 0.5, 0.3], [0.4, 0.5, 0.0, 0.3], [False] * 4)
+    assert value == pytest.approx(100 * (1.0 + 0.0) / 2)
+    assert math.isnan(delta_m([math.nan], [0.5], [False]))
+    with pytest.raises(ValueError, match="entries differ"):
+        delta_m([0.5, 0.6], [0.5], [False, False])

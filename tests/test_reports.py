@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the project is not installed in the venv
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 import reports  # noqa: E402
 from reports import summary as sm  # noqa: E402
 from reports.figures import task_heatmap  # noqa: E402
@@ -368,6 +370,29 @@ def test_paired_comparisons_by_hand(tmp_path: Path) -> None:
     assert rows.loc["a", "p_holm"] == pytest.approx(min(1, 2 * p_a))
     assert rows.loc["b", "p_holm"] == pytest.approx(max(min(1, 2 * p_a), p_b))
     assert rows["enough"].all() and (rows["n"] == 3).all()
+
+
+def test_delta_m_table_by_hand(tmp_path: Path) -> None:
+    """make_run's test rows: AUROC = trial AUROC + task offset o_t, AUPRC = AUROC - 0.4, loss
+    0.25 for equal and 0.25 + 0.01 (t - 1) for a. Per seed the loss terms cancel over the three
+    findings, so Δm_s = 100/9 * sum_t (A_s - E_s) (1/(E_s + o_t) + 1/(E_s + o_t - 0.4))."""
+    equal, mine = (0.70, 0.72, 0.71), (0.72, 0.76, 0.74)
+    auroc = {("equal", s): v for s, v in enumerate(equal)}
+    auroc |= {("a", s): v for s, v in enumerate(mine)}
+    run = make_run(tmp_path, methods=("equal", "a"), seeds=(0, 1, 2), test_auroc=auroc)
+    results = comparison(run)
+    per_seed = [
+        100 / 9 * sum((a - e) * (1 / (e + o) + 1 / (e + o - 0.4)) for o in TASK_OFFSETS)
+        for e, a in zip(equal, mine, strict=True)
+    ]
+    table = sm.delta_m_table(results.trials, results.epochs, "equal").set_index("method")
+    assert list(table.index) == ["a"] and table.loc["a", "n"] == 3
+    assert table.loc["a", "mean"] == pytest.approx(sum(per_seed) / 3, rel=1e-9)
+    sd = float(np.std(per_seed, ddof=1))
+    half = 4.302652729749462 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert table.loc["a", "low"] == pytest.approx(sum(per_seed) / 3 - half, rel=1e-9)
+    document = reports.write_report(run).html.read_text(encoding="utf-8")
+    assert "Δm% against equal" in document and "Maninis et al., CVPR 2019" in document
 
 
 def test_paired_pairs_only_completed_seeds(tmp_path: Path) -> None:
