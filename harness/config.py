@@ -48,6 +48,9 @@ RAY_RESOURCE_STEP = 0.0001
 # deeper YAML is no experiment file (this schema nests 4 levels); PyYAML would recurse until
 # RecursionError, and aliases could expand a small file into millions of values
 MAX_YAML_DEPTH = 32
+# the method name of the single-task references (grid.single_task): one network per task,
+# trained on that task alone (equal weighting of one loss)
+SINGLE_TASK = "stl"
 # data keys that name the data source: pre-flight opens one per run, the report compares
 # trials on one data set
 UNSWEPT_DATA_KEYS = ("dataset", "root", "prepared", "cache_dir")
@@ -198,6 +201,9 @@ class GridConfig(_Strict):
     # dotted key (train.*, data.*, method_params.<method>.*) -> the values each trial takes,
     # crossed with methods, backbones and seeds (checked by ExperimentConfig._sweep)
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    # also train one network per task (the single-task references, shown as method "stl"):
+    # backbones x seeds x tasks more trials
+    single_task: bool = False
 
     @field_validator("methods")
     @classmethod
@@ -399,6 +405,22 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _single_task(self) -> ExperimentConfig:
+        if not self.grid.single_task:
+            return self
+        if SINGLE_TASK in self.grid.methods:
+            raise ValueError(
+                f"grid.methods: {SINGLE_TASK!r} names the single-task references of "
+                "grid.single_task; give the method another name"
+            )
+        if self.grid.sweep:
+            raise ValueError(
+                "grid.single_task: not combined with grid.sweep (the references would need "
+                "every setting too); train them in a run of their own"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sweep(self) -> ExperimentConfig:
         for key, values in self.grid.sweep.items():
             where = f"grid.sweep.{key}"
@@ -487,7 +509,8 @@ class ExperimentConfig(_Strict):
     def trial_count(self) -> int:
         g = self.grid
         per_method = len(g.seeds) * len(g.backbones)
-        return sum(per_method * len(self.sweep_points(m)) for m in g.methods)
+        single = len(self.data.task_names()) if g.single_task else 0
+        return sum(per_method * len(self.sweep_points(m)) for m in g.methods) + per_method * single
 
 
 def sweep_label(value: Any) -> str:

@@ -27,7 +27,7 @@ import yaml
 
 from harness import resources
 from harness.checkpoints import CheckpointStore, delete_store, store_uri
-from harness.config import ExperimentConfig, sweep_label
+from harness.config import SINGLE_TASK, ExperimentConfig, sweep_label
 from harness.errors import RunError, RunRefused, handle_sigterm
 from harness.nodes import NODE_KEYS, cluster_nodes, merge_nodes
 from harness.preflight import cluster_address, preflight  # harness validate runs it too
@@ -76,7 +76,20 @@ class RunOutcome:
 def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Grid points in a stable order: method, then backbone, then swept setting, then seed.
     A swept setting's values are identity keys by their dotted names (``"train.lr"``) and
-    end the trial id (``equal-resnet18-s0-train.lr=0.0003``)."""
+    end the trial id (``equal-resnet18-s0-train.lr=0.0003``). With ``grid.single_task``, then
+    one trial per backbone, task and seed (method ``stl``, identity key ``single_task``)."""
+    single = [
+        {
+            "trial_id": f"{SINGLE_TASK}-{b}-s{s}-task={sweep_label(task)}",
+            "method": SINGLE_TASK,
+            "backbone": b,
+            "seed": s,
+            "single_task": task,
+        }
+        for b in cfg.grid.backbones
+        for task in (cfg.data.task_names() if cfg.grid.single_task else [])
+        for s in cfg.grid.seeds
+    ]
     return [
         {
             "trial_id": f"{m}-{b}-s{s}"
@@ -90,7 +103,7 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         for b in cfg.grid.backbones
         for point in cfg.sweep_points(m)
         for s in cfg.grid.seeds
-    ]
+    ] + single
 
 
 def swept_values(identity: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +123,11 @@ def trial_spec(
         cfg = cfg.with_values(swept)
     d = cfg.to_dict()
     train = dict(d["train"])
-    weighting, params = cfg.weighting_method(identity["method"])
+    if task := identity.get("single_task"):  # a single-task reference: one loss, one head
+        d["data"]["tasks"] = [task]
+        weighting, params = "equal", {}
+    else:
+        weighting, params = cfg.weighting_method(identity["method"])
     # Tune runs each trial in its own working directory: relative paths are the user's
     if train["pretrained"]:
         train["pretrained"] = str(Path(train["pretrained"]).resolve())

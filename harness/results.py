@@ -61,6 +61,7 @@ TRIALS_SCHEMA = pa.schema(
         ("cpu_threads", pa.int64()),
         ("worker_hosts", pa.string()),  # every worker's host, by rank (several workers only)
         ("attempts", pa.int64()),  # times started: 1 + retries (max_failures) + resumes
+        ("single_task", pa.string()),  # the one task of a single-task reference (method stl)
     ]
 )
 

@@ -54,7 +54,14 @@ from reports.format import (
     parse_timestamp,
     plural,
 )
-from reports.load import Comparison, ReportError, RunResults, data_label, load_runs
+from reports.load import (
+    SINGLE_TASK,
+    Comparison,
+    ReportError,
+    RunResults,
+    data_label,
+    load_runs,
+)
 from reports.stats import ALPHA, MIN_PAIRS
 from reports.tables import (
     SUMMARY_CAPTION,
@@ -520,13 +527,19 @@ def _paired_table(ctx: ReportContext, table: pd.DataFrame) -> str:
     return table_html(headers, rows)
 
 
-def _delta_m_html(ctx: ReportContext) -> str:
-    """Δm% of every method against the baseline, per workload, with its interval over seeds."""
-    table = sm.delta_m_table(ctx.trials, ctx.epochs, ctx.baseline)
+def _delta_m_html(ctx: ReportContext, reference: str) -> str:
+    """Δm% of every method against ``reference`` (the baseline, or the single-task
+    references), per workload, with its interval over seeds."""
+    table = sm.delta_m_table(ctx.trials, ctx.epochs, reference)
     table = table[table["n"] > 0]
     if table.empty:
         return ""
-    parts = [f"<h3>Δm% against {esc(ctx.baseline)}</h3>"]
+    what = (
+        "the single-task references (stl: one network per finding)"
+        if reference == SINGLE_TASK
+        else esc(reference)
+    )
+    parts = [f"<h3>Δm% against {what}</h3>"]
     headers = [("Method", ""), ("Seeds", "num"), ("Δm% [95% CI]", "num")]
     for workload in ctx.workloads:
         here = table[table["workload"] == workload]
@@ -549,7 +562,7 @@ def _delta_m_html(ctx: ReportContext) -> str:
     parts.append(
         '<p class="caption">Δm% (Maninis et al., CVPR 2019; the measure of LibMTL and of the '
         "Nash-MTL and FAMO papers): the mean relative change against "
-        f"{esc(ctx.baseline)} over every finding's test AUROC, AUPRC and loss, in percent, "
+        f"{what} over every finding's test AUROC, AUPRC and loss, in percent, "
         "with the loss's sign flipped so that positive is better; computed per seed on the "
         "same seed of both and averaged, with a 95% t-interval over seeds. A finding whose "
         "metric is undefined on either side (a one-class test split) is left out.</p>"
@@ -603,7 +616,9 @@ def section_paired(ctx: ReportContext) -> str:
             "is worse.</p>"
         )
         if reference == ctx.baseline:
-            parts.append(_delta_m_html(ctx))
+            parts.append(_delta_m_html(ctx, ctx.baseline))
+            if SINGLE_TASK in set(ctx.completed["method"]) and ctx.baseline != SINGLE_TASK:
+                parts.append(_delta_m_html(ctx, SINGLE_TASK))
     return "".join(parts)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+NAN = float("nan")
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 TRIALS_FILE = "results/trials.parquet"
@@ -265,9 +266,76 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
         root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
     )
     trials = _placement_columns(trials, root / TRIALS_FILE)
+    trials, epochs = _combine_single_task(trials, epochs)
     swept = _swept_keys(config)
     trials, epochs = _arm_labels(trials, swept), _arm_labels(epochs, swept)
     return RunResults(run_dir=root, trials=trials, epochs=epochs, manifest=manifest, config=config)
+
+
+SINGLE_TASK = "stl"  # the method name of the single-task references (grid.single_task)
+# how a single-task reference's T trials (one per task) make one trial of all tasks: a mean
+# over tasks of a per-task figure, a sum of a cost, the largest memory
+_STL_MEAN = (
+    "val_mean_auroc",
+    "test_mean_auroc",
+    "test_mean_accuracy",
+    "test_mean_auprc",
+    "test_macro_f1",
+    "test_macro_f1_tuned",
+)
+_STL_SUM = (
+    "wall_time_s",
+    "train_time_s",
+    "step_time_ms",
+    "data_time_ms",
+    "forward_time_ms",
+    "backward_time_ms",
+    "optimizer_time_ms",
+    "attempts",
+)
+
+
+def _combine_single_task(
+    trials: pd.DataFrame, epochs: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The single-task references (``stl`` trials with ``single_task`` set, one network per
+    task) become one trial per (backbone, seed) holding every task, so that the report treats
+    them as one method: per-task figures come from each task's own network, the summary's mean
+    over tasks is the mean of the networks' figures, costs add up (``wall_time_s`` is the
+    compute of all T networks; images/s is the rate at which all T networks get through the
+    images: 1 / sum(1 / rate)), and the status is the worst of the T. ``n_networks`` counts them."""
+    if "single_task" not in trials.columns:
+        return trials, epochs
+    single = (trials["method"] == SINGLE_TASK) & trials["single_task"].notna()
+    if not single.any():
+        return trials, epochs
+    members = trials[single]
+    combined, renamed = [], {}
+    for (backbone, seed), group in members.groupby(["backbone", "seed"], sort=False):
+        trial_id = f"{SINGLE_TASK}-{backbone}-s{seed}"
+        row = group.iloc[0].to_dict()
+        statuses = list(group["status"])
+        worst = next(
+            (s for s in ("failed", "diverged", "running", "pending") if s in statuses), statuses[0]
+        )
+        row.update(trial_id=trial_id, status=worst, single_task=None, n_networks=len(group))
+        row["error"] = next((e for e in group["error"] if isinstance(e, str) and e), None)
+        for column in _STL_MEAN:
+            if column in group:
+                row[column] = group[column].mean()
+        for column in _STL_SUM:
+            if column in group:
+                row[column] = group[column].sum(min_count=1)
+        row["peak_memory_mb"] = group["peak_memory_mb"].max()
+        rates = group["images_per_second"]
+        row["images_per_second"] = 1.0 / (1.0 / rates).sum() if rates.notna().all() else NAN
+        row["best_epoch"] = NAN  # each network has its own
+        row["test_exact_match"] = row["test_trivial_exact_match"] = NAN  # needs all tasks at once
+        combined.append(row)
+        renamed.update(dict.fromkeys(group["trial_id"], trial_id))
+    trials = pd.concat([trials[~single], pd.DataFrame(combined)], ignore_index=True)
+    epochs = epochs.assign(trial_id=epochs["trial_id"].replace(renamed))
+    return trials, epochs
 
 
 def _swept_keys(config: dict[str, Any]) -> list[str]:
