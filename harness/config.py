@@ -302,6 +302,24 @@ class ClusterConfig(_Strict):
         return limits
 
 
+class TuningConfig(_Strict):
+    # trials per method and study, drawn quasi-randomly (harness.tuning)
+    budget: Annotated[int, Field(ge=1, le=10_000)]
+    studies: Annotated[int, Field(ge=1, le=100)] = 1
+    # study j's seed (its draws and its tuning trials' training seed) is seed + j
+    seed: Annotated[int, Field(ge=0)] = 1000
+    select: Literal["val_mean_auroc"] = "val_mean_auroc"
+    # dotted train.* / data.* key -> {choice: [...]} | {uniform: [a, b]} | {log_uniform: [a, b]}
+    space: dict[str, dict[str, list[Any]]] = {}
+    # method in grid.methods -> its hyperparameter -> an entry as above
+    method_space: dict[str, dict[str, dict[str, list[Any]]]] = {}
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, seed: int) -> int:
+        return _check_seed(seed)
+
+
 class OutputConfig(_Strict):
     dir: str = "runs"
     # where the trials' checkpoints go (harness.checkpoints): a local or shared path, or a URI
@@ -334,6 +352,7 @@ class ExperimentConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     cluster: ClusterConfig = ClusterConfig()
     output: OutputConfig = OutputConfig()
+    tuning: TuningConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -421,6 +440,65 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _tuning(self) -> ExperimentConfig:
+        from harness.tuning import bounds, space_problem, study_seed
+
+        t = self.tuning
+        if t is None:
+            return self
+        if self.grid.single_task:
+            raise ValueError(
+                "tuning: not combined with grid.single_task; train the references in a run of "
+                "their own"
+            )
+        if len(self.grid.seeds) < 3:
+            raise ValueError(
+                f"grid.seeds: tuning needs at least 3 final seeds (has {len(self.grid.seeds)}); "
+                "selection never sees them, and fewer cannot show a difference"
+            )
+        tuning_seeds = {study_seed(t.seed, j) for j in range(t.studies)}
+        if clash := sorted(tuning_seeds & set(self.grid.seeds)):
+            raise ValueError(
+                f"tuning.seed: study seeds {t.seed} .. {t.seed + t.studies - 1} include final "
+                f"seed {clash[0]} of grid.seeds; the final seeds must stay out of tuning"
+            )
+        entries = {f"tuning.space.{k}": (k, e) for k, e in t.space.items()}
+        for method, space in t.method_space.items():
+            if method not in self.grid.methods:
+                raise ValueError(
+                    f"tuning.method_space.{method}: {method!r} is not among grid.methods "
+                    f"({', '.join(self.grid.methods)})"
+                )
+            for name, entry in space.items():
+                key = f"method_params.{method}.{name}"
+                entries[f"tuning.method_space.{method}.{name}"] = (key, entry)
+        if not entries:
+            raise ValueError("tuning: space and method_space are both empty; nothing to tune")
+        for where, (key, entry) in entries.items():
+            if key.startswith("method_params.") and "." not in key[len("method_params.") :]:
+                raise ValueError(f"{where}: name a hyperparameter")
+            problem = self._sweep_key_problem(key) or space_problem(entry)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+            if key in self.grid.sweep:
+                raise ValueError(f"{where}: {key} is also in grid.sweep; tune it or sweep it")
+            for value in bounds(entry):
+                try:
+                    self.with_values({key: value})
+                except ConfigError as exc:
+                    problem = exc.lines[0].partition(": ")[2] or exc.lines[0]
+                    raise ValueError(f"{where}: {value!r}: {problem}") from None
+        return self
+
+    def tuning_spaces(self, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(shared keys, ``method``'s own keys as ``method_params.<m>.<k>``) to draw from."""
+        t = self.tuning
+        if t is None:
+            return {}, {}
+        own = {f"method_params.{method}.{k}": e for k, e in t.method_space.get(method, {}).items()}
+        return dict(t.space), own
+
+    @model_validator(mode="after")
     def _sweep(self) -> ExperimentConfig:
         for key, values in self.grid.sweep.items():
             where = f"grid.sweep.{key}"
@@ -471,9 +549,10 @@ class ExperimentConfig(_Strict):
 
     def with_values(self, values: dict[str, Any]) -> ExperimentConfig:
         """This experiment with dotted keys set (``{"train.lr": 3e-4}``), validated again,
-        without its sweep. Raises ``ConfigError`` for a value the schema refuses."""
+        without its sweep and tuning (one trial's settings). Raises ``ConfigError`` for a
+        value the schema refuses."""
         raw = self.model_dump(mode="python")
-        raw["grid"]["sweep"] = {}
+        raw["grid"]["sweep"], raw["tuning"] = {}, None  # one trial's settings
         for key, value in values.items():
             *path, last = key.split(".")
             node = raw
@@ -510,7 +589,11 @@ class ExperimentConfig(_Strict):
         g = self.grid
         per_method = len(g.seeds) * len(g.backbones)
         single = len(self.data.task_names()) if g.single_task else 0
-        return sum(per_method * len(self.sweep_points(m)) for m in g.methods) + per_method * single
+        count = sum(per_method * len(self.sweep_points(m)) for m in g.methods)
+        if self.tuning is not None:  # each point of the grid: budget x studies, then its finals
+            count *= self.tuning.studies
+            count += self.tuning.budget * (count // len(g.seeds))
+        return count + per_method * single
 
 
 def sweep_label(value: Any) -> str:

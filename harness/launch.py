@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from harness import resources
+from harness import resources, tuning
 from harness.checkpoints import CheckpointStore, delete_store, store_uri
 from harness.config import SINGLE_TASK, ExperimentConfig, sweep_label
 from harness.errors import RunError, RunRefused, handle_sigterm
@@ -45,6 +45,7 @@ from harness.results import (
 )
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
 from harness.storage import first_line, is_remote, local_path, redact
+from harness.tuning import draw_points, study_seed
 from harness.wording import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
@@ -90,6 +91,8 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         for task in (cfg.data.task_names() if cfg.grid.single_task else [])
         for s in cfg.grid.seeds
     ]
+    if cfg.tuning is not None:
+        return single + tuning_identities(cfg)
     return [
         {
             "trial_id": f"{m}-{b}-s{s}"
@@ -104,6 +107,80 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         for point in cfg.sweep_points(m)
         for s in cfg.grid.seeds
     ] + single
+
+
+def tuning_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """With ``tuning``: per method, backbone, swept setting and study, ``budget`` tuning
+    trials at the study's quasi-random points (``harness.tuning.draw_points``; seed: the
+    study's), then the final trials on ``grid.seeds``, whose tuned values are filled in by
+    :func:`select_finals` once the study's tuning trials have ended. Trial ids:
+    ``<method>-<backbone>[-<setting>]-study<j>-t<i>`` and ``...-study<j>-s<seed>``."""
+    t = cfg.tuning
+    assert t is not None
+    out = []
+    for m in cfg.grid.methods:
+        shared, own = cfg.tuning_spaces(m)
+        for b in cfg.grid.backbones:
+            for point in cfg.sweep_points(m):
+                stem = f"{m}-{b}" + "".join(f"-{k}={sweep_label(v)}" for k, v in point.items())
+                base = {"method": m, "backbone": b, **point}
+                for j in range(t.studies):
+                    seed = study_seed(t.seed, j)
+                    drawn = draw_points(shared, own, t.budget, seed)
+                    out += [
+                        {
+                            "trial_id": f"{stem}-study{j}-t{i}",
+                            **base,
+                            "seed": seed,
+                            "phase": "tuning",
+                            "study": j,
+                            **values,
+                        }
+                        for i, values in enumerate(drawn)
+                    ]
+                    out += [
+                        {
+                            "trial_id": f"{stem}-study{j}-s{s}",
+                            **base,
+                            "seed": s,
+                            "phase": "final",
+                            "study": j,
+                            "tuned_from": f"{stem}-study{j}-t",
+                        }
+                        for s in cfg.grid.seeds
+                    ]
+    return out
+
+
+def select_finals(cfg: ExperimentConfig, records: dict[str, TrialRecord]) -> list[str]:
+    """Give each final trial whose study's tuning trials have all ended the tuned values of
+    the best of them by validation score (``tuning.select``: the summary's mean val AUROC;
+    never a test metric): its identity gains those values and ``selected``. Returns the ids of
+    the final trials that may run now."""
+    assert cfg.tuning is not None
+    metric = cfg.tuning.select
+    ready = []
+    for trial_id, record in records.items():
+        identity = record.data["identity"]
+        if identity.get("phase") != "final":
+            continue
+        if "selected" in identity:
+            ready.append(trial_id)
+            continue
+        prefix = identity["tuned_from"]
+        tried = [records[f"{prefix}{i}"] for i in range(cfg.tuning.budget)]
+        if any(r.status not in ENDED and r.status != "failed" for r in tried):
+            continue  # the study is still tuning
+        scores = [
+            (r.data["summary"] or {}).get(metric) if r.status == "completed" else None
+            for r in tried
+        ]
+        best = tried[tuning.select(scores)].data["identity"]
+        tuned = {k: v for k, v in best.items() if "." in k and k not in identity}
+        identity.update(tuned, selected=best["trial_id"])
+        record.save()
+        ready.append(trial_id)
+    return ready
 
 
 def swept_values(identity: dict[str, Any]) -> dict[str, Any]:
@@ -570,8 +647,21 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
         progress = progress or Progress.create(cfg.train.epochs)
         progress.start(identities, {t: r.status for t, r in records.items()})
         try:
-            if todo:
-                _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints)
+            first = [i for i in todo if i.get("phase") != "final"]  # the tuning trials first
+            if first:
+                _fit(cfg, run_dir, first, records, progress, gpus, concurrency, checkpoints)
+            if cfg.tuning is not None:
+                ready = select_finals(cfg, records)
+                finals = [
+                    records[t].data["identity"] for t in ready if records[t].status == "pending"
+                ]
+                if finals:
+                    _say(
+                        notify,
+                        f"tuning done (each configuration chosen on validation only): "
+                        f"{plural(len(finals), 'final trial')} to train",
+                    )
+                    _fit(cfg, run_dir, finals, records, progress, gpus, concurrency, checkpoints)
         finally:
             progress.stop()
     finally:

@@ -62,6 +62,10 @@ TRIALS_SCHEMA = pa.schema(
         ("worker_hosts", pa.string()),  # every worker's host, by rank (several workers only)
         ("attempts", pa.int64()),  # times started: 1 + retries (max_failures) + resumes
         ("single_task", pa.string()),  # the one task of a single-task reference (method stl)
+        # with tuning: "tuning" or "final", the study, and a final trial's chosen tuning trial
+        ("phase", pa.string()),
+        ("study", pa.int64()),
+        ("selected", pa.string()),
     ]
 )
 

@@ -131,13 +131,16 @@ class ReportError(Exception):
 
 @dataclass
 class RunResults:
-    """Everything a report is built from, as read from one run directory."""
+    """Everything a report is built from, as read from one run directory. With ``tuning``,
+    ``trials`` and ``epochs`` hold the final trials only (what the report compares) and
+    ``tuning_trials`` the tuning trials (the report's Tuning section)."""
 
     run_dir: Path
     trials: pd.DataFrame
     epochs: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    tuning_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -269,7 +272,21 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
     trials, epochs = _combine_single_task(trials, epochs)
     swept = _swept_keys(config)
     trials, epochs = _arm_labels(trials, swept), _arm_labels(epochs, swept)
-    return RunResults(run_dir=root, trials=trials, epochs=epochs, manifest=manifest, config=config)
+    tuning = pd.DataFrame(columns=trials.columns)
+    if "phase" in trials.columns and (trials["phase"] == "tuning").any():
+        # selection saw only these trials' val scores; the comparison is of the final ones
+        is_tuning = trials["phase"] == "tuning"
+        tuning = trials[is_tuning].reset_index(drop=True)
+        trials = trials[~is_tuning].reset_index(drop=True)
+        epochs = epochs[~epochs["trial_id"].isin(set(tuning["trial_id"]))].reset_index(drop=True)
+    return RunResults(
+        run_dir=root,
+        trials=trials,
+        epochs=epochs,
+        manifest=manifest,
+        config=config,
+        tuning_trials=tuning,
+    )
 
 
 SINGLE_TASK = "stl"  # the method name of the single-task references (grid.single_task)
@@ -465,6 +482,10 @@ def merge_runs(runs: list[RunResults]) -> Comparison:
             frame["run"] = name
             backbone = frame["backbone"].astype(object)
             frame["workload"] = backbone if same_data else backbone + f" · {data}"
+            if "study" in frame.columns and frame["study"].nunique() > 1:
+                # each study is an independent repetition of the tuning: compared on its own
+                study = frame["study"].map(lambda j: f" · study {int(j) + 1}")
+                frame["workload"] = frame["workload"] + study
             if len(runs) > 1:
                 frame["trial_id"] = name + "/" + frame["trial_id"].astype(str)
             out.append(frame)
