@@ -1221,12 +1221,105 @@ def _attempts_cell(attempts: Any) -> str:
     return f'<td class="num">{n}{mark}</td>'
 
 
+def _space_text(entry: Any) -> str:
+    if isinstance(entry, dict) and len(entry) == 1:
+        kind, values = next(iter(entry.items()))
+        shown = ", ".join(fmt_setting(v) for v in values) if isinstance(values, list) else values
+        return f"{kind} [{shown}]"
+    return str(entry)
+
+
+def _studies(n: int) -> str:
+    return f"{n} study" if n == 1 else f"{n} studies"
+
+
+def fmt_setting(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _tuning_run_html(run: RunResults) -> str:
+    tuning = run.config.get("tuning") or {}
+    trials = run.tuning_trials
+    finals = run.trials[run.trials.get("phase", pd.Series(dtype=object)) == "final"]
+    space = dict(tuning.get("space") or {})
+    for method, entries in (tuning.get("method_space") or {}).items():
+        space |= {f"method_params.{method}.{k}": e for k, e in (entries or {}).items()}
+    keys = list(space)
+    parts = [
+        '<p class="callout">Every method had the same tuning budget: '
+        f"{plural(int(tuning.get('budget', 0)), 'trial')} per method and study, "
+        f"{_studies(int(tuning.get('studies', 1)))}, points drawn from a "
+        "scrambled Halton sequence (the same points for every method on the shared keys). "
+        "Each study's configuration was chosen by the mean validation AUROC at the best epoch; "
+        "<strong>test metrics are never read during selection</strong>. The chosen "
+        "configuration was then trained on the final seeds "
+        f"({', '.join(str(s) for s in sorted(set(finals['seed'])))}), never used in selection; "
+        "the sections above compare those final trials only.</p>",
+        "<ul>"
+        + "".join(
+            f"<li><code>{esc(k)}</code>: {esc(_space_text(e))}</li>" for k, e in space.items()
+        )
+        + "</ul>",
+    ]
+    headers = [("Method", ""), ("Study", "num"), ("Val AUROC of each tuning trial", "")]
+    headers += [("Spread", "num"), ("Chosen", ""), ("Trial time (tuning + final)", "num")]
+    rows = []
+    for (method, study), group in trials.groupby(["method", "study"], sort=True):
+        scores = group.sort_values("trial_id")["val_mean_auroc"]
+        mine = finals[(finals["method"] == method) & (finals["study"] == study)]
+        chosen = mine.iloc[0] if not mine.empty else None
+        setting = (
+            ", ".join(
+                f"{k}={fmt_setting(chosen[k])}"
+                for k in keys
+                if k in chosen and not is_missing(chosen[k])
+            )
+            if chosen is not None
+            else "—"
+        )
+        spread = scores.max() - scores.min() if scores.notna().any() else float("nan")
+        seconds = group["wall_time_s"].sum() + mine["wall_time_s"].sum()
+        rows.append(
+            f'<tr><td>{esc(method)}</td><td class="num">{int(study) + 1}</td>'
+            f"<td>{esc(', '.join(fmt_number(v, 3) for v in scores))}</td>"
+            f'<td class="num">{esc(fmt_number(spread, 3))}</td><td>{esc(setting)}</td>'
+            f'<td class="num">{esc(fmt_duration(seconds))}</td></tr>'
+        )
+    parts.append(table_html(headers, rows))
+    parts.append(
+        '<p class="caption">Spread: the largest minus the smallest validation AUROC over the '
+        "method's tuning trials, how much its result depends on its hyperparameters. "
+        "Trial time: the summed wall time of the study's tuning trials and of the final "
+        "trials trained with its choice (trial-hours on the trials' devices), what the result "
+        "cost to obtain.</p>"
+    )
+    return "".join(parts)
+
+
+def section_tuning(ctx: ReportContext) -> str:
+    """The tuning protocol, each method's tuning scores, its choice and its cost."""
+    runs = [run for run in ctx.results.runs if not run.tuning_trials.empty]
+    if not runs:
+        return empty_html(
+            "Each method ran one configuration (the experiment file has no tuning section): "
+            "a win may come from better-suited defaults. Give every method the same budget "
+            "with tuning (README: a fair comparison)."
+        )
+    parts = []
+    for run in runs:
+        if len(ctx.results.runs) > 1:
+            parts.append(f"<h3>{esc(run.name)}</h3>")
+        parts.append(_tuning_run_html(run))
+    return "".join(parts)
+
+
 SECTIONS: list[Section] = [
     Section("summary", "Summary", section_summary),
     Section("paired", "Paired comparisons", section_paired),
     Section("per-task", "Per finding", section_per_task),
     Section("dynamics", "Training dynamics", section_dynamics),
     Section("cost", "Cost and time to quality", section_cost),
+    Section("tuning", "Tuning", section_tuning),
     Section("provenance", "Provenance", section_provenance),
 ]
 

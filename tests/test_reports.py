@@ -588,7 +588,7 @@ def test_no_external_resources(run_dir: Path) -> None:
     assert "@import" not in document.split("<script")[0]
 
 
-SECTION_IDS = ["summary", "paired", "per-task", "dynamics", "cost", "provenance"]
+SECTION_IDS = ["summary", "paired", "per-task", "dynamics", "cost", "tuning", "provenance"]
 FIGURE_IDS = {
     "fig-task-auroc",
     "fig-task-auroc-diff",
@@ -624,6 +624,9 @@ def test_every_section_in_order_with_its_figures(run_dir: Path) -> None:
     assert "Against equal" in document and "Against deepchest" in document
     assert "this is the comparison above with the sign flipped" in document  # two methods
     assert "lower test loss than equal on 1 of 3 findings" in document
+    assert "Each method ran one configuration (the experiment file has no tuning section)" in (
+        document
+    )
     assert document.count("<figure>") == len(FIGURE_IDS)
     assert document.count('<p class="caption">') >= document.count("<figure>")
 

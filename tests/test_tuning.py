@@ -1,0 +1,171 @@
+"""Equal tuning budgets (``tuning``): the quasi-random points against scipy's Halton sequence
+directly, the search-space mapping by hand, one-line errors, selection from validation only,
+and the protocol end to end through the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import qmc
+
+from harness.cli import main
+from harness.config import ConfigError, parse_config
+from harness.launch import select_finals, trial_identities
+from harness.results import TrialRecord
+from harness.tuning import draw_points, map_unit, select
+from reports.load import load_run
+from tests.conftest import tiny_config, write_config
+
+SPACE = {
+    "train.lr": {"log_uniform": [1.0e-4, 1.0e-2]},
+    "train.weight_decay": {"choice": [0.0, 1.0e-4]},
+}
+
+
+def tuned(tmp_path, **tuning) -> dict:
+    cfg = tiny_config(tmp_path, grid={"seeds": [0, 1, 2]}, train={"epochs": 1})
+    cfg["tuning"] = {"budget": 3, "space": SPACE, **tuning}
+    return cfg
+
+
+def test_map_unit_by_hand():
+    assert map_unit({"uniform": [2.0, 4.0]}, 0.25) == 2.5
+    # log-uniform [1e-4, 1e-2] at u = 0.5: exp(log 1e-4 + 0.5 (log 1e-2 - log 1e-4)) = 1e-3
+    assert map_unit({"log_uniform": [1e-4, 1e-2]}, 0.5) == pytest.approx(1e-3)
+    assert [map_unit({"choice": ["a", "b", "c"]}, u) for u in (0.0, 0.34, 0.99)] == ["a", "b", "c"]
+
+
+def test_points_are_scipy_halton_and_shared_across_methods():
+    own_a = {"method_params.uncertainty.lr": {"uniform": [0.0, 1.0]}}
+    own_b = {"method_params.cagrad.c": {"uniform": [0.0, 1.0]}}
+    a = draw_points(SPACE, own_a, 4, seed=1000)
+    b = draw_points(SPACE, own_b, 4, seed=1000)
+    shared = [{k: p[k] for k in SPACE} for p in a]
+    assert shared == [{k: p[k] for k in SPACE} for p in b]  # the same points for every method
+    assert a == draw_points(SPACE, own_a, 4, seed=1000)  # deterministic for a study's seed
+    assert shared != [{k: p[k] for k in SPACE} for p in draw_points(SPACE, {}, 4, seed=1001)]
+    u = qmc.Halton(d=2, scramble=True, seed=np.random.default_rng(1000)).random(4)
+    for i, point in enumerate(a):
+        lr = math.exp(math.log(1e-4) + u[i, 0] * (math.log(1e-2) - math.log(1e-4)))
+        assert point["train.lr"] == pytest.approx(lr, rel=1e-12)
+        assert point["train.weight_decay"] == [0.0, 1.0e-4][int(u[i, 1] * 2)]
+    # a method's own keys: uniform [0, 1] is the sequence itself
+    assert 0.0 <= a[0]["method_params.uncertainty.lr"] < 1.0
+    assert [p["method_params.uncertainty.lr"] for p in a] != [
+        p["method_params.cagrad.c"] for p in b
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tuning", "line"),
+    [
+        ({"budget": 0}, "tuning.budget: Input should be greater than or equal to 1"),
+        ({"space": {}}, "tuning: space and method_space are both empty; nothing to tune"),
+        (
+            {"space": {"train.lr": {"uniform": [0.2, 0.1]}}},
+            "tuning.space.train.lr: uniform: low 0.2 must be below high 0.1",
+        ),
+        (
+            {"space": {"train.lr": {"log_uniform": [0, 0.1]}}},
+            "tuning.space.train.lr: log_uniform: low 0 must be above 0",
+        ),
+        (
+            {"space": {"train.lr": {"uniform": [0.1, 20]}}},
+            "tuning.space.train.lr: 20: Input should be less than or equal to 10",
+        ),
+        (
+            {"space": {"train.lrx": {"uniform": [0.1, 0.2]}}},
+            "tuning.space.train.lrx: train has no key 'lrx' (did you mean 'lr'?)",
+        ),
+        (
+            {"space": {}, "method_space": {"uncertainty": {"lr": {"uniform": [0.1, 0.2]}}}},
+            "tuning.method_space.uncertainty: 'uncertainty' is not among grid.methods "
+            "(equal, deepchest)",
+        ),
+        (
+            {"seed": 1},
+            "tuning.seed: study seeds 1 .. 1 include final seed 1 of grid.seeds; the final "
+            "seeds must stay out of tuning",
+        ),
+        (
+            {"space": {"train.lr": {"normal": [0.1, 0.2]}}},
+            "tuning.space.train.lr: must be one of {choice: [...]}, {uniform: [a, b]}, "
+            "{log_uniform: [a, b]}",
+        ),
+    ],
+)
+def test_bad_tuning_sections_are_one_line_each(tmp_path, tuning, line):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(tuned(tmp_path, **tuning))
+    assert exc.value.lines == [line]
+
+
+def test_tuning_needs_three_final_seeds_and_no_sweep_of_a_tuned_key(tmp_path):
+    raw = tuned(tmp_path)
+    raw["grid"]["seeds"] = [0, 1]
+    with pytest.raises(ConfigError, match=r"^grid.seeds: tuning needs at least 3 final seeds"):
+        parse_config(raw)
+    raw = tuned(tmp_path)
+    raw["grid"]["sweep"] = {"train.lr": [1e-3, 1e-2]}
+    with pytest.raises(ConfigError, match="train.lr is also in grid.sweep; tune it or sweep it"):
+        parse_config(raw)
+
+
+def test_selection_reads_validation_only(tmp_path):
+    """The tuning trial best on validation is chosen although another is far better on test:
+    this fails as soon as a test metric enters selection."""
+    cfg = parse_config(tuned(tmp_path, studies=1))
+    records = {}
+    for identity in trial_identities(cfg):
+        record = TrialRecord(tmp_path, identity)
+        records[identity["trial_id"]] = record
+        if identity["phase"] == "tuning":
+            i = int(identity["trial_id"].rsplit("-t", 1)[1])
+            val, test = [(0.60, 0.99), (0.70, 0.50), (0.65, 0.98)][i]
+            record.set(
+                status="completed",
+                summary={"val_mean_auroc": val, "test_mean_auroc": test, "test_mean_auprc": test},
+            )
+    assert select([0.6, None, 0.7, float("nan"), 0.7]) == 2
+    ready = select_finals(cfg, records)
+    assert len(ready) == 2 * 3  # 2 methods x 3 final seeds
+    for trial_id in ready:
+        identity = records[trial_id].data["identity"]
+        assert identity["selected"].endswith("-study0-t1"), identity
+        chosen = records[identity["selected"]].data["identity"]
+        assert identity["train.lr"] == chosen["train.lr"]
+
+
+def test_tuning_end_to_end(ray_session, tmp_path):
+    """k = 3 for 2 methods, 2 studies, 3 final seeds: 2 x 2 x (3 + 3) = 24 trials."""
+    cfg = tuned(tmp_path, studies=2)
+    cfg["data"]["num_samples"] = 120
+    cfg["train"]["batch_size"] = 16
+    assert parse_config(cfg).trial_count == 24
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
+    assert len(trials) == 24 and set(trials.status) == {"completed"}
+    assert (trials.phase == "tuning").sum() == 12 and set(trials.study) == {0, 1}
+    finals = trials[trials.phase == "final"]
+    assert set(finals.seed) == {0, 1, 2} and set(trials[trials.phase == "tuning"].seed) == {
+        1000,
+        1001,
+    }
+    for _, final in finals.iterrows():  # the chosen point is the study's best on validation
+        study = trials[
+            (trials.phase == "tuning")
+            & (trials.method == final.method)
+            & (trials.study == final.study)
+        ]
+        best = study.loc[study.val_mean_auroc.idxmax()]
+        assert final.selected == best.trial_id
+        assert final["train.lr"] == best["train.lr"]
+    loaded = load_run(run_dir)
+    assert set(loaded.trials.phase) == {"final"} and len(loaded.tuning_trials) == 12
+    html = (run_dir / "report.html").read_text()
+    assert "test metrics are never read during selection" in html
+    assert "simple_cnn · study 2" in html  # each study compared on its own
