@@ -68,14 +68,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
     sizes = checked.sizes
     split_text = f" ({_split_counts(sizes)} images)" if sizes else ""
     print(
-        f"{args.config}: ok ({plural(cfg.trial_count, 'trial')}: "
-        f"{plural(len(cfg.grid.methods), 'method')} x {plural(len(cfg.grid.seeds), 'seed')} x "
-        f"{plural(len(cfg.grid.backbones), 'backbone')}, data {cfg.data.dataset}{split_text}, "
+        f"{args.config}: ok ({plural(cfg.trial_count, 'trial')}: {_grid_shape(cfg)}, "
+        f"data {cfg.data.dataset}{split_text}, "
         f"{plural(len(cfg.data.task_names()), 'task')}, {plural(cfg.train.epochs, 'epoch')})"
     )
     for item in checked.unchecked:
         print(f"  not checked here: {item}")
     return 0
+
+
+def _grid_shape(cfg) -> str:
+    """How the trials multiply: ``3 methods x 3 seeds x 1 backbone`` plus the sweep's
+    settings, the tuning protocol and the single-task references when present."""
+    g = cfg.grid
+    parts = [plural(len(g.methods), "method"), plural(len(g.backbones), "backbone")]
+    if g.sweep:
+        settings = sum(len(cfg.sweep_points(m)) for m in g.methods) / len(g.methods)
+        parts.append(f"{settings:g} swept settings per method (mean)")
+    seeds = plural(len(g.seeds), "seed")
+    if cfg.tuning is not None:
+        t = cfg.tuning
+        studies = f"{t.studies} study" if t.studies == 1 else f"{t.studies} studies"
+        parts += [studies, f"({t.budget} tuning + {len(g.seeds)} final {seeds.split()[1]})"]
+    else:
+        parts.append(seeds)
+    shape = " x ".join(parts)
+    if g.single_task:
+        tasks = len(cfg.data.task_names())
+        shape += f", + {plural(tasks, 'single-task reference')} per backbone and seed"
+    return shape
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
