@@ -273,6 +273,7 @@ AUTOSCALED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # about 30 s on 2 cores (three raylets): `pytest -m slow`
 @pytest.mark.timeout(600)  # the head's start (up to 120 s) and the run (up to 400 s)
 def test_trials_wait_for_the_autoscaler_and_complete_on_the_nodes_it_adds(tmp_path):
     """An autoscaling cluster whose head holds no CPU and whose node groups start at zero
