@@ -539,6 +539,47 @@ def time_to_target_strip(
     return fig
 
 
+def tuning_strip(tuning: pd.DataFrame, palette: dict[str, str], *, title: str) -> go.Figure:
+    """One dot per tuning trial at its validation score (the selection score), a row per
+    method and study; a trial without a score (failed, diverged) is a cross at the left edge,
+    so none is dropped. Hover names the trial."""
+    fig = go.Figure()
+    rows = sorted(
+        {(str(m), int(j)) for m, j in zip(tuning["method"], tuning["study"], strict=True)}
+    )
+    scores = tuning["val_mean_auroc"].dropna()
+    floor = float(scores.min()) - 0.02 if len(scores) else 0.0
+    for method, study in rows:
+        part = tuning[(tuning["method"] == method) & (tuning["study"] == study)]
+        y = label(f"{method} · study {study + 1}")
+        for scored, symbol in ((True, "circle"), (False, "x")):
+            sub = part[part["val_mean_auroc"].notna() == scored]
+            if sub.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["val_mean_auroc"].tolist() if scored else [floor] * len(sub),
+                    y=[y] * len(sub),
+                    mode="markers",
+                    marker=dict(
+                        size=11, symbol=symbol, color=palette.get(method, PALETTE[0]), opacity=0.8
+                    ),
+                    customdata=[label(t) for t in sub["trial_id"]],
+                    hovertemplate="%{customdata}<br>val AUROC %{x:.3f}<extra></extra>",
+                    showlegend=False,
+                )
+            )
+    _base_layout(
+        fig,
+        title,
+        "Mean validation AUROC (the selection score)",
+        "Method · study",
+        height=200 + 38 * len(rows),
+    )
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
 def profile_plot(
     taus: Sequence[float],
     profiles: dict[str, list[float]],

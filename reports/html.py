@@ -35,6 +35,7 @@ from reports.figures import (
     step_time_stack,
     task_heatmap,
     time_to_target_strip,
+    tuning_strip,
     val_auroc_per_epoch,
     weight_trajectories,
 )
@@ -1237,7 +1238,7 @@ def fmt_setting(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _tuning_run_html(run: RunResults) -> str:
+def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> str:
     tuning = run.config.get("tuning") or {}
     trials = run.tuning_trials
     finals = run.trials[run.trials.get("phase", pd.Series(dtype=object)) == "final"]
@@ -1285,6 +1286,15 @@ def _tuning_run_html(run: RunResults) -> str:
             f'<td class="num">{esc(fmt_number(spread, 3))}</td><td>{esc(setting)}</td>'
             f'<td class="num">{esc(fmt_duration(seconds))}</td></tr>'
         )
+    parts.append(
+        figure_html(
+            tuning_strip(trials, palette, title="Validation AUROC of every tuning trial"),
+            f"fig-tuning-{anchor}",
+            "Each dot is one tuning trial at its mean validation AUROC, the score selection "
+            "used; a cross at the left is a trial without one (failed or diverged). A wide "
+            "row is a method whose result depends much on its hyperparameters.",
+        )
+    )
     parts.append(table_html(headers, rows))
     parts.append(
         '<p class="caption">Spread: the largest minus the smallest validation AUROC over the '
@@ -1306,10 +1316,10 @@ def section_tuning(ctx: ReportContext) -> str:
             "with tuning (README: a fair comparison)."
         )
     parts = []
-    for run in runs:
+    for i, run in enumerate(runs):
         if len(ctx.results.runs) > 1:
             parts.append(f"<h3>{esc(run.name)}</h3>")
-        parts.append(_tuning_run_html(run))
+        parts.append(_tuning_run_html(run, ctx.palette, str(i)))
     return "".join(parts)
 
 

@@ -169,3 +169,4 @@ def test_tuning_end_to_end(ray_session, tmp_path):
     html = (run_dir / "report.html").read_text()
     assert "test metrics are never read during selection" in html
     assert "simple_cnn · study 2" in html  # each study compared on its own
+    assert 'id="fig-tuning-0"' in html  # the strip of every tuning trial's val score
