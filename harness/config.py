@@ -462,6 +462,12 @@ class ExperimentConfig(_Strict):
                 f"tuning.seed: study seeds {t.seed} .. {t.seed + t.studies - 1} include final "
                 f"seed {clash[0]} of grid.seeds; the final seeds must stay out of tuning"
             )
+        for key in t.space:
+            if not key.startswith(("train.", "data.")):
+                raise ValueError(
+                    f"tuning.space.{key}: shared keys are train.<key> or data.<key>; a method's "
+                    "own go under tuning.method_space.<method>"
+                )
         entries = {f"tuning.space.{k}": (k, e) for k, e in t.space.items()}
         for method, space in t.method_space.items():
             if method not in self.grid.methods:
@@ -475,20 +481,26 @@ class ExperimentConfig(_Strict):
         if not entries:
             raise ValueError("tuning: space and method_space are both empty; nothing to tune")
         for where, (key, entry) in entries.items():
-            if key.startswith("method_params.") and "." not in key[len("method_params.") :]:
-                raise ValueError(f"{where}: name a hyperparameter")
             problem = self._sweep_key_problem(key) or space_problem(entry)
             if problem:
                 raise ValueError(f"{where}: {problem}")
             if key in self.grid.sweep:
                 raise ValueError(f"{where}: {key} is also in grid.sweep; tune it or sweep it")
             for value in bounds(entry):
-                try:
-                    self.with_values({key: value})
-                except ConfigError as exc:
-                    problem = exc.lines[0].partition(": ")[2] or exc.lines[0]
-                    raise ValueError(f"{where}: {value!r}: {problem}") from None
+                if problem := self._value_problem(key, value):
+                    raise ValueError(f"{where}: {value!r}: {problem}")
         return self
+
+    def _value_problem(self, key: str, value: Any) -> str | None:
+        """Why ``value`` cannot be set at the dotted ``key`` (a sweep's or a tuning space's),
+        or None: one scalar (a number, a string, a boolean) that the schema accepts there."""
+        if not isinstance(value, bool | int | float | str):
+            return "must be a number, a string or a boolean (one value per trial)"
+        try:
+            self.with_values({key: value})
+        except ConfigError as exc:
+            return exc.lines[0].partition(": ")[2] or exc.lines[0]
+        return None
 
     def tuning_spaces(self, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(shared keys, ``method``'s own keys as ``method_params.<m>.<k>``) to draw from."""
@@ -515,11 +527,8 @@ class ExperimentConfig(_Strict):
                         f"trials {key}={label})"
                     )
                 labels[label] = i
-                try:
-                    self.with_values({key: value})
-                except ConfigError as exc:
-                    problem = exc.lines[0].partition(": ")[2] or exc.lines[0]
-                    raise ValueError(f"{where}[{i}]: {value!r}: {problem}") from None
+                if problem := self._value_problem(key, value):
+                    raise ValueError(f"{where}[{i}]: {value!r}: {problem}")
         return self
 
     def _sweep_key_problem(self, key: str) -> str | None:
@@ -535,6 +544,8 @@ class ExperimentConfig(_Strict):
             return None
         if section == "method_params":
             method, _, name = rest.partition(".")
+            if not name:
+                return "name a hyperparameter: method_params.<method>.<hyperparameter>"
             if method not in self.grid.methods:
                 return f"{method!r} is not among grid.methods ({', '.join(self.grid.methods)})"
             import methods
@@ -601,7 +612,7 @@ def sweep_label(value: Any) -> str:
     if isinstance(value, bool):
         text = str(value).lower()
     elif isinstance(value, float):
-        text = f"{value:g}"
+        text = repr(value)  # shortest round-trip form: 0.0003, 1e-05; distinct floats differ
     else:
         text = str(value)
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -95,8 +96,7 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         return single + tuning_identities(cfg)
     return [
         {
-            "trial_id": f"{m}-{b}-s{s}"
-            + "".join(f"-{key}={sweep_label(value)}" for key, value in point.items()),
+            "trial_id": f"{m}-{b}-s{s}" + setting_suffix(point),
             "method": m,
             "backbone": b,
             "seed": s,
@@ -107,6 +107,11 @@ def trial_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         for point in cfg.sweep_points(m)
         for s in cfg.grid.seeds
     ] + single
+
+
+def setting_suffix(point: dict[str, Any]) -> str:
+    """How swept or tuned settings end a trial id: ``-train.lr=0.0003-data.hflip=true``."""
+    return "".join(f"-{key}={sweep_label(value)}" for key, value in point.items())
 
 
 def tuning_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
@@ -122,7 +127,7 @@ def tuning_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         shared, own = cfg.tuning_spaces(m)
         for b in cfg.grid.backbones:
             for point in cfg.sweep_points(m):
-                stem = f"{m}-{b}" + "".join(f"-{k}={sweep_label(v)}" for k, v in point.items())
+                stem = f"{m}-{b}" + setting_suffix(point)
                 base = {"method": m, "backbone": b, **point}
                 for j in range(t.studies):
                     seed = study_seed(t.seed, j)
@@ -171,16 +176,35 @@ def select_finals(cfg: ExperimentConfig, records: dict[str, TrialRecord]) -> lis
         tried = [records[f"{prefix}{i}"] for i in range(cfg.tuning.budget)]
         if any(r.status not in ENDED and r.status != "failed" for r in tried):
             continue  # the study is still tuning
+        # a diverged or failed trial has no score: only completed ones compete
         scores = [
             (r.data["summary"] or {}).get(metric) if r.status == "completed" else None
             for r in tried
         ]
+        if not any(v is not None and math.isfinite(v) for v in scores):
+            record.set(
+                status="failed",
+                error=f"tuning: no tuning trial of its study completed with a {metric} (see "
+                f"{prefix}0 .. {prefix}{cfg.tuning.budget - 1}); nothing to choose",
+            )
+            record.save()
+            continue
         best = tried[tuning.select(scores)].data["identity"]
-        tuned = {k: v for k, v in best.items() if "." in k and k not in identity}
+        tuned = {k: v for k, v in swept_values(best).items() if k not in identity}
         identity.update(tuned, selected=best["trial_id"])
         record.save()
         ready.append(trial_id)
     return ready
+
+
+def decided_studies(records: dict[str, TrialRecord]) -> set[str]:
+    """The tuning-trial id prefixes of the studies whose choice is made (kept by --resume):
+    their tuning trials are not run again, even those that failed."""
+    return {
+        r.data["identity"]["tuned_from"]
+        for r in records.values()
+        if "selected" in r.data["identity"]
+    }
 
 
 def swept_values(identity: dict[str, Any]) -> dict[str, Any]:
@@ -572,8 +596,12 @@ def run_experiment(
 def _load_records(run_dir: Path, cfg: ExperimentConfig) -> dict[str, TrialRecord]:
     (run_dir / TRIALS_DIR).mkdir(exist_ok=True)
     records = {i["trial_id"]: TrialRecord(run_dir / TRIALS_DIR, i) for i in trial_identities(cfg)}
-    for record in records.values():
-        if record.status not in ENDED:
+    decided = decided_studies(records)
+    for trial_id, record in records.items():
+        # a failed tuning trial of a study already decided stays as it ended: the choice is
+        # made and kept, so running it again would cost without changing anything
+        kept = record.status == "failed" and any(trial_id.startswith(p) for p in decided)
+        if record.status not in ENDED and not kept:
             record.reset()
     return records
 
@@ -734,7 +762,7 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
         ),
         run_config=tune.RunConfig(
             # one Tune experiment per attempt, so a resumed run never mixes with an earlier one
-            name=f"tune-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}",
+            name=f"tune-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S-%f}",
             storage_path=storage,
             verbose=0,
             callbacks=[ResultsCollector(records, progress, on_ended=prune)],

@@ -539,26 +539,38 @@ def time_to_target_strip(
     return fig
 
 
+def tuning_scores(trials: pd.DataFrame) -> pd.Series:
+    """The selection score of each tuning trial as selection saw it: the mean val AUROC of a
+    completed trial; NaN for a failed or diverged one (it competed as last)."""
+    return trials["val_mean_auroc"].where(trials["status"] == "completed")
+
+
 def tuning_strip(tuning: pd.DataFrame, palette: dict[str, str], *, title: str) -> go.Figure:
     """One dot per tuning trial at its validation score (the selection score), a row per
-    method and study; a trial without a score (failed, diverged) is a cross at the left edge,
-    so none is dropped. Hover names the trial."""
+    method, backbone (when several) and study; a trial without a score (failed, diverged) is
+    a cross at the left edge, so none is dropped. Hover names the trial."""
     fig = go.Figure()
-    rows = sorted(
-        {(str(m), int(j)) for m, j in zip(tuning["method"], tuning["study"], strict=True)}
-    )
-    scores = tuning["val_mean_auroc"].dropna()
-    floor = float(scores.min()) - 0.02 if len(scores) else 0.0
-    for method, study in rows:
-        part = tuning[(tuning["method"] == method) & (tuning["study"] == study)]
-        y = label(f"{method} · study {study + 1}")
+    keys = ["method", "backbone", "study"]
+    rows = sorted({tuple(r) for r in tuning[keys].itertuples(index=False)})
+    several = tuning["backbone"].nunique() > 1
+    score = tuning_scores(tuning)
+    floor = float(score.min()) - 0.02 if score.notna().any() else 0.0
+    for method, backbone, study in rows:
+        here = (
+            (tuning["method"] == method)
+            & (tuning["backbone"] == backbone)
+            & (tuning["study"] == study)
+        )
+        part, part_score = tuning[here], score[here]
+        name = f"{method} · {backbone}" if several else str(method)
+        y = label(f"{name} · study {int(study) + 1}")
         for scored, symbol in ((True, "circle"), (False, "x")):
-            sub = part[part["val_mean_auroc"].notna() == scored]
+            sub = part[part_score.notna() == scored]
             if sub.empty:
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=sub["val_mean_auroc"].tolist() if scored else [floor] * len(sub),
+                    x=part_score[part_score.notna()].tolist() if scored else [floor] * len(sub),
                     y=[y] * len(sub),
                     mode="markers",
                     marker=dict(

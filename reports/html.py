@@ -35,6 +35,7 @@ from reports.figures import (
     step_time_stack,
     task_heatmap,
     time_to_target_strip,
+    tuning_scores,
     tuning_strip,
     val_auroc_per_epoch,
     weight_trajectories,
@@ -618,8 +619,8 @@ def section_paired(ctx: ReportContext) -> str:
         )
         if reference == ctx.baseline:
             parts.append(_delta_m_html(ctx, ctx.baseline))
-            if SINGLE_TASK in set(ctx.completed["method"]) and ctx.baseline != SINGLE_TASK:
-                parts.append(_delta_m_html(ctx, SINGLE_TASK))
+    if SINGLE_TASK in set(ctx.completed["method"]) and ctx.baseline != SINGLE_TASK:
+        parts.append(_delta_m_html(ctx, SINGLE_TASK))  # also without the baseline
     return "".join(parts)
 
 
@@ -1238,6 +1239,11 @@ def fmt_setting(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _point_order(trial_ids: pd.Series) -> pd.Series:
+    """Tuning trials in the order of their points (``...-t2`` before ``...-t10``)."""
+    return trial_ids.map(lambda t: int(str(t).rsplit("-t", 1)[1]))
+
+
 def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> str:
     tuning = run.config.get("tuning") or {}
     trials = run.tuning_trials
@@ -1265,9 +1271,16 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
     headers = [("Method", ""), ("Study", "num"), ("Val AUROC of each tuning trial", "")]
     headers += [("Spread", "num"), ("Chosen", ""), ("Trial time (tuning + final)", "num")]
     rows = []
-    for (method, study), group in trials.groupby(["method", "study"], sort=True):
-        scores = group.sort_values("trial_id")["val_mean_auroc"]
-        mine = finals[(finals["method"] == method) & (finals["study"] == study)]
+    several = trials["backbone"].nunique() > 1
+    for (method, backbone, study), group in trials.groupby(
+        ["method", "backbone", "study"], sort=True
+    ):
+        scores = tuning_scores(group.sort_values("trial_id", key=_point_order))
+        mine = finals[
+            (finals["method"] == method)
+            & (finals["backbone"] == backbone)
+            & (finals["study"] == study)
+        ]
         chosen = mine.iloc[0] if not mine.empty else None
         setting = (
             ", ".join(
@@ -1281,7 +1294,8 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
         spread = scores.max() - scores.min() if scores.notna().any() else float("nan")
         seconds = group["wall_time_s"].sum() + mine["wall_time_s"].sum()
         rows.append(
-            f'<tr><td>{esc(method)}</td><td class="num">{int(study) + 1}</td>'
+            f"<tr><td>{esc(f'{method} · {backbone}' if several else method)}</td>"
+            f'<td class="num">{int(study) + 1}</td>'
             f"<td>{esc(', '.join(fmt_number(v, 3) for v in scores))}</td>"
             f'<td class="num">{esc(fmt_number(spread, 3))}</td><td>{esc(setting)}</td>'
             f'<td class="num">{esc(fmt_duration(seconds))}</td></tr>'

@@ -273,6 +273,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
     swept = _swept_keys(config)
     trials, epochs = _arm_labels(trials, swept), _arm_labels(epochs, swept)
     tuning = pd.DataFrame(columns=trials.columns)
+    if "study" in trials.columns:  # epochs carry their trial's study: a workload per study
+        epochs = epochs.assign(study=epochs["trial_id"].map(trials.set_index("trial_id")["study"]))
     if "phase" in trials.columns and (trials["phase"] == "tuning").any():
         # selection saw only these trials' val scores; the comparison is of the final ones
         is_tuning = trials["phase"] == "tuning"
@@ -308,7 +310,6 @@ _STL_SUM = (
     "forward_time_ms",
     "backward_time_ms",
     "optimizer_time_ms",
-    "attempts",
 )
 
 
@@ -344,6 +345,7 @@ def _combine_single_task(
             if column in group:
                 row[column] = group[column].sum(min_count=1)
         row["peak_memory_mb"] = group["peak_memory_mb"].max()
+        row["attempts"] = group["attempts"].max()  # retried when any network was
         rates = group["images_per_second"]
         row["images_per_second"] = 1.0 / (1.0 / rates).sum() if rates.notna().all() else NAN
         row["best_epoch"] = NAN  # each network has its own
@@ -365,7 +367,7 @@ def _setting(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value)  # as in the trial ids (harness.config.sweep_label)
     return str(value)
 
 

@@ -16,7 +16,8 @@ from harness.config import ConfigError, parse_config
 from harness.launch import select_finals, trial_identities
 from harness.results import TrialRecord
 from harness.tuning import draw_points, map_unit, select
-from reports.load import load_run
+from reports import summary as sm
+from reports.load import load_run, load_runs
 from tests.conftest import tiny_config, write_config
 
 SPACE = {
@@ -166,7 +167,68 @@ def test_tuning_end_to_end(ray_session, tmp_path):
         assert final["train.lr"] == best["train.lr"]
     loaded = load_run(run_dir)
     assert set(loaded.trials.phase) == {"final"} and len(loaded.tuning_trials) == 12
+    compared = load_runs([run_dir])  # each study is its own workload, in both tables
+    studies = {"simple_cnn · study 1", "simple_cnn · study 2"}
+    assert set(compared.trials.workload) == set(compared.epochs.workload) == studies
+    delta = sm.delta_m_table(compared.trials, compared.epochs, "equal")
+    assert sorted(delta.workload) == sorted(studies) and set(delta.n) == {3}
     html = (run_dir / "report.html").read_text()
     assert "test metrics are never read during selection" in html
     assert "simple_cnn · study 2" in html  # each study compared on its own
     assert 'id="fig-tuning-0"' in html  # the strip of every tuning trial's val score
+
+
+def _records_on_disk(tmp_path, cfg, outcome):
+    """Every trial's record written as a run would leave it; ``outcome(identity)`` gives
+    (status, val AUROC) for the tuning trials."""
+    trials_dir = tmp_path / "run" / "trials"
+    trials_dir.mkdir(parents=True)
+    records = {}
+    for identity in trial_identities(cfg):
+        record = TrialRecord(trials_dir, identity)
+        if identity["phase"] == "tuning":
+            status, val = outcome(identity)
+            summary = {"val_mean_auroc": val, "status": status} if status != "failed" else None
+            record.set(status=status, summary=summary)
+        record.save()
+        records[identity["trial_id"]] = record
+    return trials_dir.parent, records
+
+
+def test_resume_keeps_a_study_decided_and_a_study_without_a_score_fails(tmp_path):
+    """After selection, a failed tuning trial of that study is not run again by --resume (the
+    choice is kept); a study whose tuning trials all failed or diverged trains nothing."""
+    from harness.launch import _load_records
+
+    cfg = parse_config(tuned(tmp_path, studies=1))
+
+    def outcome(identity):
+        point = int(identity["trial_id"].rsplit("-t", 1)[1])
+        if identity["method"] == "deepchest":  # nothing to choose from
+            return ("failed", None) if point else ("diverged", 0.9)
+        return [("completed", 0.6), ("failed", None), ("completed", 0.7)][point]
+
+    run_dir, records = _records_on_disk(tmp_path, cfg, outcome)
+    ready = select_finals(cfg, records)
+    assert sorted(ready) == [f"equal-simple_cnn-study0-s{s}" for s in (0, 1, 2)]
+    final = records["deepchest-simple_cnn-study0-s0"]
+    assert final.status == "failed" and final.data["error"].startswith(
+        "tuning: no tuning trial of its study completed with a val_mean_auroc"
+    )
+    reloaded = _load_records(run_dir, cfg)  # what --resume does
+    assert reloaded["equal-simple_cnn-study0-t1"].status == "failed"  # kept: study decided
+    assert reloaded["equal-simple_cnn-study0-s0"].data["identity"]["selected"].endswith("-t2")
+    assert reloaded["deepchest-simple_cnn-study0-t1"].status == "pending"  # undecided: again
+    assert reloaded["deepchest-simple_cnn-study0-s0"].status == "pending"
+
+
+def test_swept_and_tuned_values_are_single_values_and_shared_keys_are_train_or_data(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["grid"]["sweep"] = {"data.tasks": [["Atelectasis"], ["Effusion"]]}
+    with pytest.raises(
+        ConfigError, match=r"grid.sweep.data.tasks\[0\]: .*must be a number, a string"
+    ):
+        parse_config(raw)
+    raw = tuned(tmp_path, space={"method_params.deepchest.increase": {"uniform": [1.0, 1.2]}})
+    with pytest.raises(ConfigError, match="shared keys are train.<key> or data.<key>"):
+        parse_config(raw)
