@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ def main() -> None:
     from harness.launch import run_experiment
     from harness.progress import LineProgress
 
+    out_dir = tempfile.mkdtemp(prefix="harness-makespan-")  # removed at the end
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(args.nodes - 1):
         cluster.add_node(num_cpus=1)
@@ -68,7 +70,7 @@ def main() -> None:
                 "train": {"epochs": args.epochs, "batch_size": 32},
                 "resources": {"cpus_per_worker": 1, "gpus_per_worker": 0},
                 "cluster": {"ship_code": False},  # same machine: the package is installed
-                "output": {"dir": tempfile.mkdtemp(prefix="harness-makespan-")},
+                "output": {"dir": out_dir},
             }
         )
         called = time.time()
@@ -79,6 +81,7 @@ def main() -> None:
     finally:
         cluster.shutdown()
     trials = pd.read_parquet(outcome.run_dir / "results" / "trials.parquet")
+    shutil.rmtree(out_dir, ignore_errors=True)
     n, slots = len(trials), args.nodes
     inside = float(trials.wall_time_s.sum())
     ideal = inside / slots

@@ -18,10 +18,12 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 REPO = Path(__file__).resolve().parent.parent
 
 # the data cache (staged data sets, records of verified copies) of this session only, never
-# the user's ~/.cache; Ray's workers inherit it
-_CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
-os.environ["XDG_CACHE_HOME"] = _CACHE
-atexit.register(shutil.rmtree, _CACHE, True)
+# the user's ~/.cache. Made once by the pytest process; Ray's workers, which import this
+# module when they unpickle a test's function, inherit it and make none of their own
+if not os.environ.get("HARNESS_TEST_CACHE"):
+    _CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
+    os.environ["HARNESS_TEST_CACHE"] = os.environ["XDG_CACHE_HOME"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(scope="session")
