@@ -18,6 +18,7 @@ from methods.deepchest import DeepChest
 from methods.dwa import DWA
 from methods.equal import Equal
 from methods.famo import FAMO
+from methods.fixed import Fixed
 from methods.gradient import GradientAggregator
 from methods.gradnorm import GradNorm
 from methods.imtl_g import IMTLG
@@ -57,6 +58,7 @@ __all__ = [
 
 _CLASSES: tuple[type[Method], ...] = (
     Equal,
+    Fixed,
     DeepChest,
     Uncertainty,
     DWA,

@@ -477,3 +477,53 @@ def test_uncertainty_bad_state():
         m.load_state_dict(
             {"method": "uncertainty", "num_tasks": 3, "state": {"log_var": torch.zeros(2)}}
         )
+
+
+# ============================================================================================
+# Fixed: against torchjd.scalarization.Constant
+# ============================================================================================
+
+
+def test_fixed_objective_equals_torchjd_constant_and_never_moves():
+    from torchjd.scalarization import Constant
+
+    names = ["a", "b", "c"]
+    given = [0.5, 2.0, 0.0]
+    for weights, expected in (
+        (given, given),
+        ({"b": 3.0, "c": 0.25}, [1.0, 3.0, 0.25]),  # by name; "a" keeps 1.0
+        (None, [1.0, 1.0, 1.0]),  # the default is equal weighting
+    ):
+        m = methods.create("fixed", 3, names, **({} if weights is None else {"weights": weights}))
+        reference = Constant(torch.tensor(expected))
+        model, make_losses = toy_problem(num_tasks=3)
+        for _ in range(3):  # the weights never move, whatever the losses do
+            losses = make_losses()
+            ours = objective(m, losses)
+            assert torch.allclose(ours, reference(losses), rtol=1e-6)
+            assert m.weights(losses.detach()).tolist() == expected
+            m.on_step_end()
+            m.on_epoch_end(stats(losses.detach().tolist()))
+    # stateless: a checkpoint round trip gives the same weights
+    restored = methods.create("fixed", 3, names, weights=given)
+    restored.load_state_dict(m.state_dict())
+    assert restored.weights(torch.ones(3)).tolist() == given
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, 2.0], "weights has 2 values for 3 tasks"),
+        ({"z": 1.0}, "weights: unknown task 'z'; tasks: a, b, c"),
+        ([0, 0, 0], "weights are all 0: no task would be trained"),
+        ([-1.0, 1.0, 1.0], "weights[0] must be a finite number >= 0, got -1.0"),
+        ([float("nan"), 1.0, 1.0], "weights[0] must be a finite number >= 0"),
+        ("heavy", "weights must be a list (one per task) or a mapping task -> weight"),
+        ([], "weights must not be empty"),
+    ],
+)
+def test_fixed_refuses_bad_weights_in_one_line(weights, message):
+    with pytest.raises(ValueError) as exc:
+        methods.create("fixed", 3, ["a", "b", "c"], weights=weights)
+    text = str(exc.value)
+    assert text.startswith("method 'fixed': ") and message in text and "\n" not in text

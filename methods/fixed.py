@@ -1,0 +1,100 @@
+"""Fixed (static) weighting: a weight per task, given once, the same at every step.
+
+The baseline that Xin et al. (NeurIPS 2022, *Do Current Multi-Task Optimization Methods in
+Deep Learning Even Help?*, arXiv:2209.11379) and Kurin et al. (NeurIPS 2022, *In Defense of
+the Unitary Scalarization for Deep Multi-Task Learning*, arXiv:2201.04122) tune against the
+specialised methods: a plain weighted sum of the losses. Reference implementation used for the
+tests: ``torchjd.scalarization.Constant`` (torchjd 0.18.0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from methods.base import HyperparameterError, LossWeighting, check_number, set_field
+
+
+@dataclass(frozen=True)
+class FixedHyperparameters:
+    # a list (one weight per task, in the task order) or a mapping task name -> weight (tasks
+    # not named keep 1.0); None: every weight 1.0, equal weighting
+    weights: list[float] | dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        w = self.weights
+        if w is None:
+            return
+        if isinstance(w, dict):
+            checked: list[float] | dict[str, float] = {
+                str(k): check_number(f"weights[{k!r}]", v, ge=0) for k, v in w.items()
+            }
+            values = list(checked.values())
+        elif isinstance(w, list | tuple):
+            checked = [check_number(f"weights[{i}]", v, ge=0) for i, v in enumerate(w)]
+            values = checked
+        else:
+            raise HyperparameterError(
+                f"weights must be a list (one per task) or a mapping task -> weight, got {w!r}"
+            )
+        if not values:
+            raise HyperparameterError("weights must not be empty")
+        set_field(self, "weights", checked)
+        if isinstance(checked, list) and not any(values):
+            raise HyperparameterError("weights are all 0: no task would be trained")
+
+
+def fixed_weights(num_tasks: int, weights: Any, task_names: Sequence[str] | None) -> Tensor:
+    """The ``[T]`` float32 weights: ``weights`` in task order, or a mapping by task name over
+    ones (tasks it does not name keep 1.0), or all ones for None. Raises ``HyperparameterError``
+    for a list of the wrong length, an unknown task name or all weights 0."""
+    if weights is None:
+        return torch.ones(num_tasks, dtype=torch.float32)
+    if isinstance(weights, dict):
+        if task_names is None:
+            raise HyperparameterError("weights by task name need the task names")
+        unknown = [k for k in weights if k not in task_names]
+        if unknown:
+            raise HyperparameterError(
+                f"weights: unknown task {unknown[0]!r}; tasks: {', '.join(task_names)}"
+            )
+        values = [float(weights.get(name, 1.0)) for name in task_names]
+    else:
+        if len(weights) != num_tasks:
+            raise HyperparameterError(
+                f"weights has {len(weights)} values for {num_tasks} tasks (give one per task, "
+                "or a mapping task -> weight)"
+            )
+        values = [float(v) for v in weights]
+    if not any(values):
+        raise HyperparameterError("weights are all 0: no task would be trained")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class Fixed(LossWeighting):
+    """Fixed weighting: ``L = sum_t w_t L_t`` with the ``weights`` given (default all 1, which
+    is equal weighting). Stateless: the weights are the same at every step.
+
+    Hyperparameters: ``weights``, a list of ``T`` non-negative numbers in task order, or a
+    mapping task name -> weight (tasks it does not name keep 1.0).
+    """
+
+    name = "fixed"
+    summary = "Static weights given per task: sum_t w_t L_t (Xin et al. 2022's baseline)."
+    Hyperparameters = FixedHyperparameters
+
+    def __init__(
+        self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
+    ) -> None:
+        super().__init__(num_tasks, task_names, **hyperparameters)
+        try:
+            self._weights = fixed_weights(num_tasks, self.hp.weights, self.task_names)
+        except HyperparameterError as exc:
+            raise self._error(str(exc)) from None
+
+    def compute_weights(self, losses: Tensor) -> Tensor:
+        return self._weights.clone()
