@@ -310,9 +310,10 @@ class TuningConfig(_Strict):
     seed: Annotated[int, Field(ge=0)] = 1000
     select: Literal["val_mean_auroc"] = "val_mean_auroc"
     # dotted train.* / data.* key -> {choice: [...]} | {uniform: [a, b]} | {log_uniform: [a, b]}
-    space: dict[str, dict[str, list[Any]]] = {}
-    # method in grid.methods -> its hyperparameter -> an entry as above
-    method_space: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    space: dict[str, dict[str, Any]] = {}
+    # method in grid.methods -> its hyperparameter -> an entry as above, or {dirichlet: alpha}
+    # for fixed weighting's weights (checked by ExperimentConfig._tuning, harness.tuning)
+    method_space: dict[str, dict[str, dict[str, Any]]] = {}
 
     @field_validator("seed")
     @classmethod
@@ -441,7 +442,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _tuning(self) -> ExperimentConfig:
-        from harness.tuning import bounds, space_problem, study_seed
+        from harness.tuning import bounds, is_dirichlet, space_problem, study_seed
 
         t = self.tuning
         if t is None:
@@ -486,15 +487,29 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"{where}: {problem}")
             if key in self.grid.sweep:
                 raise ValueError(f"{where}: {key} is also in grid.sweep; tune it or sweep it")
-            for value in bounds(entry):
-                if problem := self._value_problem(key, value):
+            vector = is_dirichlet(entry)
+            if vector and not self._is_fixed_weights(key):
+                raise ValueError(
+                    f"{where}: dirichlet draws fixed weighting's weights only "
+                    "(tuning.method_space.<fixed method>.weights)"
+                )
+            for value in bounds(entry, len(self.data.task_names())):
+                if problem := self._value_problem(key, value, vector=vector):
                     raise ValueError(f"{where}: {value!r}: {problem}")
         return self
 
-    def _value_problem(self, key: str, value: Any) -> str | None:
+    def _is_fixed_weights(self, key: str) -> bool:
+        """``key`` is ``method_params.<m>.weights`` of a grid method that is ``fixed``."""
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "method_params" or parts[2] != "weights":
+            return False
+        return parts[1] in self.grid.methods and self.weighting_method(parts[1])[0] == "fixed"
+
+    def _value_problem(self, key: str, value: Any, vector: bool = False) -> str | None:
         """Why ``value`` cannot be set at the dotted ``key`` (a sweep's or a tuning space's),
-        or None: one scalar (a number, a string, a boolean) that the schema accepts there."""
-        if not isinstance(value, bool | int | float | str):
+        or None: one scalar (a number, a string, a boolean), or with ``vector`` a list (a
+        Dirichlet draw of weights), that the schema accepts there."""
+        if not vector and not isinstance(value, bool | int | float | str):
             return "must be a number, a string or a boolean (one value per trial)"
         try:
             self.with_values({key: value})

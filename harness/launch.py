@@ -122,6 +122,7 @@ def tuning_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     ``<method>-<backbone>[-<setting>]-study<j>-t<i>`` and ``...-study<j>-s<seed>``."""
     t = cfg.tuning
     assert t is not None
+    tasks = len(cfg.data.task_names())  # a Dirichlet draw of weights has one per task
     out = []
     for m in cfg.grid.methods:
         shared, own = cfg.tuning_spaces(m)
@@ -131,7 +132,7 @@ def tuning_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
                 base = {"method": m, "backbone": b, **point}
                 for j in range(t.studies):
                     seed = study_seed(t.seed, j)
-                    drawn = draw_points(shared, own, t.budget, seed)
+                    drawn = draw_points(shared, own, t.budget, seed, tasks)
                     out += [
                         {
                             "trial_id": f"{stem}-study{j}-t{i}",

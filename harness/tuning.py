@@ -18,7 +18,11 @@ seed=...).random(k)`` (:mod:`scipy.stats.qmc`), mapped per key:
 
 * ``{uniform: [a, b]}``: ``a + u (b - a)``;
 * ``{log_uniform: [a, b]}`` (``0 < a < b``): ``exp(log a + u (log b - log a))``;
-* ``{choice: [v_0, ..., v_{n-1}]}``: ``v_floor(u n)``.
+* ``{choice: [v_0, ..., v_{n-1}]}``: ``v_floor(u n)``;
+* ``{dirichlet: alpha}`` (``fixed``'s ``weights`` only: Xin et al.'s sweep of static weights):
+  T dimensions of the sequence, ``g_t = F^{-1}_{Gamma(alpha)}(u_t)``, ``w_t = T g_t / sum g``,
+  a quasi-random draw from ``T x Dirichlet(alpha, ..., alpha)`` (weights that sum to T, as
+  equal weighting's ones do).
 
 Selection reads only each tuning trial's validation score (``select``, default the mean val
 AUROC at its best epoch); a trial that did not complete ranks last; ties go to the earlier
@@ -34,15 +38,25 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("choice", "uniform", "log_uniform")
+KINDS = ("choice", "uniform", "log_uniform", "dirichlet")
+# the one key a Dirichlet entry may tune: fixed weighting's vector of one weight per task
+DIRICHLET_KEY = "method_params.fixed.weights"
 
 
 def space_problem(entry: Any) -> str | None:
     """Why ``entry`` is not a search-space entry (``{choice: [...]}``, ``{uniform: [a, b]}``,
-    ``{log_uniform: [a, b]}``), or None."""
+    ``{log_uniform: [a, b]}``, ``{dirichlet: alpha}``), or None."""
     if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in KINDS:
-        return "must be one of {choice: [...]}, {uniform: [a, b]}, {log_uniform: [a, b]}"
+        return (
+            "must be one of {choice: [...]}, {uniform: [a, b]}, {log_uniform: [a, b]}, "
+            "{dirichlet: alpha}"
+        )
     kind, values = next(iter(entry.items()))
+    if kind == "dirichlet":
+        ok = isinstance(values, int | float) and not isinstance(values, bool)
+        if not ok or not math.isfinite(values) or values <= 0:
+            return f"dirichlet: alpha must be a finite number above 0, got {values!r}"
+        return None
     if not isinstance(values, list) or not values:
         return f"{kind}: must be a non-empty list"
     if kind == "choice":
@@ -59,8 +73,15 @@ def space_problem(entry: Any) -> str | None:
     return None
 
 
-def bounds(entry: dict[str, list[Any]]) -> list[Any]:
-    """The values that bound an entry (its choices, or low and high), for validation."""
+def is_dirichlet(entry: dict[str, Any]) -> bool:
+    return next(iter(entry)) == "dirichlet"
+
+
+def bounds(entry: dict[str, Any], num_tasks: int) -> list[Any]:
+    """Values that bound an entry, for validation: its choices, low and high, or (Dirichlet)
+    the equal weights and a weight vector with zeros."""
+    if is_dirichlet(entry):
+        return [[1.0] * num_tasks, [float(num_tasks)] + [0.0] * (num_tasks - 1)]
     return list(next(iter(entry.values())))
 
 
@@ -73,6 +94,15 @@ def map_unit(entry: dict[str, list[Any]], u: float) -> Any:
     if kind == "uniform":
         return low + u * (high - low)
     return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+
+def map_dirichlet(alpha: float, u: Sequence[float]) -> list[float]:
+    """``T`` weights from ``T`` numbers in [0, 1) (module docstring): Gamma(alpha) quantiles,
+    scaled to sum ``T``."""
+    from scipy.stats import gamma
+
+    g = gamma.ppf(np.clip(np.asarray(u, dtype=float), 1e-12, 1 - 1e-12), alpha)
+    return [float(x) for x in len(g) * g / g.sum()]
 
 
 def _halton(dims: int, budget: int, seed: Any) -> np.ndarray:
@@ -88,22 +118,32 @@ def study_seed(base: int, study: int) -> int:
 
 
 def draw_points(
-    space: dict[str, dict[str, list[Any]]],
-    method_space: dict[str, dict[str, list[Any]]],
+    space: dict[str, dict[str, Any]],
+    method_space: dict[str, dict[str, Any]],
     budget: int,
     seed: int,
+    num_tasks: int = 0,
 ) -> list[dict[str, Any]]:
     """``budget`` points of one method in one study (module docstring): ``space`` the shared
     keys (dotted, e.g. ``train.lr``), ``method_space`` the method's own (already dotted,
     ``method_params.<m>.<key>``), ``seed`` the study's seed; the method's name enters through
-    the keys of ``method_space``. Returns one dict of values per point, shared keys first."""
+    the keys of ``method_space``; a Dirichlet entry takes ``num_tasks`` dimensions. Returns
+    one dict of values per point, shared keys first."""
     shared = _halton(len(space), budget, seed)
+    widths = [num_tasks if is_dirichlet(e) else 1 for e in method_space.values()]
     own_seed = [seed, *(zlib.crc32(key.encode()) for key in method_space)]
-    own = _halton(len(method_space), budget, own_seed)
+    own = _halton(sum(widths), budget, own_seed)
+    starts = np.cumsum([0, *widths])
     points = []
     for i in range(budget):
         point = {k: map_unit(e, float(shared[i, j])) for j, (k, e) in enumerate(space.items())}
-        point |= {k: map_unit(e, float(own[i, j])) for j, (k, e) in enumerate(method_space.items())}
+        for j, (key, entry) in enumerate(method_space.items()):
+            u = own[i, starts[j] : starts[j + 1]]
+            point[key] = (
+                map_dirichlet(float(entry["dirichlet"]), u)
+                if is_dirichlet(entry)
+                else map_unit(entry, float(u[0]))
+            )
         points.append(point)
     return points
 

@@ -1236,7 +1236,19 @@ def _studies(n: int) -> str:
 
 
 def fmt_setting(value: Any) -> str:
+    """A tuned or swept value: a number to 4 significant digits, a vector of weights as a list."""
+    if _is_vector(value):
+        return "[" + ", ".join(fmt_setting(float(v)) for v in list(value)) + "]"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _is_vector(value: Any) -> bool:
+    """A list, or a numpy array of one dimension or more (pyarrow's list column values)."""
+    return isinstance(value, list | tuple) or getattr(value, "ndim", 0) > 0
+
+
+def _has_setting(value: Any) -> bool:
+    return _is_vector(value) or not is_missing(value)
 
 
 def _point_order(trial_ids: pd.Series) -> pd.Series:
@@ -1286,7 +1298,7 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
             ", ".join(
                 f"{k}={fmt_setting(chosen[k])}"
                 for k in keys
-                if k in chosen and not is_missing(chosen[k])
+                if k in chosen and _has_setting(chosen[k])
             )
             if chosen is not None
             else "—"

@@ -94,7 +94,7 @@ def test_points_are_scipy_halton_and_shared_across_methods():
         (
             {"space": {"train.lr": {"normal": [0.1, 0.2]}}},
             "tuning.space.train.lr: must be one of {choice: [...]}, {uniform: [a, b]}, "
-            "{log_uniform: [a, b]}",
+            "{log_uniform: [a, b]}, {dirichlet: alpha}",
         ),
     ],
 )
@@ -232,3 +232,59 @@ def test_swept_and_tuned_values_are_single_values_and_shared_keys_are_train_or_d
     raw = tuned(tmp_path, space={"method_params.deepchest.increase": {"uniform": [1.0, 1.2]}})
     with pytest.raises(ConfigError, match="shared keys are train.<key> or data.<key>"):
         parse_config(raw)
+
+
+def test_dirichlet_weights_are_gamma_quantiles_of_the_halton_points():
+    """Xin et al.'s static-weight sweep: fixed weighting's weights drawn quasi-randomly from
+    T x Dirichlet(alpha); written out with scipy directly."""
+    import zlib
+
+    from scipy.stats import gamma
+
+    key = "method_params.fixed.weights"
+    points = draw_points({}, {key: {"dirichlet": 0.5}}, 4, seed=1000, num_tasks=3)
+    u = qmc.Halton(
+        d=3, scramble=True, seed=np.random.default_rng([1000, zlib.crc32(key.encode())])
+    ).random(4)
+    for i, point in enumerate(points):
+        g = gamma.ppf(u[i], 0.5)
+        assert point[key] == pytest.approx(list(3 * g / g.sum()), rel=1e-12)
+        assert sum(point[key]) == pytest.approx(3.0) and min(point[key]) > 0
+
+
+def test_dirichlet_is_for_fixed_weights_only(tmp_path):
+    raw = tuned(tmp_path, space={}, method_space={"deepchest": {"increase": {"dirichlet": 1.0}}})
+    with pytest.raises(ConfigError, match="dirichlet draws fixed weighting's weights only"):
+        parse_config(raw)
+    raw = tuned(tmp_path, method_space={"fixed": {"weights": {"dirichlet": 0}}})
+    raw["grid"]["methods"] = ["equal", "fixed"]
+    with pytest.raises(ConfigError, match="dirichlet: alpha must be a finite number above 0"):
+        parse_config(raw)
+
+
+def test_a_static_weight_sweep_end_to_end(ray_session, tmp_path):
+    """fixed weighting tuned over Dirichlet weights beside equal tuned over lr: the finals train
+    the weights of the study's best tuning trial, and the report names them."""
+    cfg = tiny_config(
+        tmp_path,
+        data={"num_samples": 120, "tasks": ["Atelectasis", "Effusion", "Hernia"]},
+        grid={"methods": ["equal", "fixed"], "seeds": [0, 1, 2]},
+        train={"epochs": 1, "batch_size": 16},
+    )
+    cfg["tuning"] = {
+        "budget": 2,
+        "space": {"train.lr": {"log_uniform": [1.0e-4, 1.0e-2]}},
+        "method_space": {"fixed": {"weights": {"dirichlet": 1.0}}},
+    }
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    trials = pd.read_parquet(run_dir / "results" / "trials.parquet").set_index("trial_id")
+    fixed = trials[trials.method == "fixed"]
+    for trial_id, row in fixed[fixed.phase == "final"].iterrows():
+        chosen = trials.loc[row.selected]
+        assert list(row["method_params.fixed.weights"]) == list(
+            chosen["method_params.fixed.weights"]
+        ), trial_id
+        assert sum(row["method_params.fixed.weights"]) == pytest.approx(3.0)
+    html = (run_dir / "report.html").read_text()
+    assert "method_params.fixed.weights=[" in html
