@@ -1256,6 +1256,18 @@ def _point_order(trial_ids: pd.Series) -> pd.Series:
     return trial_ids.map(lambda t: int(str(t).rsplit("-t", 1)[1]))
 
 
+def _device_hours(run: RunResults, seconds: float) -> str:
+    """Trial time as device-hours: x the GPUs of a trial (the run's resolved
+    ``gpus_per_worker`` x ``workers_per_trial``), else x its CPUs."""
+    resources = run.config.get("resources") or {}
+    workers = float(resources.get("workers_per_trial") or 1)
+    gpus = run.manifest.get("gpus_per_worker")
+    if isinstance(gpus, int | float) and gpus > 0:
+        return f"{seconds * gpus * workers / 3600:.3g} GPU-h"
+    cpus = float(resources.get("cpus_per_worker") or 1)
+    return f"{seconds * cpus * workers / 3600:.3g} CPU-h"
+
+
 def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> str:
     tuning = run.config.get("tuning") or {}
     trials = run.tuning_trials
@@ -1281,7 +1293,7 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
         + "</ul>",
     ]
     headers = [("Method", ""), ("Study", "num"), ("Val AUROC of each tuning trial", "")]
-    headers += [("Spread", "num"), ("Chosen", ""), ("Trial time (tuning + final)", "num")]
+    headers += [("Spread", "num"), ("Chosen", ""), ("Compute (tuning + final)", "num")]
     rows = []
     several = trials["backbone"].nunique() > 1
     for (method, backbone, study), group in trials.groupby(
@@ -1310,7 +1322,8 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
             f'<td class="num">{int(study) + 1}</td>'
             f"<td>{esc(', '.join(fmt_number(v, 3) for v in scores))}</td>"
             f'<td class="num">{esc(fmt_number(spread, 3))}</td><td>{esc(setting)}</td>'
-            f'<td class="num">{esc(fmt_duration(seconds))}</td></tr>'
+            f'<td class="num">{esc(fmt_duration(seconds))} · {esc(_device_hours(run, seconds))}'
+            "</td></tr>"
         )
     parts.append(
         figure_html(
@@ -1325,9 +1338,9 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
     parts.append(
         '<p class="caption">Spread: the largest minus the smallest validation AUROC over the '
         "method's tuning trials, how much its result depends on its hyperparameters. "
-        "Trial time: the summed wall time of the study's tuning trials and of the final "
-        "trials trained with its choice (trial-hours on the trials' devices), what the result "
-        "cost to obtain.</p>"
+        "Compute: the summed wall time of the study's tuning trials and of the final "
+        "trials trained with its choice, and the same in device-hours (times each trial's "
+        "GPUs, or its CPUs on a CPU run): what the result cost to obtain.</p>"
     )
     return "".join(parts)
 

@@ -176,6 +176,7 @@ def test_tuning_end_to_end(ray_session, tmp_path):
     assert "test metrics are never read during selection" in html
     assert "simple_cnn · study 2" in html  # each study compared on its own
     assert 'id="fig-tuning-0"' in html  # the strip of every tuning trial's val score
+    assert " CPU-h</td>" in html  # what each result cost, in device-hours
 
 
 def _records_on_disk(tmp_path, cfg, outcome):
