@@ -284,6 +284,17 @@ def paired_comparisons(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
+def final_test_rows(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Each completed trial's test rows (one per finding, at the epoch the trial was tested
+    on: its last test rows), with the trial's ``seed``; empty when there are none."""
+    done = completed_trials(trials)
+    test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
+    last = test.sort_values("epoch", kind="mergesort").drop_duplicates(
+        ["trial_id", "task"], keep="last"
+    )
+    return last.assign(seed=last["trial_id"].map(done.set_index("trial_id")["seed"]))
+
+
 # the per-finding test metrics Δm% averages over, with whether lower is better
 DELTA_M_METRICS: tuple[tuple[str, bool], ...] = (("auroc", False), ("auprc", False), ("loss", True))
 DELTA_M_COLUMNS = ["workload", "reference", "method", "n", "mean", "low", "high"]
@@ -294,14 +305,9 @@ def delta_m_table(trials: pd.DataFrame, epochs: pd.DataFrame, reference: str) ->
     workload: for each seed both completed, Δm over every finding and every metric of
     ``DELTA_M_METRICS`` (test AUROC and AUPRC, higher is better; test loss, lower is better),
     then the mean over seeds with its 95% t-interval (``n``: the seeds)."""
-    done = completed_trials(trials)
-    test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
-    if test.empty:
+    last = final_test_rows(trials, epochs)
+    if last.empty:
         return pd.DataFrame(columns=DELTA_M_COLUMNS)
-    last = test.sort_values("epoch", kind="mergesort").drop_duplicates(
-        ["trial_id", "task"], keep="last"
-    )
-    last = last.assign(seed=last["trial_id"].map(done.set_index("trial_id")["seed"]))
     names = [c for c, _ in DELTA_M_METRICS]
     lower = [low for _, low in DELTA_M_METRICS]
     keys = ["workload", "task", "seed"]
@@ -343,13 +349,9 @@ def per_task(trials: pd.DataFrame, epochs: pd.DataFrame, column: str) -> pd.Data
     """Test ``column`` (auroc, loss, ...) per (method, workload, task): mean, std and count over
     completed seeds (NaN values, such as the AUROC of a one-class task, skipped)."""
     columns = [*CONFIG_KEYS, "task", "mean", "std", "n"]
-    done_ids = set(completed_trials(trials)["trial_id"])
-    test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(done_ids)]
-    if test.empty:
+    last = final_test_rows(trials, epochs)
+    if last.empty:
         return pd.DataFrame(columns=columns)
-    last = test.sort_values("epoch", kind="mergesort").drop_duplicates(
-        ["trial_id", "task"], keep="last"
-    )
     return (
         last.groupby([*CONFIG_KEYS, "task"], dropna=False)[column]
         .agg(mean="mean", std="std", n="count")
@@ -380,15 +382,9 @@ def per_task_paired(
     (uncorrected), so it may exclude 0 in a cell that is still noise after Holm."""
     columns = ["method", "workload", "task", "diff", "low", "high", "n", "p_value", "p_holm"]
     columns.append("noise")
-    done = completed_trials(trials)
-    test = epochs[(epochs["split"] == "test") & epochs["trial_id"].isin(set(done["trial_id"]))]
-    if test.empty:
+    last = final_test_rows(trials, epochs)
+    if last.empty:
         return pd.DataFrame(columns=columns)
-    last = test.sort_values("epoch", kind="mergesort").drop_duplicates(
-        ["trial_id", "task"], keep="last"
-    )
-    seeds = done.set_index("trial_id")["seed"]
-    last = last.assign(seed=last["trial_id"].map(seeds))
     ref = last[last["method"] == reference][["workload", "task", "seed", column]]
     others = last[last["method"] != reference]
     joined = others.merge(ref, on=["workload", "task", "seed"], suffixes=("", "_ref"))

@@ -18,6 +18,23 @@ from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.timeout(420)
 
+
+def run_script(script: str, *args: str, cwd=REPO, env=None, timeout: float = 400) -> dict:
+    """Run ``script`` in a fresh interpreter (this session already holds a Ray) and return the
+    JSON it printed after ``RESULT``; fails with its stderr's tail when there is none."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    return json.loads(lines[0].removeprefix("RESULT "))
+
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -47,16 +64,7 @@ SCRIPT = textwrap.dedent(
 def test_grid_spreads_over_a_three_node_cluster(tmp_path):
     """4 one-CPU trials on 3 one-CPU nodes: the first three start at once, one per node."""
     cfg = tiny_config(tmp_path, name="cluster", grid={"seeds": [0, 1]})
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=400,
-    )
-    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    found = json.loads(lines[0].removeprefix("RESULT "))
+    found = run_script(SCRIPT, json.dumps(cfg))
     assert found["status"] == ["completed"] * 4 and found["cpus"] == 3.0, found
     assert found["nodes"] >= 2 and found["manifest_nodes"] == 3, found
 
@@ -129,16 +137,8 @@ def test_code_is_shipped_and_concurrency_follows_a_growing_cluster(tmp_path):
         grid={"methods": ["equal"], "seeds": [0, 1]},
         train={"epochs": 12},
     )
-    result = subprocess.run(
-        [sys.executable, "-c", GROWING, json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,  # not the checkout: workers would import from their working directory
-        timeout=400,
-    )
-    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    found = json.loads(lines[0].removeprefix("RESULT "))
+    # not from the checkout: workers would import from their working directory
+    found = run_script(GROWING, json.dumps(cfg), cwd=tmp_path)
     assert "runtime_resources" in found["shipped"], found  # not the installed package
     assert found["statuses"] == ["completed", "completed"]
     assert found["overlap"], found  # the second trial ran on the new node meanwhile
@@ -211,16 +211,7 @@ def test_a_lost_node_retries_its_trial_elsewhere_from_the_checkpoint(tmp_path):
         train={"epochs": 10, "max_failures": 1},
         output={"dir": str(tmp_path / "runs"), "storage": str(tmp_path / "store")},
     )
-    result = subprocess.run(
-        [sys.executable, "-c", PREEMPTED, json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=400,
-    )
-    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    found = json.loads(lines[0].removeprefix("RESULT "))
+    found = run_script(PREEMPTED, json.dumps(cfg))
     assert 2 <= found["lost_at"] < 10, found  # lost mid-trial, after a checkpoint
     assert found["status"] == ["completed"] and found["attempts"] == [2], found
     assert found["attempt_nodes"] == [found["node_a"], found["node_b"]], found
@@ -309,19 +300,9 @@ def test_trials_wait_for_the_autoscaler_and_complete_on_the_nodes_it_adds(tmp_pa
     )
     try:
         cluster.start()
-        result = subprocess.run(
-            [sys.executable, "-c", AUTOSCALED, cluster.address, json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env=cluster.env,
-            timeout=400,
-        )
+        found = run_script(AUTOSCALED, cluster.address, json.dumps(cfg), env=cluster.env)
     finally:
         cluster.shutdown()
-    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    found = json.loads(lines[0].removeprefix("RESULT "))
     assert found["cpus_at_start"] == 0 and found["reported"] == {}, found
     assert found["refused"].startswith(
         "resources: a trial needs 1 CPU and 0 GPU (1 worker) but the cluster has 0 CPU and "
