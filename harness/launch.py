@@ -158,13 +158,32 @@ def tuning_identities(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     return out
 
 
+def _study_choice(
+    cfg: ExperimentConfig, records: dict[str, TrialRecord], prefix: str
+) -> dict[str, Any] | None | bool:
+    """The identity of the best tuning trial of the study ``prefix`` by validation score
+    (completed trials only: a failed or diverged one has no score), None when none has a
+    score, False while the study is still tuning."""
+    assert cfg.tuning is not None
+    tried = [records[f"{prefix}{i}"] for i in range(cfg.tuning.budget)]
+    if any(r.status not in ENDED and r.status != "failed" for r in tried):
+        return False
+    scores = [
+        (r.data["summary"] or {}).get(cfg.tuning.select) if r.status == "completed" else None
+        for r in tried
+    ]
+    if not any(v is not None and math.isfinite(v) for v in scores):
+        return None
+    return tried[tuning.select(scores)].data["identity"]
+
+
 def select_finals(cfg: ExperimentConfig, records: dict[str, TrialRecord]) -> list[str]:
     """Give each final trial whose study's tuning trials have all ended the tuned values of
     the best of them by validation score (``tuning.select``: the summary's mean val AUROC;
     never a test metric): its identity gains those values and ``selected``. Returns the ids of
     the final trials that may run now."""
     assert cfg.tuning is not None
-    metric = cfg.tuning.select
+    choices: dict[str, dict[str, Any] | None | bool] = {}  # one choice per study
     ready = []
     for trial_id, record in records.items():
         identity = record.data["identity"]
@@ -174,23 +193,21 @@ def select_finals(cfg: ExperimentConfig, records: dict[str, TrialRecord]) -> lis
             ready.append(trial_id)
             continue
         prefix = identity["tuned_from"]
-        tried = [records[f"{prefix}{i}"] for i in range(cfg.tuning.budget)]
-        if any(r.status not in ENDED and r.status != "failed" for r in tried):
+        if prefix not in choices:
+            choices[prefix] = _study_choice(cfg, records, prefix)
+        best = choices[prefix]
+        if best is False:
             continue  # the study is still tuning
-        # a diverged or failed trial has no score: only completed ones compete
-        scores = [
-            (r.data["summary"] or {}).get(metric) if r.status == "completed" else None
-            for r in tried
-        ]
-        if not any(v is not None and math.isfinite(v) for v in scores):
+        if best is None:
             record.set(
                 status="failed",
-                error=f"tuning: no tuning trial of its study completed with a {metric} (see "
-                f"{prefix}0 .. {prefix}{cfg.tuning.budget - 1}); nothing to choose",
+                error=f"tuning: no tuning trial of its study completed with a "
+                f"{cfg.tuning.select} (see {prefix}0 .. {prefix}{cfg.tuning.budget - 1}); "
+                "nothing to choose",
             )
             record.save()
             continue
-        best = tried[tuning.select(scores)].data["identity"]
+        assert isinstance(best, dict)
         tuned = {k: v for k, v in swept_values(best).items() if k not in identity}
         identity.update(tuned, selected=best["trial_id"])
         record.save()
