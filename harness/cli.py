@@ -83,8 +83,9 @@ def _grid_shape(cfg) -> str:
     g = cfg.grid
     parts = [plural(len(g.methods), "method"), plural(len(g.backbones), "backbone")]
     if g.sweep:
-        settings = sum(len(cfg.sweep_points(m)) for m in g.methods) / len(g.methods)
-        parts.append(f"{settings:g} swept settings per method (mean)")
+        counts = sorted({len(cfg.sweep_points(m)) for m in g.methods})
+        shown = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        parts.append(f"{shown} swept settings" + (" (by method)" if len(counts) > 1 else ""))
     seeds = plural(len(g.seeds), "seed")
     if cfg.tuning is not None:
         t = cfg.tuning

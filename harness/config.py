@@ -459,9 +459,14 @@ class ExperimentConfig(_Strict):
             )
         tuning_seeds = {study_seed(t.seed, j) for j in range(t.studies)}
         if clash := sorted(tuning_seeds & set(self.grid.seeds)):
+            seeds = (
+                f"study seed {t.seed} is"
+                if t.studies == 1
+                else f"study seeds {t.seed} .. {t.seed + t.studies - 1} include"
+            )
             raise ValueError(
-                f"tuning.seed: study seeds {t.seed} .. {t.seed + t.studies - 1} include final "
-                f"seed {clash[0]} of grid.seeds; the final seeds must stay out of tuning"
+                f"tuning.seed: {seeds} final seed {clash[0]} of grid.seeds; the final seeds "
+                "must stay out of tuning"
             )
         for key in t.space:
             if not key.startswith(("train.", "data.")):

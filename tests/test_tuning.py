@@ -88,8 +88,8 @@ def test_points_are_scipy_halton_and_shared_across_methods():
         ),
         (
             {"seed": 1},
-            "tuning.seed: study seeds 1 .. 1 include final seed 1 of grid.seeds; the final "
-            "seeds must stay out of tuning",
+            "tuning.seed: study seed 1 is final seed 1 of grid.seeds; the final seeds must "
+            "stay out of tuning",
         ),
         (
             {"space": {"train.lr": {"normal": [0.1, 0.2]}}},
