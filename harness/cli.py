@@ -42,6 +42,10 @@ def _err(message: str) -> None:
         print(f"harness: error: {line}", file=sys.stderr)
 
 
+def _warn(message: str) -> None:
+    print(f"harness: warning: {message}", file=sys.stderr)
+
+
 def _wide_console() -> Console:
     """The terminal's console; for logs and pipes $COLUMNS if set, else one wide enough for
     every column of a table."""
@@ -63,6 +67,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from harness.preflight import cluster_address, preflight
 
     cfg = _load(args.config)
+    for line in cfg.warnings:
+        _warn(line)
     address = cluster_address(cfg, getattr(args, "address", None))
     checked = preflight(cfg, local=not address)
     sizes = checked.sizes
@@ -150,10 +156,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     # an explicit --baseline that did not run is refused by write_report; the default may be
     # absent (a grid without equal), which only leaves the comparisons out
     if options.baseline_method not in set(written.results.trials["method"].dropna()):
-        print(
-            f"harness: warning: baseline method {options.baseline_method!r} is not in these "
-            "runs; the report leaves out the comparisons with it",
-            file=sys.stderr,
+        _warn(
+            f"baseline method {options.baseline_method!r} is not in these runs; the report "
+            "leaves out the comparisons with it"
         )
     _print_summary(written)
     print(f"report: {written.html}")
@@ -177,6 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cfg = _load(args.config, args.name)
+        for line in cfg.warnings:
+            _warn(line)
         outcome = run_experiment(
             cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, notify=_note
         )

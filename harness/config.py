@@ -616,6 +616,29 @@ class ExperimentConfig(_Strict):
         ]
 
     @property
+    def warnings(self) -> list[str]:
+        """Settings that are valid but likely not what the user means, one line each: a
+        method that reweights only at epoch ends given too few epochs to ever do so."""
+        import methods
+
+        info = {m.name: m for m in methods.describe()}
+        if self.tuning is not None and "train.epochs" in self.tuning.space:
+            return []  # the tuned epochs are drawn per trial
+        epochs = max(self.grid.sweep.get("train.epochs") or [self.train.epochs])
+        lines = []
+        for name in self.grid.methods:
+            base, params = self.weighting_method(name)
+            first = info[base].first_reweighted_epoch if base in info else 1
+            if epochs < first:
+                start = "its initial weights" if params.get("initial_weights") else "equal weights"
+                lines.append(
+                    f"{name} first reweights in epoch {first} (it updates at epoch ends); with "
+                    f"train.epochs: {epochs} it trains on {start} throughout: give train.epochs "
+                    f">= {first} to compare it"
+                )
+        return lines
+
+    @property
     def trial_count(self) -> int:
         g = self.grid
         per_method = len(g.seeds) * len(g.backbones)

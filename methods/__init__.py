@@ -87,6 +87,8 @@ class MethodInfo:
     hyperparameters: dict[str, Any]
     #: the levels the method can act at (its ``level`` hyperparameter's choices, if it has one)
     levels: tuple[str, ...] = ()
+    #: the first epoch whose weights can differ from the initial ones (Method's attribute)
+    first_reweighted_epoch: int = 1
 
 
 def available() -> list[str]:
@@ -119,6 +121,7 @@ def describe() -> list[MethodInfo]:
             summary=cls.summary,
             hyperparameters=cls.hyperparameter_defaults(),
             levels=getattr(cls, "AGGREGATION_LEVELS", (cls.level,)),
+            first_reweighted_epoch=cls.first_reweighted_epoch,
         )
         for cls in (_REGISTRY[n] for n in available())
     ]

@@ -202,6 +202,7 @@ class DeepChest(LossWeighting):
     name = "deepchest"
     summary = "Per-epoch weights: up-weight tasks below the mean train accuracy, decay the rest."
     Hyperparameters = DeepChestHyperparameters
+    first_reweighted_epoch = 2  # the first update is at the end of epoch 1
 
     def __init__(
         self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any

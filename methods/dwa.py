@@ -48,6 +48,7 @@ class DWA(LossWeighting):
     name = "dwa"
     summary = "Per-epoch softmax of the loss ratios of the last two epochs, times T (Liu 2019)."
     Hyperparameters = DWAHyperparameters
+    first_reweighted_epoch = 3  # weights from the loss ratio of epochs 1 and 2
 
     def __init__(
         self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any

@@ -274,9 +274,11 @@ def empty_html(message: str) -> str:
     return f'<p class="empty">{esc(message)}</p>'
 
 
-def method_cell(method: object, palette: dict[str, str]) -> str:
+def method_cell(method: object, palette: dict[str, str], label: object = None) -> str:
+    """The method's colour swatch and its name (or ``label``, e.g. with its backbone)."""
     colour = palette.get(str(method), "#999")  # our palette, never user input
-    return f'<span class="swatch" style="background:{colour}"></span>{esc(method)}'
+    text = method if label is None else label
+    return f'<span class="swatch" style="background:{colour}"></span>{esc(text)}'
 
 
 def table_html(headers: list[tuple[str, str]], rows: list[str], css_class: str = "") -> str:
@@ -1268,7 +1270,62 @@ def _device_hours(run: RunResults, seconds: float) -> str:
     return f"{seconds * cpus * workers / 3600:.3g} CPU-h"
 
 
-def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> str:
+def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
+    """AlgoPerf's time to result over the tuning trials: per study the fastest trial to the
+    target, the median over studies."""
+    by_backbone = {"workload": lambda frame: frame["backbone"]}
+    finals = run.trials.assign(**by_backbone)
+    tuning = run.tuning_trials.assign(**by_backbone)
+    goal = sm.targets(finals, run.epochs, ctx.baseline, ctx.options.target_fraction)
+    parts = ["<h3>Time to result over the tuning budget</h3>"]
+    if all(is_missing(t) for t in goal.by_workload.values()):
+        parts.append(
+            empty_html(
+                f"No completed final {ctx.baseline!r} trial with a validation score, so there "
+                "is no target to time the tuning trials against."
+            )
+        )
+        return "".join(parts)
+    table = sm.study_time_to_result(tuning, run.tuning_epochs, goal)
+    several = table["workload"].nunique() > 1
+    reference = table[table["method"] == ctx.baseline].set_index("workload")["time_s"]
+    headers = [("Method", ""), ("Fastest trial per study", "num"), ("Time to result", "num")]
+    headers.append((f"vs {ctx.baseline}", "num"))
+    never = "not reached"
+    rows = []
+    for r in table.sort_values(["workload", "method"], kind="mergesort").itertuples():
+        base = float(reference.get(r.workload, math.nan))
+        ratio = r.time_s / base if math.isfinite(r.time_s) and math.isfinite(base) else math.nan
+        label = f"{r.method} · {r.workload}" if several else r.method
+        studies = ", ".join(fmt_duration(t) if math.isfinite(t) else never for t in r.per_study)
+        result = fmt_duration(r.time_s) if math.isfinite(r.time_s) else never
+        rows.append(
+            f"<tr><td>{method_cell(r.method, ctx.palette, label)}</td>"
+            f'<td class="num">{esc(studies)}</td><td class="num">{esc(result)}</td>'
+            f'<td class="num">{fmt_ratio(ratio)}</td></tr>'
+        )
+    targets_text = "; ".join(
+        f"{esc(w) + ': ' if several else ''}{fmt_number(t, 4)}"
+        for w, t in goal.by_workload.items()
+        if not is_missing(t)
+    )
+    parts.append(
+        f"<p>As the MLCommons AlgoPerf benchmark scores training algorithms under its external "
+        "tuning ruleset: in each study, the training time of the method's fastest tuning trial "
+        "to reach the target, and the median of that over the studies. Target: mean val AUROC "
+        f"≥ {goal.fraction:g} × the final {esc(ctx.baseline)} trials' mean final val AUROC = "
+        f"<strong>{targets_text}</strong>. Only validation scores are read.</p>"
+    )
+    parts.append(table_html(headers, rows))
+    parts.append(
+        '<p class="caption">“not reached”: no trial of that study reached the target; the '
+        "median is “not reached” once half or more of the studies did not. Below 1× is faster "
+        f"than {esc(ctx.baseline)}.</p>"
+    )
+    return "".join(parts)
+
+
+def _tuning_run_html(run: RunResults, ctx: ReportContext, anchor: str) -> str:
     tuning = run.config.get("tuning") or {}
     trials = run.tuning_trials
     finals = run.trials[run.trials.get("phase", pd.Series(dtype=object)) == "final"]
@@ -1327,7 +1384,7 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
         )
     parts.append(
         figure_html(
-            tuning_strip(trials, palette, title="Validation AUROC of every tuning trial"),
+            tuning_strip(trials, ctx.palette, title="Validation AUROC of every tuning trial"),
             f"fig-tuning-{anchor}",
             "Each dot is one tuning trial at its mean validation AUROC, the score selection "
             "used; a cross at the left is a trial without one (failed or diverged). A wide "
@@ -1342,6 +1399,7 @@ def _tuning_run_html(run: RunResults, palette: dict[str, str], anchor: str) -> s
         "trials trained with its choice, and the same in device-hours (times each trial's "
         "GPUs, or its CPUs on a CPU run): what the result cost to obtain.</p>"
     )
+    parts.append(_tuning_time_html(run, ctx))
     return "".join(parts)
 
 
@@ -1358,7 +1416,7 @@ def section_tuning(ctx: ReportContext) -> str:
     for i, run in enumerate(runs):
         if len(ctx.results.runs) > 1:
             parts.append(f"<h3>{esc(run.name)}</h3>")
-        parts.append(_tuning_run_html(run, ctx.palette, str(i)))
+        parts.append(_tuning_run_html(run, ctx, str(i)))
     return "".join(parts)
 
 

@@ -133,7 +133,7 @@ class ReportError(Exception):
 class RunResults:
     """Everything a report is built from, as read from one run directory. With ``tuning``,
     ``trials`` and ``epochs`` hold the final trials only (what the report compares) and
-    ``tuning_trials`` the tuning trials (the report's Tuning section)."""
+    ``tuning_trials`` and ``tuning_epochs`` the tuning trials (the report's Tuning section)."""
 
     run_dir: Path
     trials: pd.DataFrame
@@ -141,6 +141,7 @@ class RunResults:
     manifest: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     tuning_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning_epochs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -273,6 +274,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
     swept = _swept_keys(config)
     trials, epochs = _arm_labels(trials, swept), _arm_labels(epochs, swept)
     tuning = pd.DataFrame(columns=trials.columns)
+    tuning_epochs = pd.DataFrame(columns=epochs.columns)
     if "study" in trials.columns:  # epochs carry their trial's study: a workload per study
         epochs = epochs.assign(study=epochs["trial_id"].map(trials.set_index("trial_id")["study"]))
     if "phase" in trials.columns and (trials["phase"] == "tuning").any():
@@ -280,7 +282,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
         is_tuning = trials["phase"] == "tuning"
         tuning = trials[is_tuning].reset_index(drop=True)
         trials = trials[~is_tuning].reset_index(drop=True)
-        epochs = epochs[~epochs["trial_id"].isin(set(tuning["trial_id"]))].reset_index(drop=True)
+        in_tuning = epochs["trial_id"].isin(set(tuning["trial_id"]))
+        tuning_epochs = epochs[in_tuning].reset_index(drop=True)
+        epochs = epochs[~in_tuning].reset_index(drop=True)
     return RunResults(
         run_dir=root,
         trials=trials,
@@ -288,6 +292,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
         manifest=manifest,
         config=config,
         tuning_trials=tuning,
+        tuning_epochs=tuning_epochs,
     )
 
 

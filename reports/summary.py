@@ -593,6 +593,38 @@ def time_to_target_summary(per_trial: pd.DataFrame, reference: str) -> pd.DataFr
     return table
 
 
+def study_time_to_result(
+    tuning_trials: pd.DataFrame,
+    tuning_epochs: pd.DataFrame,
+    goal: Targets,
+) -> pd.DataFrame:
+    """AlgoPerf's time to result under its external tuning ruleset: within each study, the
+    fastest of the method's tuning trials to reach the target; the score is the median over
+    the studies (Dahl et al. 2023, "Benchmarking Neural Network Training Algorithms", sec. 4).
+
+    ``tuning_trials`` need ``workload`` (the target's key in ``goal``) and ``study``. Per row of
+    the result (one per method and workload): ``per_study`` the fastest time (s) in each study,
+    in study order (``inf`` for a study none of whose trials reached the target), ``time_s``
+    their median (inf once half or more of the studies never reached it, see
+    :func:`median_with_inf`) and ``n_studies``. Only validation scores are read.
+    """
+    per_trial = time_to_target_trials(tuning_trials, tuning_epochs, goal)
+    per_trial["study"] = per_trial["trial_id"].map(tuning_trials.set_index("trial_id")["study"])
+    rows = []
+    for (method, workload), group in per_trial.groupby(["method", "workload"], sort=False):
+        fastest = group.groupby("study", sort=True)["time_s"].min()  # inf when none reached
+        rows.append(
+            {
+                "method": method,
+                "workload": workload,
+                "n_studies": len(fastest),
+                "per_study": [float(t) for t in fastest],
+                "time_s": median_with_inf(fastest),
+            }
+        )
+    return pd.DataFrame(rows, columns=["method", "workload", "n_studies", "per_study", "time_s"])
+
+
 PROFILE_TAUS = np.round(np.linspace(1.0, 4.0, 61), 4)
 
 

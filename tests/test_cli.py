@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import methods
+from harness.config import parse_config
 from tests.conftest import REPO, tiny_config, write_config
 
 AVAILABLE = ", ".join(methods.available())
@@ -61,6 +62,31 @@ def test_validate_bad_file_names_each_key(tmp_path):
         for ln in lines
     )
     assert any("train.epochs:" in ln for ln in lines)
+
+
+def test_validate_warns_when_an_epoch_level_method_never_reweights(tmp_path):
+    """DeepChest updates at the end of epoch 1, DWA first at the end of epoch 2: with 2 epochs
+    DWA trains on equal weights throughout, which the user should hear before the run."""
+    cfg = tiny_config(tmp_path, grid={"methods": ["equal", "deepchest", "dwa"]})
+    result = harness("validate", str(write_config(tmp_path, cfg)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "harness: warning: dwa first reweights in epoch 3 (it updates at epoch ends); with "
+        "train.epochs: 2 it trains on equal weights throughout: give train.epochs >= 3 to "
+        "compare it"
+    ]
+    one = parse_config(tiny_config(tmp_path, grid=cfg["grid"], train={"epochs": 1}))
+    assert [line.split()[0] for line in one.warnings] == ["deepchest", "dwa"]
+    seeded = {"method": "deepchest", "initial_weights": str(tmp_path / "w.json")}
+    variant = tiny_config(
+        tmp_path,
+        grid={"methods": ["seeded"]},
+        train={"epochs": 1},
+        method_params={"seeded": seeded},
+    )
+    assert "on its initial weights throughout" in parse_config(variant).warnings[0]
+    swept = tiny_config(tmp_path, grid={**cfg["grid"], "sweep": {"train.epochs": [1, 3]}})
+    assert parse_config(swept).warnings == []  # the longest setting reweights
 
 
 def test_run_missing_file_and_missing_prepared_folder(tmp_path):

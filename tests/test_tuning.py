@@ -140,6 +140,44 @@ def test_selection_reads_validation_only(tmp_path):
         assert identity["train.lr"] == chosen["train.lr"]
 
 
+def test_time_to_result_is_the_median_over_studies_of_each_studys_fastest_trial():
+    """AlgoPerf's external-tuning score by hand, target 0.70 (val only):
+    A: study 0 fastest of {20 s, 15 s} = 15; study 1 none = inf; study 2 = 30 -> median 30.
+    B: study 0 = 10; studies 1 and 2 none -> median inf (half or more never reached it).
+    A test split at 1.0 must not make a trial reach the target."""
+    reach = {  # trial: (method, study, [(epoch, val auroc, train time s)])
+        "a1": ("A", 0, [(1, 0.60, 10.0), (2, 0.71, 20.0)]),
+        "a2": ("A", 0, [(1, 0.70, 15.0), (2, 0.72, 30.0)]),
+        "a3": ("A", 1, [(1, 0.50, 10.0), (2, 0.69, 20.0)]),
+        "a4": ("A", 1, []),  # failed before its first epoch
+        "a5": ("A", 2, [(1, 0.65, 15.0), (2, 0.75, 30.0)]),
+        "b1": ("B", 0, [(1, 0.80, 10.0)]),
+        "b2": ("B", 1, [(1, 0.60, 10.0)]),
+        "b3": ("B", 2, [(1, 0.60, 10.0)]),
+    }
+    trials = pd.DataFrame(
+        [
+            {"trial_id": t, "method": m, "study": j, "workload": "w", "seed": 1000 + j}
+            | {"status": "completed" if curve else "failed"}
+            for t, (m, j, curve) in reach.items()
+        ]
+    )
+    epochs = pd.DataFrame(
+        [
+            {"trial_id": t, "epoch": e, "split": split, "auroc": auroc, "train_time_s": time}
+            for t, (_, _, curve) in reach.items()
+            for e, v, time in curve
+            for split, auroc in (("val", v - 0.01), ("val", v + 0.01), ("test", 1.0))
+        ]
+    )
+    goal = sm.Targets(fraction=1.0, by_workload={"w": 0.70})
+    table = sm.study_time_to_result(trials, epochs, goal).set_index("method")
+    assert table.loc["A", "per_study"] == [15.0, math.inf, 30.0]
+    assert table.loc["A", "time_s"] == 30.0
+    assert table.loc["B", "per_study"] == [10.0, math.inf, math.inf]
+    assert math.isinf(table.loc["B", "time_s"]) and set(table["n_studies"]) == {3}
+
+
 def test_tuning_end_to_end(ray_session, tmp_path):
     """k = 3 for 2 methods, 2 studies, 3 final seeds: 2 x 2 x (3 + 3) = 24 trials."""
     cfg = tuned(tmp_path, studies=2)
@@ -177,6 +215,7 @@ def test_tuning_end_to_end(ray_session, tmp_path):
     assert "simple_cnn · study 2" in html  # each study compared on its own
     assert 'id="fig-tuning-0"' in html  # the strip of every tuning trial's val score
     assert " CPU-h</td>" in html  # what each result cost, in device-hours
+    assert "Time to result over the tuning budget" in html  # AlgoPerf: per-study fastest
 
 
 def _records_on_disk(tmp_path, cfg, outcome):
