@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from reports.format import MISSING, fmt_mean_std, fmt_number, fmt_p, is_missing, plural
+from reports.summary import tuning_scores
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13)
@@ -537,12 +538,6 @@ def time_to_target_strip(
     fig.update_yaxes(type="category", autorange="reversed")
     fig.update_xaxes(rangemode="tozero")
     return fig
-
-
-def tuning_scores(trials: pd.DataFrame) -> pd.Series:
-    """The selection score of each tuning trial as selection saw it: the mean val AUROC of a
-    completed trial; NaN for a failed or diverged one (it competed as last)."""
-    return trials["val_mean_auroc"].where(trials["status"] == "completed")
 
 
 def tuning_strip(tuning: pd.DataFrame, palette: dict[str, str], *, title: str) -> go.Figure:

@@ -131,3 +131,31 @@ def error_line(error: Any, limit: int = 240) -> str:
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
     line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def is_vector(value: Any) -> bool:
+    """A list, or a numpy array of one dimension or more (pyarrow's list column values)."""
+    return isinstance(value, list | tuple) or getattr(value, "ndim", 0) > 0
+
+
+def fmt_setting(value: Any) -> str:
+    """A tuned or swept value: a number to 4 significant digits, a vector of weights as a list."""
+    if is_vector(value):
+        return "[" + ", ".join(fmt_setting(float(v)) for v in list(value)) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def fmt_space(entry: Any) -> str:
+    """A search-space entry of the tuning section: ``log_uniform [0.0001, 0.01]``."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        kind, values = next(iter(entry.items()))
+        shown = ", ".join(fmt_setting(v) for v in values) if isinstance(values, list) else values
+        return f"{kind} [{shown}]"
+    return str(entry)
+
+
+def fmt_settings(settings: dict[str, Any] | None) -> str:
+    """``train.lr=0.001, train.weight_decay=0``; the em dash for none (no final trial ran)."""
+    if settings is None:
+        return MISSING
+    return ", ".join(f"{k}={fmt_setting(v)}" for k, v in settings.items())

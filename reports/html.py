@@ -35,7 +35,6 @@ from reports.figures import (
     step_time_stack,
     task_heatmap,
     time_to_target_strip,
-    tuning_scores,
     tuning_strip,
     val_auroc_per_epoch,
     weight_trajectories,
@@ -50,7 +49,9 @@ from reports.format import (
     fmt_number,
     fmt_p,
     fmt_ratio,
+    fmt_settings,
     fmt_signed,
+    fmt_space,
     fmt_timestamp,
     is_missing,
     parse_timestamp,
@@ -73,6 +74,7 @@ from reports.tables import (
     summary_cells,
     summary_headers,
     summary_markdown,
+    tuning_markdown,
 )
 from reports.verdict import VERDICT_RULE, WorkloadVerdict, workload_verdicts
 
@@ -1225,51 +1227,6 @@ def _attempts_cell(attempts: Any) -> str:
     return f'<td class="num">{n}{mark}</td>'
 
 
-def _space_text(entry: Any) -> str:
-    if isinstance(entry, dict) and len(entry) == 1:
-        kind, values = next(iter(entry.items()))
-        shown = ", ".join(fmt_setting(v) for v in values) if isinstance(values, list) else values
-        return f"{kind} [{shown}]"
-    return str(entry)
-
-
-def _studies(n: int) -> str:
-    return f"{n} study" if n == 1 else f"{n} studies"
-
-
-def fmt_setting(value: Any) -> str:
-    """A tuned or swept value: a number to 4 significant digits, a vector of weights as a list."""
-    if _is_vector(value):
-        return "[" + ", ".join(fmt_setting(float(v)) for v in list(value)) + "]"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _is_vector(value: Any) -> bool:
-    """A list, or a numpy array of one dimension or more (pyarrow's list column values)."""
-    return isinstance(value, list | tuple) or getattr(value, "ndim", 0) > 0
-
-
-def _has_setting(value: Any) -> bool:
-    return _is_vector(value) or not is_missing(value)
-
-
-def _point_order(trial_ids: pd.Series) -> pd.Series:
-    """Tuning trials in the order of their points (``...-t2`` before ``...-t10``)."""
-    return trial_ids.map(lambda t: int(str(t).rsplit("-t", 1)[1]))
-
-
-def _device_hours(run: RunResults, seconds: float) -> str:
-    """Trial time as device-hours: x the GPUs of a trial (the run's resolved
-    ``gpus_per_worker`` x ``workers_per_trial``), else x its CPUs."""
-    resources = run.config.get("resources") or {}
-    workers = float(resources.get("workers_per_trial") or 1)
-    gpus = run.manifest.get("gpus_per_worker")
-    if isinstance(gpus, int | float) and gpus > 0:
-        return f"{seconds * gpus * workers / 3600:.3g} GPU-h"
-    cpus = float(resources.get("cpus_per_worker") or 1)
-    return f"{seconds * cpus * workers / 3600:.3g} CPU-h"
-
-
 def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
     """AlgoPerf's time to result over the tuning trials: per study the fastest trial to the
     target, the median over studies."""
@@ -1326,61 +1283,29 @@ def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
 
 
 def _tuning_run_html(run: RunResults, ctx: ReportContext, anchor: str) -> str:
-    tuning = run.config.get("tuning") or {}
     trials = run.tuning_trials
     finals = run.trials[run.trials.get("phase", pd.Series(dtype=object)) == "final"]
-    space = dict(tuning.get("space") or {})
-    for method, entries in (tuning.get("method_space") or {}).items():
-        space |= {f"method_params.{method}.{k}": e for k, e in (entries or {}).items()}
-    keys = list(space)
+    space = sm.tuning_space(run.config)
+    protocol = esc(sm.tuning_protocol(run.config, list(set(finals["seed"]))))
+    never = esc(sm.NEVER_TEST)
     parts = [
-        '<p class="callout">Every method had the same tuning budget: '
-        f"{plural(int(tuning.get('budget', 0)), 'trial')} per method and study, "
-        f"{_studies(int(tuning.get('studies', 1)))}, points drawn from a "
-        "scrambled Halton sequence (the same points for every method on the shared keys). "
-        "Each study's configuration was chosen by the mean validation AUROC at the best epoch; "
-        "<strong>test metrics are never read during selection</strong>. The chosen "
-        "configuration was then trained on the final seeds "
-        f"({', '.join(str(s) for s in sorted(set(finals['seed'])))}), never used in selection; "
-        "the sections above compare those final trials only.</p>",
+        f'<p class="callout">{protocol.replace(never, f"<strong>{never}</strong>")}</p>',
         "<ul>"
-        + "".join(
-            f"<li><code>{esc(k)}</code>: {esc(_space_text(e))}</li>" for k, e in space.items()
-        )
+        + "".join(f"<li><code>{esc(k)}</code>: {esc(fmt_space(e))}</li>" for k, e in space.items())
         + "</ul>",
     ]
     headers = [("Method", ""), ("Study", "num"), ("Val AUROC of each tuning trial", "")]
     headers += [("Spread", "num"), ("Chosen", ""), ("Compute (tuning + final)", "num")]
     rows = []
     several = trials["backbone"].nunique() > 1
-    for (method, backbone, study), group in trials.groupby(
-        ["method", "backbone", "study"], sort=True
-    ):
-        scores = tuning_scores(group.sort_values("trial_id", key=_point_order))
-        mine = finals[
-            (finals["method"] == method)
-            & (finals["backbone"] == backbone)
-            & (finals["study"] == study)
-        ]
-        chosen = mine.iloc[0] if not mine.empty else None
-        setting = (
-            ", ".join(
-                f"{k}={fmt_setting(chosen[k])}"
-                for k in keys
-                if k in chosen and _has_setting(chosen[k])
-            )
-            if chosen is not None
-            else "—"
-        )
-        spread = scores.max() - scores.min() if scores.notna().any() else float("nan")
-        seconds = group["wall_time_s"].sum() + mine["wall_time_s"].sum()
+    for r in sm.tuning_choices(trials, finals, run.config, run.manifest).itertuples():
         rows.append(
-            f"<tr><td>{esc(f'{method} · {backbone}' if several else method)}</td>"
-            f'<td class="num">{int(study) + 1}</td>'
-            f"<td>{esc(', '.join(fmt_number(v, 3) for v in scores))}</td>"
-            f'<td class="num">{esc(fmt_number(spread, 3))}</td><td>{esc(setting)}</td>'
-            f'<td class="num">{esc(fmt_duration(seconds))} · {esc(_device_hours(run, seconds))}'
-            "</td></tr>"
+            f"<tr><td>{esc(f'{r.method} · {r.backbone}' if several else r.method)}</td>"
+            f'<td class="num">{r.study + 1}</td>'
+            f"<td>{esc(', '.join(fmt_number(v, 3) for v in r.scores))}</td>"
+            f'<td class="num">{esc(fmt_number(r.spread, 3))}</td>'
+            f"<td>{esc(fmt_settings(r.chosen))}</td>"
+            f'<td class="num">{esc(fmt_duration(r.seconds))} · {esc(r.device_hours)}</td></tr>'
         )
     parts.append(
         figure_html(
@@ -1496,6 +1421,23 @@ class WrittenReport:
     verdict: list[tuple[str, list[str]]] = field(default_factory=list)  # (workload, sentences)
 
 
+def _tuning_markdown(results: Comparison) -> list[str]:
+    """The Tuning section of each run that tuned, for the Markdown summary."""
+    lines = []
+    for run in results.runs:
+        if run.tuning_trials.empty:
+            continue
+        finals = run.trials[run.trials["phase"] == "final"]
+        heading = f"Tuning: {run.name}" if len(results.runs) > 1 else "Tuning"
+        lines += tuning_markdown(
+            heading,
+            sm.tuning_protocol(run.config, list(set(finals["seed"]))),
+            sm.tuning_space(run.config),
+            sm.tuning_choices(run.tuning_trials, finals, run.config, run.manifest),
+        )
+    return lines
+
+
 def write_report(
     run_dirs: str | os.PathLike[str] | list[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
@@ -1534,7 +1476,12 @@ def write_report(
     notes = report_notes(results)
     verdict = [(v.workload, v.lines) for v in ctx.verdicts] if not ctx.completed.empty else []
     markdown = summary_markdown(
-        ctx.summary, title, results.workload_is_backbone, notes=notes, verdict=verdict
+        ctx.summary,
+        title,
+        results.workload_is_backbone,
+        notes=notes,
+        verdict=verdict,
+        tail=_tuning_markdown(results),
     )
     _write_files(
         {

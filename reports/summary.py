@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
+from reports.format import is_vector
 
 COMPLETED = "completed"
 CONFIG_KEYS = ["method", "workload"]
@@ -640,3 +641,103 @@ def performance_profiles(ttt_summary: pd.DataFrame) -> tuple[dict[str, list[floa
     profiles = stats.performance_profile(times, PROFILE_TAUS)
     areas = {m: stats.profile_area(PROFILE_TAUS, f) for m, f in profiles.items()}
     return profiles, areas
+
+
+# --- the tuning protocol ---------------------------------------------------------------------
+
+
+def tuning_scores(trials: pd.DataFrame) -> pd.Series:
+    """The selection score of each tuning trial as selection saw it: the mean val AUROC of a
+    completed trial; NaN for a failed or diverged one (it competed as last)."""
+    return trials["val_mean_auroc"].where(trials["status"] == COMPLETED)
+
+
+def _point_order(trial_ids: pd.Series) -> pd.Series:
+    """Tuning trials in the order of their points (``...-t2`` before ``...-t10``)."""
+    return trial_ids.map(lambda t: int(str(t).rsplit("-t", 1)[1]))
+
+
+def tuning_space(config: dict) -> dict[str, object]:
+    """The run's search space by dotted key: ``tuning.space`` and each method's
+    ``tuning.method_space`` entries as ``method_params.<method>.<key>``."""
+    tuning = config.get("tuning") or {}
+    space = dict(tuning.get("space") or {})
+    for method, entries in (tuning.get("method_space") or {}).items():
+        space |= {f"method_params.{method}.{k}": e for k, e in (entries or {}).items()}
+    return space
+
+
+def tuning_protocol(config: dict, final_seeds: list[int]) -> str:
+    """The tuning protocol in one paragraph of plain text (the HTML and Markdown summary)."""
+    tuning = config.get("tuning") or {}
+    studies = int(tuning.get("studies", 1))
+    return (
+        f"Every method had the same tuning budget: {int(tuning.get('budget', 0))} trials per "
+        f"method and study, {studies} {'study' if studies == 1 else 'studies'}, points drawn "
+        "from a scrambled Halton sequence (the same points for every method on the shared "
+        "keys). Each study's configuration was chosen by the mean validation AUROC at the best "
+        f"epoch; {NEVER_TEST}. The chosen configuration was then trained on the final seeds "
+        f"({', '.join(str(s) for s in sorted(final_seeds))}), never used in selection; the "
+        "comparisons are of those final trials only."
+    )
+
+
+NEVER_TEST = "test metrics are never read during selection"
+
+
+def tuning_choices(
+    tuning: pd.DataFrame, finals: pd.DataFrame, config: dict, manifest: dict
+) -> pd.DataFrame:
+    """Per method, backbone and study of one run: ``scores``, the selection score of each
+    tuning trial in the order of its point (NaN for one without a score); ``spread``, the
+    largest minus the smallest score (how much the method depends on its hyperparameters);
+    ``chosen``, the setting its final trials were trained with (``{key: value}`` over the
+    :func:`tuning_space` keys; None when no final trial ran); ``seconds``, the summed wall
+    time of the study's tuning trials and of those final trials (what the result cost to
+    obtain), and ``device_hours`` the same as text (:func:`device_hours`)."""
+    keys = list(tuning_space(config))
+    rows = []
+    for (method, backbone, study), group in tuning.groupby(
+        ["method", "backbone", "study"], sort=True
+    ):
+        scores = tuning_scores(group.sort_values("trial_id", key=_point_order))
+        mine = finals[
+            (finals["method"] == method)
+            & (finals["backbone"] == backbone)
+            & (finals["study"] == study)
+        ]
+        chosen = None
+        if not mine.empty:
+            first = mine.iloc[0]
+            chosen = {
+                k: first[k]
+                for k in keys
+                if k in first and (is_vector(first[k]) or not pd.isna(first[k]))
+            }
+        seconds = float(group["wall_time_s"].sum() + mine["wall_time_s"].sum())
+        rows.append(
+            {
+                "method": method,
+                "backbone": backbone,
+                "study": int(study),
+                "scores": [float(v) for v in scores],
+                "spread": scores.max() - scores.min() if scores.notna().any() else math.nan,
+                "chosen": chosen,
+                "seconds": seconds,
+                "device_hours": device_hours(config, manifest, seconds),
+            }
+        )
+    columns = ["method", "backbone", "study", "scores", "spread", "chosen", "seconds"]
+    return pd.DataFrame(rows, columns=[*columns, "device_hours"])
+
+
+def device_hours(config: dict, manifest: dict, seconds: float) -> str:
+    """Trial time as device-hours: x the GPUs of a trial (the run's resolved
+    ``gpus_per_worker`` x ``workers_per_trial``), else x its CPUs (``"1.2 GPU-h"``)."""
+    resources = config.get("resources") or {}
+    workers = float(resources.get("workers_per_trial") or 1)
+    gpus = manifest.get("gpus_per_worker")
+    if isinstance(gpus, int | float) and gpus > 0:
+        return f"{seconds * gpus * workers / 3600:.3g} GPU-h"
+    cpus = float(resources.get("cpus_per_worker") or 1)
+    return f"{seconds * cpus * workers / 3600:.3g} CPU-h"

@@ -13,7 +13,14 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from reports.format import MISSING, fmt_ci
+from reports.format import (
+    MISSING,
+    fmt_ci,
+    fmt_duration,
+    fmt_number,
+    fmt_settings,
+    fmt_space,
+)
 from reports.summary import SUMMARY_METRICS, TRIVIAL, best_rows
 
 SUMMARY_CAPTION = (
@@ -217,10 +224,12 @@ def summary_markdown(
     workload_is_backbone: bool = True,
     notes: list[str] | None = None,
     verdict: list[tuple[str, list[str]]] | None = None,
+    tail: list[str] | None = None,
 ) -> str:
     """The summary as a GitHub-flavoured Markdown table under a ``#`` heading: ``notes`` (plain
-    sentences) above it, and under it the caption, the threshold note and the ``verdict``
-    (pairs of workload, plain sentences; the workload is named when there are several)."""
+    sentences) above it, and under it the caption, the threshold note, the ``verdict``
+    (pairs of workload, plain sentences; the workload is named when there are several) and
+    ``tail`` (ready Markdown lines, e.g. :func:`tuning_markdown`)."""
     lines = [f"# {_markdown_cell(title)}", ""]
     for note in notes or []:
         lines += [_markdown_cell(note), ""]
@@ -245,4 +254,31 @@ def summary_markdown(
                 lines += [f"### {_markdown_cell(workload)}", ""]
             lines += [f"- {_markdown_cell(sentence)}" for sentence in sentences]
             lines.append("")
-    return "\n".join(lines)
+    return "\n".join([*lines, *(tail or [])])
+
+
+def tuning_markdown(
+    heading: str,
+    protocol: str,
+    space: dict[str, object],
+    choices: pd.DataFrame,
+) -> list[str]:
+    """The report's Tuning section for one run as Markdown lines: the protocol, the search
+    space and, per method and study (:func:`reports.summary.tuning_choices`), the tuning
+    trials' val AUROC, their spread, the chosen setting and the compute it took."""
+    lines = [f"## {_markdown_cell(heading)}", "", _markdown_cell(protocol), ""]
+    lines += [f"- `{k}`: {_markdown_cell(fmt_space(e))}" for k, e in space.items()]
+    several = choices["backbone"].nunique() > 1
+    lines += ["", "| Method | Study | Val AUROC of each tuning trial | Spread | Chosen | Compute |"]
+    lines.append("| :-- | --: | :-- | --: | :-- | --: |")
+    for r in choices.itertuples():
+        cells = [
+            f"{r.method} · {r.backbone}" if several else str(r.method),
+            str(r.study + 1),
+            ", ".join(fmt_number(v, 3) for v in r.scores),
+            fmt_number(r.spread, 3),
+            fmt_settings(r.chosen),
+            f"{fmt_duration(r.seconds)} · {r.device_hours}",
+        ]
+        lines.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
+    return [*lines, ""]

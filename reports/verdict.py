@@ -170,11 +170,16 @@ def _auroc_lines(here: pd.DataFrame, baseline: str) -> list[str]:
             f"are needed). Observed test AUROC differences from {baseline}: {observed}."
         ]
     seeds = _seeds_text(tested["n"].astype(int).tolist())
+    # the t-test pairs seeds; Holm corrects over the methods compared with the baseline
+    procedure = (
+        f"paired t-test over {seeds}, Holm-corrected over "
+        f"{plural(len(tested), 'method')} compared, p < {ALPHA:g}"
+    )
     significant = tested[tested["p_holm"] < ALPHA]
     for _, r in significant.iterrows():
         direction = "higher" if r["mean_diff"] > 0 else "lower"
         lines.append(
-            f"{r['method']} differs from {baseline} at p < {ALPHA:g} after Holm over {seeds}: "
+            f"{r['method']} differs from {baseline} ({procedure}): "
             f"test AUROC {direction}: {_diff_text(r)} "
             f"(Holm p = {r['p_holm']:.3g})."
         )
@@ -183,8 +188,7 @@ def _auroc_lines(here: pd.DataFrame, baseline: str) -> list[str]:
         names = "; ".join(_auroc_phrase(r) for _, r in rest.iterrows())
         subject = "no method" if significant.empty else "no other method"
         lines.append(
-            f"{subject[0].upper() + subject[1:]} differs from {baseline} at p < {ALPHA:g} "
-            f"after Holm over {seeds}; {names}."
+            f"{subject[0].upper() + subject[1:]} differs from {baseline} ({procedure}); {names}."
         )
     if len(untested):
         names = "; ".join(

@@ -1053,7 +1053,10 @@ def test_verdict_names_differences_noise_and_costs(tmp_path: Path) -> None:
     # a: mean +0.03, sd 0.01, half = t_{.975,2} 0.01 / sqrt 3 = 0.0248, p = 0.0351; Holm over
     # the two methods compared doubles it to 0.0702: not significant
     assert not text.startswith("a differs")
-    assert "No method differs from equal at p < 0.05 after Holm over 3 seeds" in text
+    assert (
+        "No method differs from equal (paired t-test over 3 seeds, Holm-corrected over 2 "
+        "methods compared, p < 0.05)" in text
+    )
     assert "a +0.030 AUROC [+0.005, +0.055]" in text and "b −0.010 AUROC" in text
     # cost: a's per-seed ratios 1/2.00, 1/2.01, 1/2.02 and 1.50, 1.51, 1.52: far outside noise
     assert "a 0.50× equal's images/s [0.49, 0.50]" in text
@@ -1073,7 +1076,8 @@ def test_verdict_with_one_method_significant(tmp_path: Path) -> None:
         results.trials, sm.summary_table(results.trials, results.epochs), "equal"
     )
     assert verdict.lines[0] == (
-        "a differs from equal at p < 0.05 after Holm over 3 seeds: test AUROC higher: "
+        "a differs from equal (paired t-test over 3 seeds, Holm-corrected over 1 method "
+        "compared, p < 0.05): test AUROC higher: "
         "+0.030 AUROC [+0.005, +0.055] (Holm p = 0.0351)."
     )
 

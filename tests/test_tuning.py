@@ -216,6 +216,9 @@ def test_tuning_end_to_end(ray_session, tmp_path):
     assert 'id="fig-tuning-0"' in html  # the strip of every tuning trial's val score
     assert " CPU-h</td>" in html  # what each result cost, in device-hours
     assert "Time to result over the tuning budget" in html  # AlgoPerf: per-study fastest
+    markdown = (run_dir / "summary.md").read_text()  # the protocol also where the summary is
+    assert "## Tuning" in markdown and "test metrics are never read during selection" in markdown
+    assert "| equal | 1 | " in markdown and "| equal | 2 | " in markdown  # a row per study
 
 
 def _records_on_disk(tmp_path, cfg, outcome):
