@@ -500,7 +500,7 @@ class ExperimentConfig(_Strict):
                 )
             for value in bounds(entry, len(self.data.task_names())):
                 if problem := self._value_problem(key, value, vector=vector):
-                    raise ValueError(f"{where}: {value!r}: {problem}")
+                    raise ValueError(_with_value(where, value, problem))
         return self
 
     def _is_fixed_weights(self, key: str) -> bool:
@@ -548,7 +548,7 @@ class ExperimentConfig(_Strict):
                     )
                 labels[label] = i
                 if problem := self._value_problem(key, value):
-                    raise ValueError(f"{where}[{i}]: {value!r}: {problem}")
+                    raise ValueError(_with_value(f"{where}[{i}]", value, problem))
         return self
 
     def _sweep_key_problem(self, key: str) -> str | None:
@@ -790,7 +790,25 @@ def _message(error: dict) -> str:
         return f"must be a finite number, not {error['input']!r}"
     if error["type"] == "int_type" and isinstance(error.get("input"), float):
         return f"must be a whole number, not {error['input']!r}"
-    return msg
+    return "must be " + msg.removeprefix("Input should be ") if msg.startswith("Input") else msg
+
+
+def _given(error: dict) -> str:
+    """``, not 'abc'``: the value a schema check refused, when it is short enough to show."""
+    value = error.get("input")
+    if not error["msg"].startswith("Input should be "):
+        return ""  # our own validators' messages say what was wrong themselves
+    if isinstance(value, bool | int | float | str) or value is None:
+        shown = repr(value)
+        return f", not {shown}" if len(shown) <= 60 else ""
+    return f", not a {type(value).__name__}" if isinstance(value, list | dict) else ""
+
+
+def _with_value(where: str, value: Any, problem: str) -> str:
+    """``where: problem``, naming ``value`` unless the problem already ends with it."""
+    if problem.endswith(f", not {value!r}"):
+        return f"{where}: {problem}"
+    return f"{where}: {value!r}: {problem}"
 
 
 def _union(messages: list[str]) -> str:
@@ -806,8 +824,10 @@ def _union(messages: list[str]) -> str:
 def _format_errors(exc: ValidationError) -> list[str]:
     # a union (`tasks: all | [names]`) reports one error per branch: one line per key
     by_line: dict[str, list[str]] = {}
+    given: dict[str, str] = {}  # the refused value, once per line
     for error in exc.errors():
         path, msg = _key_path(error["loc"]), _message(error)
+        given.setdefault(f"{path}: ", _given(error))
         # our validators already name the key (e.g. "data.tasks[2]: ..." or "[2]: ...")
         if msg.startswith("["):
             by_line.setdefault(f"{path}{msg}", [])
@@ -816,7 +836,7 @@ def _format_errors(exc: ValidationError) -> list[str]:
         else:
             by_line.setdefault(f"{path}: ", []).append(msg)
     return [
-        line + (msgs[0] if len(msgs) == 1 else _union(msgs)) if msgs else line
+        line + (msgs[0] if len(msgs) == 1 else _union(msgs)) + given.get(line, "") if msgs else line
         for line, msgs in by_line.items()
     ]
 

@@ -29,7 +29,7 @@ def with_sweep(tmp_path, sweep: dict, **sections) -> dict:
         ),
         (
             {"train.lr": [1e-3, -1.0]},
-            "grid.sweep.train.lr[1]: -1.0: Input should be greater than 0",
+            "grid.sweep.train.lr[1]: must be greater than 0, not -1.0",
         ),
         (
             {"train.lr": [1e-4, 0.0001]},

@@ -63,7 +63,7 @@ def test_points_are_scipy_halton_and_shared_across_methods():
 @pytest.mark.parametrize(
     ("tuning", "line"),
     [
-        ({"budget": 0}, "tuning.budget: Input should be greater than or equal to 1"),
+        ({"budget": 0}, "tuning.budget: must be greater than or equal to 1, not 0"),
         ({"space": {}}, "tuning: space and method_space are both empty; nothing to tune"),
         (
             {"space": {"train.lr": {"uniform": [0.2, 0.1]}}},
@@ -75,7 +75,7 @@ def test_points_are_scipy_halton_and_shared_across_methods():
         ),
         (
             {"space": {"train.lr": {"uniform": [0.1, 20]}}},
-            "tuning.space.train.lr: 20: Input should be less than or equal to 10",
+            "tuning.space.train.lr: must be less than or equal to 10, not 20",
         ),
         (
             {"space": {"train.lrx": {"uniform": [0.1, 0.2]}}},
