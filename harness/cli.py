@@ -26,7 +26,7 @@ from harness.errors import (
     handle_sigterm,
     was_terminated,
 )
-from harness.wording import plural
+from reports.format import plural
 
 
 def _stopped(exc: KeyboardInterrupt) -> str:
@@ -95,7 +95,7 @@ def _grid_shape(cfg) -> str:
     seeds = plural(len(g.seeds), "seed")
     if cfg.tuning is not None:
         t = cfg.tuning
-        studies = f"{t.studies} study" if t.studies == 1 else f"{t.studies} studies"
+        studies = plural(t.studies, "study")
         parts += [studies, f"({t.budget} tuning + {len(g.seeds)} final {seeds.split()[1]})"]
     else:
         parts.append(seeds)

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from deepchest.findings import FINDINGS
-from harness.wording import plural
+from reports.format import plural
 
 # Every data set an experiment file may name. nih and chexpert train from a folder that
 # `harness data prepare` wrote (data.prepared); chestmnist reads its .npz (data.root).
@@ -624,7 +624,9 @@ class ExperimentConfig(_Strict):
         info = {m.name: m for m in methods.describe()}
         if self.tuning is not None and "train.epochs" in self.tuning.space:
             return []  # the tuned epochs are drawn per trial
-        epochs = max(self.grid.sweep.get("train.epochs") or [self.train.epochs])
+        swept = self.grid.sweep.get("train.epochs")
+        epochs = min(swept) if swept else self.train.epochs  # each arm on its own
+        setting = f"train.epochs: {epochs}" + (" (a swept setting)" if swept else "")
         lines = []
         for name in self.grid.methods:
             base, params = self.weighting_method(name)
@@ -633,8 +635,8 @@ class ExperimentConfig(_Strict):
                 start = "its initial weights" if params.get("initial_weights") else "equal weights"
                 lines.append(
                     f"{name} first reweights in epoch {first} (it updates at epoch ends); with "
-                    f"train.epochs: {epochs} it trains on {start} throughout: give train.epochs "
-                    f">= {first} to compare it"
+                    f"{setting} it trains on {start} throughout: give train.epochs >= {first} "
+                    "to compare it"
                 )
         return lines
 
@@ -790,25 +792,38 @@ def _message(error: dict) -> str:
         return f"must be a finite number, not {error['input']!r}"
     if error["type"] == "int_type" and isinstance(error.get("input"), float):
         return f"must be a whole number, not {error['input']!r}"
-    return "must be " + msg.removeprefix("Input should be ") if msg.startswith("Input") else msg
+    if error["type"] in ("too_short", "too_long"):  # "List should have at least 1 item ..."
+        return re.sub(r"^\w+ should have (.*) after validation", r"must have \1", msg)
+    return _SCHEMA_WORDS.sub("must be ", msg)
+
+
+_SCHEMA_WORDS = re.compile(r"^Input should be ")  # pydantic's wording of a refused value
 
 
 def _given(error: dict) -> str:
-    """``, not 'abc'``: the value a schema check refused, when it is short enough to show."""
-    value = error.get("input")
-    if not error["msg"].startswith("Input should be "):
-        return ""  # our own validators' messages say what was wrong themselves
-    if isinstance(value, bool | int | float | str) or value is None:
-        shown = repr(value)
-        return f", not {shown}" if len(shown) <= 60 else ""
-    return f", not a {type(value).__name__}" if isinstance(value, list | dict) else ""
+    """``, not 'abc'``: the value a schema check refused (:func:`_shown`), added to pydantic's
+    own messages only (our validators' messages say what was wrong themselves)."""
+    named = error["type"] == "finite_number" or (
+        error["type"] == "int_type" and isinstance(error.get("input"), float)
+    )  # _message names the value already
+    if named or not _SCHEMA_WORDS.match(error["msg"]):
+        return ""
+    return f", not {_shown(error.get('input'))}"
+
+
+def _shown(value: Any) -> str:
+    """A refused value as an error shows it: its repr cut to 60 characters, or ``a list``."""
+    if isinstance(value, list | dict):
+        return f"a {type(value).__name__}"
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _with_value(where: str, value: Any, problem: str) -> str:
-    """``where: problem``, naming ``value`` unless the problem already ends with it."""
-    if problem.endswith(f", not {value!r}"):
+    """``where: problem, not <value>``, naming ``value`` unless the problem already does."""
+    if _shown(value) in problem:
         return f"{where}: {problem}"
-    return f"{where}: {value!r}: {problem}"
+    return f"{where}: {problem}, not {_shown(value)}"
 
 
 def _union(messages: list[str]) -> str:

@@ -47,7 +47,7 @@ from harness.results import (
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
 from harness.storage import first_line, is_remote, local_path, redact
 from harness.tuning import draw_points, study_seed
-from harness.wording import plural
+from reports.format import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from harness.config import PATH_HYPERPARAMETERS, PREPARED_DATASETS, ConfigError, ExperimentConfig
 from harness.storage import is_remote, remote_source
-from harness.wording import plural
+from reports.format import plural
 
 __all__ = ["Preflight", "cluster_address", "preflight", "pretrained_problems"]
 

@@ -20,7 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from harness.wording import plural
+from reports.format import plural
 
 _STYLE = {
     "pending": "dim",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from harness.config import ExperimentConfig
 from harness.errors import RunError
-from harness.wording import plural
+from reports.format import plural
 
 
 def autoscaler_limits(declared: dict[str, float] | None = None) -> dict[str, float]:

@@ -45,8 +45,8 @@ from harness.checkpoints import CheckpointStore
 from harness.measure import StepTimer
 from harness.nodes import this_node, trial_placement
 from harness.storage import is_remote, stage_prepared
-from harness.wording import plural
 from methods import engine
+from reports.format import plural
 
 
 class Reporter(Protocol):

@@ -155,7 +155,7 @@ class Method:
     #: True when ``on_step_end`` needs the losses of the same batch after the optimizer step.
     needs_losses_after: ClassVar[bool] = False
     #: The first epoch (1-based) whose weights can differ from the initial ones. Methods that
-    #: update only in ``on_epoch_end`` need more epochs than this to be more than a fixed
+    #: update only in ``on_epoch_end`` need at least this many epochs to be more than a fixed
     #: weighting; ``harness validate`` and ``harness run`` warn when ``train.epochs`` is fewer.
     first_reweighted_epoch: ClassVar[int] = 1
 

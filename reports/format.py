@@ -31,8 +31,13 @@ def is_missing(value: Any) -> bool:
 
 def plural(n: int, word: str, shown: str | None = None) -> str:
     """``1 seed`` / ``2 seeds`` / ``0 seeds``: the count (or ``shown`` in its place, e.g. a range
-    ``1-3``) and ``word`` with an ``s`` unless ``n`` is 1. The one plural of the report."""
-    return f"{n if shown is None else shown} {word}{'' if n == 1 else 's'}"
+    ``1-3``) and ``word`` with an ``s`` unless ``n`` is 1 (``study`` -> ``studies``). The one
+    plural of the report."""
+    if n != 1:
+        word = (
+            word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" else word + "s"
+        )
+    return f"{n if shown is None else shown} {word}"
 
 
 def fmt_number(value: Any, digits: int = 3) -> str:

@@ -70,6 +70,8 @@ from reports.tables import (
     SUMMARY_CAPTION,
     TEXT_COLUMNS,
     THRESHOLD_NOTE,
+    TUNING_CAPTION,
+    TUNING_HEADERS,
     best_cells,
     summary_cells,
     summary_headers,
@@ -1234,7 +1236,8 @@ def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
     finals = run.trials.assign(**by_backbone)
     tuning = run.tuning_trials.assign(**by_backbone)
     goal = sm.targets(finals, run.epochs, ctx.baseline, ctx.options.target_fraction)
-    parts = ["<h3>Time to result over the tuning budget</h3>"]
+    level = "h4" if len(ctx.results.runs) > 1 else "h3"  # under the run's own h3 when merged
+    parts = [f"<{level}>Time to result over the tuning budget</{level}>"]
     if all(is_missing(t) for t in goal.by_workload.values()):
         parts.append(
             empty_html(
@@ -1254,8 +1257,8 @@ def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
         base = float(reference.get(r.workload, math.nan))
         ratio = r.time_s / base if math.isfinite(r.time_s) and math.isfinite(base) else math.nan
         label = f"{r.method} · {r.workload}" if several else r.method
-        studies = ", ".join(fmt_duration(t) if math.isfinite(t) else never for t in r.per_study)
-        result = fmt_duration(r.time_s) if math.isfinite(r.time_s) else never
+        studies = ", ".join(never if math.isinf(t) else fmt_duration(t) for t in r.per_study)
+        result = never if math.isinf(r.time_s) else fmt_duration(r.time_s)
         rows.append(
             f"<tr><td>{method_cell(r.method, ctx.palette, label)}</td>"
             f'<td class="num">{esc(studies)}</td><td class="num">{esc(result)}</td>'
@@ -1284,7 +1287,7 @@ def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
 
 def _tuning_run_html(run: RunResults, ctx: ReportContext, anchor: str) -> str:
     trials = run.tuning_trials
-    finals = run.trials[run.trials.get("phase", pd.Series(dtype=object)) == "final"]
+    finals = run.trials  # a tuned run's other trials are its final ones (load_run)
     space = sm.tuning_space(run.config)
     protocol = esc(sm.tuning_protocol(run.config, list(set(finals["seed"]))))
     never = esc(sm.NEVER_TEST)
@@ -1294,8 +1297,6 @@ def _tuning_run_html(run: RunResults, ctx: ReportContext, anchor: str) -> str:
         + "".join(f"<li><code>{esc(k)}</code>: {esc(fmt_space(e))}</li>" for k, e in space.items())
         + "</ul>",
     ]
-    headers = [("Method", ""), ("Study", "num"), ("Val AUROC of each tuning trial", "")]
-    headers += [("Spread", "num"), ("Chosen", ""), ("Compute (tuning + final)", "num")]
     rows = []
     several = trials["backbone"].nunique() > 1
     for r in sm.tuning_choices(trials, finals, run.config, run.manifest).itertuples():
@@ -1316,20 +1317,15 @@ def _tuning_run_html(run: RunResults, ctx: ReportContext, anchor: str) -> str:
             "row is a method whose result depends much on its hyperparameters.",
         )
     )
-    parts.append(table_html(headers, rows))
-    parts.append(
-        '<p class="caption">Spread: the largest minus the smallest validation AUROC over the '
-        "method's tuning trials, how much its result depends on its hyperparameters. "
-        "Compute: the summed wall time of the study's tuning trials and of the final "
-        "trials trained with its choice, and the same in device-hours (times each trial's "
-        "GPUs, or its CPUs on a CPU run): what the result cost to obtain.</p>"
-    )
+    parts.append(table_html(TUNING_HEADERS, rows))
+    parts.append(f'<p class="caption">{esc(TUNING_CAPTION)}</p>')
     parts.append(_tuning_time_html(run, ctx))
     return "".join(parts)
 
 
 def section_tuning(ctx: ReportContext) -> str:
-    """The tuning protocol, each method's tuning scores, its choice and its cost."""
+    """The tuning protocol, each method's tuning scores, its choice and its cost, and
+    AlgoPerf's time to result over the tuning trials."""
     runs = [run for run in ctx.results.runs if not run.tuning_trials.empty]
     if not runs:
         return empty_html(
@@ -1427,7 +1423,7 @@ def _tuning_markdown(results: Comparison) -> list[str]:
     for run in results.runs:
         if run.tuning_trials.empty:
             continue
-        finals = run.trials[run.trials["phase"] == "final"]
+        finals = run.trials  # a tuned run's other trials are its final ones (load_run)
         heading = f"Tuning: {run.name}" if len(results.runs) > 1 else "Tuning"
         lines += tuning_markdown(
             heading,

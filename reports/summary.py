@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
-from reports.format import is_vector
+from reports.format import is_vector, plural
 
 COMPLETED = "completed"
 CONFIG_KEYS = ["method", "workload"]
@@ -605,25 +605,34 @@ def study_time_to_result(
 
     ``tuning_trials`` need ``workload`` (the target's key in ``goal``) and ``study``. Per row of
     the result (one per method and workload): ``per_study`` the fastest time (s) in each study,
-    in study order (``inf`` for a study none of whose trials reached the target), ``time_s``
-    their median (inf once half or more of the studies never reached it, see
-    :func:`median_with_inf`) and ``n_studies``. Only validation scores are read.
+    in study order (``inf`` for a study none of whose trials reached the target; NaN, unknown,
+    when the only trials that reached it have no recorded time), and ``time_s`` their median
+    (inf once half or more of the studies never reached it, see :func:`median_with_inf`; NaN
+    when a study's time is unknown). Only validation scores are read.
     """
     per_trial = time_to_target_trials(tuning_trials, tuning_epochs, goal)
     per_trial["study"] = per_trial["trial_id"].map(tuning_trials.set_index("trial_id")["study"])
     rows = []
     for (method, workload), group in per_trial.groupby(["method", "workload"], sort=False):
-        fastest = group.groupby("study", sort=True)["time_s"].min()  # inf when none reached
+        fastest = [_fastest(times) for _, times in group.groupby("study", sort=True)["time_s"]]
         rows.append(
             {
                 "method": method,
                 "workload": workload,
-                "n_studies": len(fastest),
-                "per_study": [float(t) for t in fastest],
-                "time_s": median_with_inf(fastest),
+                "per_study": fastest,
+                "time_s": math.nan if any(map(math.isnan, fastest)) else median_with_inf(fastest),
             }
         )
-    return pd.DataFrame(rows, columns=["method", "workload", "n_studies", "per_study", "time_s"])
+    return pd.DataFrame(rows, columns=["method", "workload", "per_study", "time_s"])
+
+
+def _fastest(times: pd.Series) -> float:
+    """The smallest finite time; NaN when a trial reached the target at an unknown time and
+    none at a known one; inf when none reached it."""
+    finite = times[np.isfinite(times)]
+    if len(finite):
+        return float(finite.min())
+    return math.nan if times.isna().any() else math.inf
 
 
 PROFILE_TAUS = np.round(np.linspace(1.0, 4.0, 61), 4)
@@ -670,10 +679,10 @@ def tuning_space(config: dict) -> dict[str, object]:
 def tuning_protocol(config: dict, final_seeds: list[int]) -> str:
     """The tuning protocol in one paragraph of plain text (the HTML and Markdown summary)."""
     tuning = config.get("tuning") or {}
-    studies = int(tuning.get("studies", 1))
+    budget, studies = int(tuning.get("budget", 0)), int(tuning.get("studies", 1))
     return (
-        f"Every method had the same tuning budget: {int(tuning.get('budget', 0))} trials per "
-        f"method and study, {studies} {'study' if studies == 1 else 'studies'}, points drawn "
+        f"Every method had the same tuning budget: {plural(budget, 'trial')} per method and "
+        f"study, {plural(studies, 'study')}, points drawn "
         "from a scrambled Halton sequence (the same points for every method on the shared "
         "keys). Each study's configuration was chosen by the mean validation AUROC at the best "
         f"epoch; {NEVER_TEST}. The chosen configuration was then trained on the final seeds "

@@ -234,7 +234,7 @@ def summary_markdown(
     for note in notes or []:
         lines += [_markdown_cell(note), ""]
     if table.empty:
-        return "\n".join([*lines, "No trials.", ""])
+        return "\n".join([*lines, "No trials.", "", *(tail or [])])
     headers = summary_headers(workload_is_backbone)
     lines.append("| " + " | ".join(headers) + " |")
     lines.append(
@@ -257,6 +257,17 @@ def summary_markdown(
     return "\n".join([*lines, *(tail or [])])
 
 
+# the Tuning section's table, in the HTML and the Markdown summary: (header, css class)
+TUNING_HEADERS = [
+    ("Method", ""),
+    ("Study", "num"),
+    ("Val AUROC of each tuning trial", ""),
+    ("Spread", "num"),
+    ("Chosen", ""),
+    ("Compute (tuning + final)", "num"),
+]
+
+
 def tuning_markdown(
     heading: str,
     protocol: str,
@@ -269,8 +280,10 @@ def tuning_markdown(
     lines = [f"## {_markdown_cell(heading)}", "", _markdown_cell(protocol), ""]
     lines += [f"- `{k}`: {_markdown_cell(fmt_space(e))}" for k, e in space.items()]
     several = choices["backbone"].nunique() > 1
-    lines += ["", "| Method | Study | Val AUROC of each tuning trial | Spread | Chosen | Compute |"]
-    lines.append("| :-- | --: | :-- | --: | :-- | --: |")
+    lines += ["", "| " + " | ".join(h for h, _ in TUNING_HEADERS) + " |"]
+    lines.append(
+        "| " + " | ".join("--:" if c == "num" else ":--" for _, c in TUNING_HEADERS) + " |"
+    )
     for r in choices.itertuples():
         cells = [
             f"{r.method} · {r.backbone}" if several else str(r.method),
@@ -281,4 +294,13 @@ def tuning_markdown(
             f"{fmt_duration(r.seconds)} · {r.device_hours}",
         ]
         lines.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
-    return [*lines, ""]
+    return [*lines, "", TUNING_CAPTION, ""]
+
+
+TUNING_CAPTION = (
+    "Spread: the largest minus the smallest validation AUROC over the method's tuning trials, "
+    "how much its result depends on its hyperparameters. Compute: the summed wall time of the "
+    "study's tuning trials and of the final trials trained with its choice, and the same in "
+    "device-hours (times each trial's GPUs, or its CPUs on a CPU run): what the result cost "
+    "to obtain."
+)

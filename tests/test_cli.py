@@ -85,8 +85,10 @@ def test_validate_warns_when_an_epoch_level_method_never_reweights(tmp_path):
         method_params={"seeded": seeded},
     )
     assert "on its initial weights throughout" in parse_config(variant).warnings[0]
-    swept = tiny_config(tmp_path, grid={**cfg["grid"], "sweep": {"train.epochs": [1, 3]}})
-    assert parse_config(swept).warnings == []  # the longest setting reweights
+    swept = tiny_config(tmp_path, grid={**cfg["grid"], "sweep": {"train.epochs": [3, 1]}})
+    assert "with train.epochs: 1 (a swept setting)" in parse_config(swept).warnings[0]
+    swept["grid"]["sweep"]["train.epochs"] = [3, 4]
+    assert parse_config(swept).warnings == []  # every arm reweights
 
 
 def test_run_missing_file_and_missing_prepared_folder(tmp_path):

@@ -49,7 +49,7 @@ def errors_of(raw: dict) -> list[str]:
         ),
         ({"grid": {"backbones": ["resnet19"]}}, "grid.backbones[0]: unknown backbone 'resnet19'"),
         ({"grid": {"seeds": [0, 0]}}, "grid.seeds[1]: duplicate seed 0"),
-        ({"grid": {"seeds": []}}, "grid.seeds: List should have at least 1 item"),
+        ({"grid": {"seeds": []}}, "grid.seeds: must have at least 1 item, not 0"),
         ({"train": {"epochs": 0}}, "train.epochs: must be greater than or equal to 1"),
         ({"train": {"epochs": "4"}}, "train.epochs: must be a valid integer"),
         ({"train": {"optimiser": "adam"}}, "train.optimiser: unknown key"),
@@ -122,6 +122,30 @@ def test_bad_keys_are_named(tmp_path, change, expected):
     lines = errors_of(tiny_config(tmp_path, **change))
     assert any(line.startswith(expected) for line in lines), lines
     assert all("\n" not in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        ({"train": {"epochs": 1.5}}, "train.epochs: must be a whole number, not 1.5"),
+        ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number, not nan"),
+        ({"train": {"epochs": "abc"}}, "train.epochs: must be a valid integer, not 'abc'"),
+        ({"grid": {"methods": "equal"}}, "grid.methods: must be a valid list, not 'equal'"),
+        ({"train": {"lr": [1]}}, "train.lr: must be a valid number, not a list"),
+        (
+            {"train": {"amp": "y" * 80}},
+            f"train.amp: must be 'auto', 'bf16', 'fp16' or 'off', not '{'y' * 56}...",
+        ),
+        (
+            {"grid": {"sweep": {"train.epochs": [1, 2.5]}}},
+            "grid.sweep.train.epochs[1]: must be a whole number, not 2.5",
+        ),
+    ],
+)
+def test_a_refused_value_is_named_once(tmp_path, change, line):
+    """Pydantic's "Input should be" becomes "must be ..., not <value>", the value once, a
+    long one cut to 60 characters."""
+    assert errors_of(tiny_config(tmp_path, **change)) == [line]
 
 
 def test_method_variants_run_a_registered_method_under_their_own_name(tmp_path):

@@ -1076,8 +1076,7 @@ def test_verdict_with_one_method_significant(tmp_path: Path) -> None:
         results.trials, sm.summary_table(results.trials, results.epochs), "equal"
     )
     assert verdict.lines[0] == (
-        "a differs from equal (paired t-test over 3 seeds, Holm-corrected over 1 method "
-        "compared, p < 0.05): test AUROC higher: "
+        "a differs from equal (paired t-test over 3 seeds, p < 0.05): test AUROC higher: "
         "+0.030 AUROC [+0.005, +0.055] (Holm p = 0.0351)."
     )
 

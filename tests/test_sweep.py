@@ -37,7 +37,7 @@ def with_sweep(tmp_path, sweep: dict, **sections) -> dict:
         ),
         (
             {"train.lr": []},
-            "grid.sweep.train.lr: List should have at least 1 item after validation, not 0",
+            "grid.sweep.train.lr: must have at least 1 item, not 0",
         ),
         ({"train.lr": [float("nan")]}, "grid.sweep.train.lr[0]: must be a finite number, not nan"),
         (

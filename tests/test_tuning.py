@@ -144,6 +144,7 @@ def test_time_to_result_is_the_median_over_studies_of_each_studys_fastest_trial(
     """AlgoPerf's external-tuning score by hand, target 0.70 (val only):
     A: study 0 fastest of {20 s, 15 s} = 15; study 1 none = inf; study 2 = 30 -> median 30.
     B: study 0 = 10; studies 1 and 2 none -> median inf (half or more never reached it).
+    C: study 0 reached only at an unknown time -> NaN there and in the median.
     A test split at 1.0 must not make a trial reach the target."""
     reach = {  # trial: (method, study, [(epoch, val auroc, train time s)])
         "a1": ("A", 0, [(1, 0.60, 10.0), (2, 0.71, 20.0)]),
@@ -154,6 +155,9 @@ def test_time_to_result_is_the_median_over_studies_of_each_studys_fastest_trial(
         "b1": ("B", 0, [(1, 0.80, 10.0)]),
         "b2": ("B", 1, [(1, 0.60, 10.0)]),
         "b3": ("B", 2, [(1, 0.60, 10.0)]),
+        "c1": ("C", 0, [(1, 0.80, math.nan)]),
+        "c2": ("C", 0, [(1, 0.60, 10.0)]),
+        "c3": ("C", 1, [(1, 0.80, 10.0)]),
     }
     trials = pd.DataFrame(
         [
@@ -175,7 +179,10 @@ def test_time_to_result_is_the_median_over_studies_of_each_studys_fastest_trial(
     assert table.loc["A", "per_study"] == [15.0, math.inf, 30.0]
     assert table.loc["A", "time_s"] == 30.0
     assert table.loc["B", "per_study"] == [10.0, math.inf, math.inf]
-    assert math.isinf(table.loc["B", "time_s"]) and set(table["n_studies"]) == {3}
+    assert math.isinf(table.loc["B", "time_s"])
+    # C: study 0's only trial to reach it has no recorded time: unknown (NaN), not "never"
+    assert math.isnan(table.loc["C", "per_study"][0]) and table.loc["C", "per_study"][1] == 10.0
+    assert math.isnan(table.loc["C", "time_s"])
 
 
 def test_tuning_end_to_end(ray_session, tmp_path):
