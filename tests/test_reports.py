@@ -746,11 +746,12 @@ def test_one_plural_helper_for_every_count_in_reports() -> None:
 
     assert [plural(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]
     assert plural(3, "paired seed", shown="1-3") == "1-3 paired seeds"
-    # no inline plural ('s' if n != 1) left in the report code: reports.format.plural only
+    assert [plural(n, "study") for n in (1, 2)] == ["1 study", "2 studies"]
+    # no inline plural ('s' if n != 1) in the report's or the CLI's code: this plural only
     inline = re.compile(r"""['"]s['"] if|if \w+ (?:!=|==) 1 else ['"]s?['"]""")
-    for path in sorted((Path(__file__).parents[1] / "reports").glob("*.py")):
-        found = inline.findall(path.read_text(encoding="utf-8"))
-        assert len(found) == (1 if path.name == "format.py" else 0), path.name  # plural itself
+    root = Path(__file__).parents[1]
+    for path in sorted([*(root / "reports").glob("*.py"), *(root / "harness").glob("*.py")]):
+        assert not inline.findall(path.read_text(encoding="utf-8")), path.name
 
 
 def test_summary_files_sit_beside_the_report() -> None:
