@@ -212,3 +212,10 @@ class MultiTaskNet(nn.Module):
                 last = module
         assert last is not None
         return last
+
+    def saliency_layer(self) -> nn.Module:
+        """The trunk's last spatial feature map ``[B, C, h, w]``, the layer Grad-CAM weights
+        (Selvaraju et al., ICCV 2017: the last convolutional layer): ResNet's ``layer4``,
+        else the ``features`` block that the global pool follows (the small CNN, DenseNet,
+        EfficientNet, MobileNet-V3, ConvNeXt)."""
+        return self.trunk.layer4 if hasattr(self.trunk, "layer4") else self.trunk.features

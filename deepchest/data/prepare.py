@@ -187,10 +187,34 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def decode_opened(img: Any, size: int) -> np.ndarray:
+    """An opened (lazy) Pillow image -> uint8 ``[size, size]`` grey, by the rules in the module
+    docstring: the one decoding of training (:func:`decode_image`) and of prediction
+    (:func:`deepchest.inference.read_image`). Pillow's own exceptions pass through."""
+    from PIL import Image, ImageOps
+
+    if img.format == "JPEG":
+        img.draft("L", (size, size))
+    img.load()  # decoding is lazy: truncation and corruption surface here
+    if img.format == "JPEG":
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.clip(np.asarray(img, dtype=np.float32), 0, 65535)
+        big = Image.fromarray(wide)  # mode F
+        if big.size != (size, size):
+            big = big.resize((size, size), Image.Resampling.BICUBIC)
+        return np.clip(np.rint(np.asarray(big) / 257.0), 0, 255).astype(np.uint8)
+    if img.mode != "L":
+        img = img.convert("L")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """One image file -> uint8 ``[size, size]`` grey (the rules are in the module docstring).
     Raises :class:`BadImage` with a one-line reason for a missing or unreadable file."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
         st = os.stat(path)
@@ -204,22 +228,7 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
         raise BadImage("empty file (0 bytes)")
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("L", (size, size))
-            img.load()  # decoding is lazy: truncation and corruption surface here
-            if img.format == "JPEG":
-                img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                wide = np.clip(np.asarray(img, dtype=np.float32), 0, 65535)
-                big = Image.fromarray(wide)  # mode F
-                if big.size != (size, size):
-                    big = big.resize((size, size), Image.Resampling.BICUBIC)
-                return np.clip(np.rint(np.asarray(big) / 257.0), 0, 255).astype(np.uint8)
-            if img.mode != "L":
-                img = img.convert("L")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
+            return decode_opened(img, size)
     except Image.UnidentifiedImageError:
         raise BadImage("cannot identify the image (not an image, or a corrupt header)") from None
     except BadImage:
