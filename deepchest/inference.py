@@ -71,6 +71,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 OOD_KEYS = ("ood.mean", "ood.precision")
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # what a folder is searched for
 DEFAULT_MAX_BYTES = 25 * 2**20  # an upload over this is refused before it is decoded
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7,000 x 7,000; a CR/DX plate is at most ~4,300 x 3,500
 # a grey radiograph stored as RGB has (almost) equal channels; JPEG chroma noise stays ~1-2
@@ -317,7 +318,8 @@ class Bundle:
         return self.card["training"].get("dataset") == "synthetic"
 
     def _input(self, images: np.ndarray) -> Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(images))[:, None]  # [N, 1, S, S] uint8
+        # a copy: decoded images and memory-mapped splits may be read-only arrays
+        batch = torch.from_numpy(np.array(images, dtype=np.uint8))[:, None]  # [N, 1, S, S]
         device = next(self.net.parameters()).device
         return eval_batch(batch.to(device), self.input_size)
 
@@ -407,6 +409,7 @@ def write_bundle(
     weights = out / WEIGHTS_FILE
     save_file(tensors, str(weights.with_suffix(".tmp")), metadata={"format": FORMAT})
     weights.with_suffix(".tmp").replace(weights)
+    weights.chmod(0o644)  # safetensors writes 0600; a bundle is meant to be shared
     full = {"format": FORMAT, "version": FORMAT_VERSION, **card}
     full["weights_sha256"] = file_sha256(weights)
     missing = [k for k in CARD_KEYS if k not in full]

@@ -481,6 +481,108 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _note("loading torch ...")
+    from harness.export import export_model
+
+    exported = export_model(
+        args.run_dir,
+        args.out,
+        method=args.method,
+        backbone=args.backbone,
+        ood_quantile=args.ood_quantile,
+        notify=_note,
+    )
+    card = exported.card
+    test = [v for v in card["metrics"]["test_auroc"].values() if v is not None]
+    mean_test = f"{sum(test) / len(test):.3f}" if test else "n/a"
+    print(
+        f"exported {exported.trial_id} ({card['training']['method']}, {card['backbone']}, "
+        f"seed {card['training']['seed']}) to {exported.path}"
+    )
+    print(
+        f"  mean test AUROC {mean_test}; thresholds by Youden's J on val; out-of-distribution "
+        f"refusal: {card['ood']['test_false_refusal_rate']:.1%} of the test split"
+    )
+    return 0
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    """Files as given, and a folder's image files (by suffix, sorted), in order."""
+    from deepchest.inference import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise RunRefused(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from deepchest.inference import ImageError, load_bundle, read_image
+
+    bundle = load_bundle(args.model, device=args.device)
+    results, failed = [], 0
+    for path in _image_files(args.images):
+        try:
+            image = read_image(path.read_bytes(), bundle.decode_size)
+        except (ImageError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            _err(f"{path}: {reason}")
+            failed += 1
+            continue
+        prediction = bundle.predict(image[None])[0]
+        if not prediction.in_distribution:
+            _warn(
+                f"{path}: unlike the images the model was trained on (distance "
+                f"{prediction.distance:.1f} > {bundle.card['ood']['threshold']:.1f}); its "
+                "probabilities mean little"
+            )
+        results.append(
+            {
+                "image": str(path),
+                "in_distribution": prediction.in_distribution,
+                "findings": bundle.findings_json(prediction),
+            }
+        )
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image", "finding", "probability", "threshold", "above"])
+        for result in results:
+            for f in result["findings"]:
+                row = [f["name"], f"{f['probability']:.6f}", f"{f['threshold']:.6f}", f["above"]]
+                writer.writerow([result["image"], *row])
+    else:
+        console = _wide_console()
+        for result in results:
+            table = Table(title=result["image"], title_justify="left")
+            for column in ("finding", "probability", "threshold", "above"):
+                table.add_column(column, justify="left" if column == "finding" else "right")
+            for f in result["findings"]:
+                above = "yes" if f["above"] else "no"
+                table.add_row(f["name"], f"{f['probability']:.3f}", f"{f['threshold']:.3f}", above)
+            console.print(table)
+        if results:
+            print(
+                "A probability is the model's score for the finding; 'above' means it is at or "
+                "over the finding's operating threshold, chosen on the validation split "
+                "(Youden's J). Research output, not a diagnosis.",
+                file=sys.stderr,
+            )
+    return EXIT_BAD_INPUT if failed else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors (exit 2) instead of usage plus error."""
 
@@ -625,6 +727,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("dir")
     verify.set_defaults(func=cmd_data_verify)
+    export = sub.add_parser(
+        "export",
+        help="write the best trial of a run as a model bundle (safetensors + model.json)",
+        description="Pick the run's best trial by mean val AUROC (never test), and write its "
+        "best weights (model.safetensors) and model card (model.json: findings, "
+        "preprocessing, training data, per-finding val and test AUROC, operating thresholds "
+        "chosen on val, out-of-distribution statistics).",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--method", help="only trials of this method (a name of grid.methods)")
+    export.add_argument("--backbone", help="only trials of this backbone")
+    export.add_argument("--out", help="the bundle's folder (default: RUN_DIR/model)")
+    export.add_argument(
+        "--ood-quantile",
+        type=float,
+        default=0.99,
+        help="refuse images farther from the training features than this quantile of the "
+        "validation images' distances (default: 0.99)",
+    )
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser(
+        "predict",
+        help="each finding's probability for chest X-ray images (PNG, JPEG, DICOM)",
+        description="Predict with an exported model bundle; images are decoded and resized "
+        "exactly as training's were. Research output, not a diagnosis.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a bundle folder (harness export)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    predict.set_defaults(func=cmd_predict)
+
     # each command's own parser, so that an unknown option points at that command's --help
     for command in (*sub.choices.values(), *data_sub.choices.values()):
         command.set_defaults(parser=command)
@@ -636,6 +771,8 @@ _BAD_INPUT_ERRORS = (
     ("harness.config", "ConfigError"),
     ("harness.bench", "BenchError"),
     ("reports.load", "ReportError"),
+    ("deepchest.inference", "BundleError"),
+    ("deepchest.data", "DatasetError"),
 )
 
 
@@ -664,6 +801,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in getattr(exc, "lines", None) or [str(exc)]:
             _err(line)
         return code
+    except BrokenPipeError:  # `harness predict ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:  # `run` and `data` say what they kept themselves
         _err(f"{_stopped(exc)}; nothing half-written is left")
         return _interrupted_code(exc)
