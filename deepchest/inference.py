@@ -423,16 +423,12 @@ def write_bundle(
 
 def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     """Read a bundle folder (or its ``model.json``) without pickle and check that the card
-    and the weights agree: the weights' sha256, and a network built from the card
-    (backbone, findings, input channels) that takes every tensor with its shape.
+    and the weights agree (:func:`bundle_from_bytes`).
 
     Raises :class:`BundleError` (one line naming the file) for a missing or unreadable file,
     a card of another format or version or without a required key, weights that changed
     after export, and weights that do not fit the card's network.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(path)
     if folder.name == CARD_FILE:
         folder = folder.parent
@@ -441,8 +437,27 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         if not needed.is_file():
             raise BundleError(f"{needed}: no such file (a bundle is what harness export writes)")
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        card_text, weights = card_path.read_text(encoding="utf-8"), weights_path.read_bytes()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{folder}: not readable ({_first_line(exc)})") from None
+    return bundle_from_bytes(card_text, weights, folder, device)
+
+
+def bundle_from_bytes(
+    card_text: str, weights: bytes, source: str | Path = "bundle", device: str = "cpu"
+) -> Bundle:
+    """A bundle from the text of ``model.json`` and the bytes of ``model.safetensors`` (a
+    Ray Serve replica gets them through the object store, with no shared file system),
+    checked: the card's format, version and keys, the weights' sha256 against the card, and
+    a network built from the card (backbone, findings, input channels) that takes every
+    tensor with its shape. ``source`` names the bundle in errors (:class:`BundleError`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    card_path, weights_path = Path(source) / CARD_FILE, Path(source) / WEIGHTS_FILE
+    try:
+        card = json.loads(card_text)
+    except json.JSONDecodeError as exc:
         raise BundleError(f"{card_path}: not readable JSON ({_first_line(exc)})") from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise BundleError(f"{card_path}: not a {FORMAT} card")
@@ -454,14 +469,14 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     missing = [k for k in CARD_KEYS if k not in card]
     if missing:
         raise BundleError(f"{card_path}: lacks {', '.join(missing)}")
-    if file_sha256(weights_path) != card["weights_sha256"]:
+    if hashlib.sha256(weights).hexdigest() != card["weights_sha256"]:
         raise BundleError(
             f"{weights_path}: its sha256 is not the one {CARD_FILE} records (the weights "
             "changed after export, or the files come from two bundles)"
         )
     try:
-        tensors = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
+        tensors = load_safetensors(weights)
+    except (SafetensorError, ValueError) as exc:
         raise BundleError(
             f"{weights_path}: not readable safetensors ({_first_line(exc)})"
         ) from None
@@ -485,7 +500,16 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     if not all(math.isfinite(float(v)) for v in card["thresholds"]["values"].values()):
         raise BundleError(f"{card_path}: a threshold is not a finite number")
     net.eval().to(device)
-    return Bundle(net, card, ood_mean, ood_precision, folder)
+    return Bundle(net, card, ood_mean, ood_precision, Path(source))
+
+
+def grey_png(image: np.ndarray) -> bytes:
+    """A PNG of the grey uint8 ``[H, W]`` image (what the model saw, before its resize)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def overlay_png(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> bytes:

@@ -583,6 +583,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+def _bundle_for(path: str) -> Path:
+    """A bundle folder as given, or a run directory's bundle (``RUN_DIR/model``), exported
+    first when the run has none."""
+    from deepchest.inference import CARD_FILE
+    from harness.export import MODEL_DIR, export_model
+
+    given = Path(path)
+    if (given / CARD_FILE).is_file() or given.name == CARD_FILE:
+        return given
+    if (given / MODEL_DIR / CARD_FILE).is_file():
+        return given / MODEL_DIR
+    _note(f"{given} has no exported model yet: exporting its best trial ...")
+    return export_model(given, notify=_note).path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _note("loading torch ...")
+    from deepchest.inference import load_bundle
+
+    if args.max_mb <= 0:
+        raise RunRefused(f"--max-mb must be positive, got {args.max_mb:g}")
+    bundle_dir = _bundle_for(args.model)
+    max_bytes = int(args.max_mb * 2**20)
+    if args.ray:
+        from harness.serve.ray_app import run_on_ray
+
+        return run_on_ray(
+            bundle_dir, args.host, args.port, args.replicas, args.address, max_bytes, _note
+        )
+    import uvicorn
+
+    from harness.serve.app import create_app
+
+    app = create_app(load_bundle(bundle_dir), max_bytes=max_bytes)
+    _note(f"serving {bundle_dir} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors (exit 2) instead of usage plus error."""
 
@@ -759,6 +798,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     predict.set_defaults(func=cmd_predict)
+
+    serve = sub.add_parser(
+        "serve",
+        help="a web page and JSON API to try a model on an X-ray image (research demo)",
+        description="Serve the page 'upload your X-ray image and get interpretation' and "
+        "its JSON API (/api/predict, OpenAPI docs at /docs) for a model bundle, or for a run "
+        "directory's best trial (exported first when needed). Research output, not a "
+        "diagnosis.",
+    )
+    serve.add_argument("model", metavar="MODEL_OR_RUN_DIR")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--max-mb", type=float, default=25.0, help="largest upload in MB (default: 25)"
+    )
+    serve.add_argument("--ray", action="store_true", help="run the app as a Ray Serve deployment")
+    serve.add_argument("--replicas", type=int, default=1, help="with --ray: replicas")
+    serve.add_argument(
+        "--address", help="with --ray: the Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
+    serve.set_defaults(func=cmd_serve)
 
     # each command's own parser, so that an unknown option points at that command's --help
     for command in (*sub.choices.values(), *data_sub.choices.values()):

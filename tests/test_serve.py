@@ -1,0 +1,190 @@
+"""The JSON API of ``harness serve`` through FastAPI's TestClient: the same answer as
+``harness predict --format json``, heat maps, every bad input as a 4xx with one line, the
+upload kept in memory, and concurrent requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from deepchest import inference as inf
+from deepchest.models import MultiTaskNet
+from harness.serve.app import DISCLAIMER, SYNTHETIC_BANNER, create_app
+
+DICOM = Path(get_testdata_file("RG1_UNCR.dcm"))
+FINDINGS = ["Atelectasis", "Effusion", "Mass"]
+
+
+def make_bundle(folder: Path, *, dataset="synthetic", ood_threshold=1.0e9) -> Path:
+    torch.manual_seed(0)
+    net = MultiTaskNet("simple_cnn", len(FINDINGS)).eval()
+    features = np.random.default_rng(0).normal(size=(40, net.representation_dim))
+    card = {
+        "backbone": "simple_cnn",
+        "in_channels": 1,
+        "findings": FINDINGS,
+        "preprocessing": {"decode_size": 64, "input_size": 64},
+        "training": {
+            "dataset": dataset,
+            "split_sizes": {"train": 168, "val": 36, "test": 36},
+            "method": "deepchest",
+            "seed": 0,
+        },
+        "metrics": {"test_auroc": {"Atelectasis": 0.71, "Effusion": None, "Mass": 0.64}},
+        "thresholds": {
+            "rule": "youden_j",
+            "values": {"Atelectasis": 0.4, "Effusion": 0.5, "Mass": 0.6},
+        },
+        "ood": {"threshold": ood_threshold, "test_false_refusal_rate": 0.03},
+        "harness": {"version": "0.1.0"},
+    }
+    return inf.write_bundle(folder, net, card, *inf.fit_ood(features))
+
+
+def png_file(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("serve") / "model")
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir):
+    with TestClient(create_app(inf.load_bundle(bundle_dir))) as c:
+        yield c
+
+
+def post(client, data: bytes, name="x.png", **params):
+    return client.post("/api/predict", files={"file": (name, data)}, params=params)
+
+
+def test_the_page_carries_the_disclaimer_and_the_synthetic_banner(client, bundle_dir, tmp_path):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text.count(DISCLAIMER) == 2  # before any result, and with every result
+    assert SYNTHETIC_BANNER.split(":")[0] in page.text
+    real = make_bundle(tmp_path / "real", dataset="nih")
+    with TestClient(create_app(inf.load_bundle(real))) as other:
+        assert "synthetic-banner" not in other.get("/").text
+    info = client.get("/api/model").json()
+    assert info["findings"] == FINDINGS and info["synthetic"] is True
+    assert info["test_auroc"]["Atelectasis"] == 0.71 and info["disclaimer"] == DISCLAIMER
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+    assert client.get("/docs").status_code == 200
+
+
+def test_the_api_answers_what_predict_prints(client, bundle_dir, tmp_path, capsys):
+    from harness.cli import main
+
+    path = tmp_path / "xray.dcm"
+    path.write_bytes(DICOM.read_bytes())
+    assert main(["predict", str(bundle_dir), str(path), "--format", "json"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    answer = post(client, path.read_bytes(), name=str(path))
+    assert answer.status_code == 200
+    assert answer.json() == printed
+
+
+def test_heat_maps_for_every_finding(client):
+    answer = post(client, DICOM.read_bytes(), name="xray.dcm", saliency="true").json()
+    assert [s["name"] for s in answer["saliency"]] == FINDINGS
+    for item in [*answer["saliency"], {"overlay": answer["input"]}]:
+        head, _, payload = item["overlay"].partition(",")
+        assert head == "data:image/png;base64"
+        image = Image.open(io.BytesIO(__import__("base64").b64decode(payload)))
+        assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "data, status, detail",
+    [
+        (b"hello, not an image", 422, "not an image: give a PNG, JPEG or DICOM file"),
+        (b"", 422, "an empty file (0 bytes)"),
+        (
+            png_file(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+            422,
+            "a colour image",
+        ),
+    ],
+)
+def test_bad_files_are_4xx_with_one_line(client, data, status, detail):
+    answer = post(client, data)
+    assert answer.status_code == status
+    assert set(answer.json()) == {"detail"} and answer.json()["detail"].startswith(detail)
+    assert "\n" not in answer.json()["detail"]
+
+
+def test_requests_without_the_image_are_400(client):
+    answer = client.post("/api/predict", files={"image": ("x.png", b"abc")})
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "no multipart form field 'file' with the image"}
+    answer = client.post("/api/predict", json={"file": "abc"})
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "send the image as the multipart form field 'file'"}
+
+
+def test_oversized_uploads_and_images_are_refused(bundle_dir):
+    bundle = inf.load_bundle(bundle_dir)
+    small = TestClient(create_app(bundle, max_bytes=4096, max_pixels=10_000))
+    noise = np.random.default_rng(1).integers(0, 256, (200, 200), dtype=np.uint8)
+    answer = post(small, png_file(noise))
+    assert answer.status_code == 413
+    assert answer.json() == {"detail": "the file is over the limit of 0.00390625 MB"}
+    answer = post(small, png_file(np.zeros((120, 120), np.uint8)))  # small file, many pixels
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "120 x 120 pixels is over the limit of 10,000 pixels"
+
+
+def test_images_unlike_the_training_images_are_refused(tmp_path):
+    strict = make_bundle(tmp_path / "strict", dataset="nih", ood_threshold=0.0)
+    with TestClient(create_app(inf.load_bundle(strict))) as c:
+        answer = post(c, DICOM.read_bytes(), name="xray.dcm")
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == (
+        "this image is unlike the chest X-rays the model was trained on, so it was not "
+        "interpreted (it also refuses 3% of real test images)"
+    )
+    # a synthetic-data demo model would refuse every real X-ray: it answers, and says so
+    demo = make_bundle(tmp_path / "demo", dataset="synthetic", ood_threshold=0.0)
+    with TestClient(create_app(inf.load_bundle(demo))) as c:
+        answer = post(c, DICOM.read_bytes(), name="xray.dcm")
+    assert answer.status_code == 200 and answer.json()["in_distribution"] is False
+
+
+def test_an_upload_is_never_spooled_to_disk(client, monkeypatch):
+    """Starlette's form parser spools files over 1 MB to a temporary file; ours parses the
+    body in memory: any temporary file made during the request fails the test."""
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("the upload touched a temporary file")
+
+    for name in ("SpooledTemporaryFile", "NamedTemporaryFile", "TemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    big = DICOM.read_bytes()
+    assert len(big) > 2**20  # over Starlette's spool threshold
+    assert post(client, big, name="xray.dcm").status_code == 200
+
+
+def test_concurrent_requests_get_their_own_answers(client):
+    rng = np.random.default_rng(2)
+    images = [png_file(rng.integers(0, 256, (64, 64), dtype=np.uint8)) for _ in range(4)]
+    expected = [post(client, image).json() for image in images]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda i: post(client, images[i % 4]).json(), range(16)))
+    assert answers == [expected[i % 4] for i in range(16)]
