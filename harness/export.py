@@ -131,7 +131,7 @@ def export_model(
     from deepchest.models import MultiTaskNet
     from harness.checkpoints import CheckpointStore
     from harness.config import load_config
-    from harness.launch import _git_commit, _harness_version, trial_spec
+    from harness.launch import git_commit, harness_version, trial_spec
     from harness.rundir import CONFIG_FILE, read_manifest
 
     say = notify or (lambda message: None)
@@ -235,8 +235,8 @@ def export_model(
             "test_false_refusal_rate": float(np.mean(test_distance > limit)),
         },
         "harness": {
-            "version": _harness_version(),
-            "git_commit": _git_commit(),
+            "version": harness_version(),
+            "git_commit": git_commit(),
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     }

@@ -55,7 +55,7 @@ __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
 CONNECT_TIMEOUT_S = 10.0
 
 
-def _harness_version() -> str:
+def harness_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -415,7 +415,7 @@ def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storag
 # ---- provenance --------------------------------------------------------------------------
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -432,7 +432,7 @@ def _git_commit() -> str | None:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version(), "harness": _harness_version()}
+    out = {"python": platform.python_version(), "harness": harness_version()}
     for pkg in ("torch", "torchvision", "ray", "numpy", "pandas", "pyarrow", "plotly"):
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
@@ -473,11 +473,11 @@ def _manifest(
 ) -> dict[str, Any]:
     manifest = {
         "name": cfg.name,
-        "harness_version": _harness_version(),
+        "harness_version": harness_version(),
         "started_at": _now(),
         "finished_at": None,
         "command": " ".join(sys.argv),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "versions": _versions(),
         "hardware": _hardware(),
         "cluster_resources": {k: v for k, v in cluster.items() if "node:" not in k},
