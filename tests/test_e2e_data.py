@@ -4,9 +4,13 @@ directly, each trained on a tiny grid on the session's Ray."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
+from deepchest.data.packed import load_packed
+from deepchest.inference import load_bundle
 from harness.cli import main
 from tests.conftest import tiny_config, write_config
 from tests.test_readers import _chestmnist_arrays, make_chexpert, make_nih
@@ -44,6 +48,18 @@ def test_nih_prepare_then_run(ray_session, tmp_path, capsys):
     epochs = _run(tmp_path, {"dataset": "nih", "prepared": str(packed)}, ["equal", "pcgrad"])
     assert epochs.task.iloc[0] == "Atelectasis"
     assert set(epochs.split) == {"train", "val", "test"}
+    # the exported model predicts a raw file of the tree exactly as its prepared row (decoded
+    # at 40 px by prepare, resized to 32 by evaluation): the preprocessing of training
+    run_dir = tmp_path / "runs" / "tiny"
+    assert main(["export", str(run_dir)]) == 0
+    raw = next(root.rglob("*.png"))  # every image of the tiny tree is the same file
+    capsys.readouterr()
+    assert main(["predict", str(run_dir / "model"), str(raw), "--format", "json"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    splits, _ = load_packed(packed)
+    prepared = splits["train"].images[0, 0].numpy()
+    expected = load_bundle(run_dir / "model").predict(prepared[None])[0].probabilities
+    assert [f["probability"] for f in printed["findings"]] == [float(p) for p in expected]
 
 
 def test_chexpert_prepare_then_run_with_masked_uncertain_labels(ray_session, tmp_path):

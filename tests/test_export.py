@@ -10,10 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
 from deepchest import inference as inf
+from deepchest.data.augment import eval_batch
+from deepchest.models import MultiTaskNet
+from harness.checkpoints import CheckpointStore
 from harness.cli import main
 from harness.errors import RunRefused
 from harness.export import choose_trial
@@ -81,6 +85,15 @@ def test_export_writes_the_val_best_trial_with_its_own_metrics(exported):
     assert card["harness"]["version"] and len(card["weights_sha256"]) == 64
     bundle = inf.load_bundle(bundle_dir)
     assert bundle.findings == card["findings"] and bundle.synthetic
+    # the same logits as the trial's own best weights in the checkpoint store
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    state = CheckpointStore(manifest["checkpoints"]).load_best(card["training"]["trial_id"])
+    net = MultiTaskNet("simple_cnn", len(card["findings"]))
+    net.load_state_dict(state)
+    images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        x = eval_batch(images, 32)
+        assert torch.equal(net.eval()(x)[1], bundle.net(x)[1])
 
 
 def test_predict_json_on_a_dicom_and_its_16_bit_png(exported, tmp_path, capsys):
