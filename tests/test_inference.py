@@ -238,3 +238,21 @@ def test_grad_cam_maps_are_per_finding_and_scaled(bundle_dir):
         assert m.max() in (0.0, pytest.approx(1.0))
     png = inf.overlay_png(image, maps[0])
     assert Image.open(io.BytesIO(png)).size == (32, 32)
+
+
+def test_compressed_colour_and_multi_frame_dicom_files_are_refused_in_one_line():
+    """pydicom's own sample files: JPEG Lossless needs pylibjpeg or GDCM (neither is a
+    dependency), SC_rgb is RGB, emri_small has 10 frames."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) for m in ("pylibjpeg", "gdcm")):
+        pytest.skip("a JPEG Lossless decoder is installed here")
+    cases = {
+        "JPEG-LL.dcm": "cannot decode this DICOM's pixel data (JPEG Lossless",
+        "SC_rgb.dcm": "a DICOM image in RGB: a chest X-ray is grey",
+        "emri_small.dcm": "a multi-frame DICOM file (10 frames): give one radiograph",
+    }
+    for name, reason in cases.items():
+        with pytest.raises(inf.ImageError) as exc:
+            inf.read_image(Path(get_testdata_file(name)).read_bytes(), 32)
+        assert str(exc.value).startswith(reason) and "\n" not in str(exc.value), name
