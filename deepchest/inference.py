@@ -35,10 +35,12 @@ in-distribution images are refused; the card gives the rate measured on the test
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ import torch
 from torch import Tensor
 
 from deepchest.data.augment import eval_batch
+from deepchest.data.prepare import decode_opened, one_line
 from deepchest.models import MultiTaskNet
 
 __all__ = [
@@ -110,26 +113,70 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"  # the one transfer syntax pydicom inflates whole on read
+
+
+@functools.cache
+def _quiet_pydicom() -> None:
+    """pydicom warns, and logs, with the values of tags it finds invalid: never for ours.
+    Reading validation is off, and its logger and warnings are silenced (process-wide, once:
+    the harness reads DICOM only here)."""
+    import logging
+
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").addFilter(lambda record: False)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def _transfer_syntax(data: bytes) -> str | None:
+    """The Transfer Syntax UID of a DICOM file's meta group (always explicit VR little
+    endian, right after ``DICM``), read without parsing the rest of the file."""
+    at = data.find(b"\x02\x00\x10\x00UI", 132, 132 + 8192)
+    if at < 0:
+        return None
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[at + 8 : at + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace")
+
+
 def dicom_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A single-frame grey DICOM file -> uint16 ``[rows, cols]`` where 0 is black.
 
     The modality LUT (rescale slope and intercept, or the LUT sequence) is applied, then the
-    first VOI LUT or window when the file has one; the window's output range (pydicom's
-    ``apply_voi_lut``, probed at its extremes) maps linearly to 0 .. 65535. A file without a
-    VOI LUT or window is mapped from its own minimum to its maximum. MONOCHROME1 (where a
-    higher value is darker) is inverted. Patient tags are never read into any message.
+    first VOI LUT (its output range: the smallest to the largest entry of the LUT) or else the
+    first window (its output range: pydicom's ``apply_windowing`` probed at its extremes),
+    mapped linearly to 0 .. 65535. A file without a usable VOI LUT or window, or whose range
+    is empty, is mapped from its own minimum to its maximum. MONOCHROME1 (where a higher
+    value is darker) is inverted. No tag value reaches a message or a log.
 
-    Raises :class:`ImageError` (one line) for a file pydicom cannot read, one without pixel
-    data, a colour or multi-frame file, one over ``max_pixels``, and compressed pixel data
-    without an installed decoder.
+    Raises :class:`ImageError` (one line) for a file pydicom cannot read, a deflated file (it
+    would be inflated whole before any check), one without pixel data, a colour or
+    multi-frame file, one over ``max_pixels``, compressed pixel data without an installed
+    decoder, unusable image attributes, and an image of a single value.
     """
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _quiet_pydicom()
+    if _transfer_syntax(data) == DEFLATED:
+        raise ImageError("a deflated DICOM file: convert it to an uncompressed DICOM or PNG")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # InvalidDicomError, EOFError, struct errors, ...
         raise ImageError(f"not a readable DICOM file ({type(exc).__name__})") from None
+    try:
+        return _grey_pixels(ds, max_pixels)
+    except ImageError:
+        raise
+    except Exception as exc:  # a malformed number, a window of width 0, a broken LUT, ...
+        raise ImageError(
+            f"a DICOM file whose image attributes cannot be used ({type(exc).__name__})"
+        ) from None
+
+
+def _grey_pixels(ds: Any, max_pixels: int) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
     if "PixelData" not in ds:
         raise ImageError("a DICOM file without an image (no pixel data)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -137,9 +184,9 @@ def dicom_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageError(f"a multi-frame DICOM file ({frames} frames): give one radiograph")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        shown = repr(photometric[:16]) if photometric else "an unknown colour space"
         raise ImageError(
-            f"a DICOM image in {photometric or 'an unknown colour space'}: a chest X-ray is "
-            "grey (MONOCHROME1 or MONOCHROME2)"
+            f"a DICOM image in {shown}: a chest X-ray is grey (MONOCHROME1 or MONOCHROME2)"
         )
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows * cols > max_pixels:
@@ -153,14 +200,25 @@ def dicom_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             f"cannot decode this DICOM's pixel data ({name}; {type(exc).__name__}): install a "
             "decoder for it (pylibjpeg or GDCM) or convert the file to PNG"
         ) from None
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        probe = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0), dtype=float)
+    values = np.asarray(apply_modality_lut(pixels, ds))
+    low = high = math.nan
+    lut = ds.get("VOILUTSequence")
+    item = lut[0] if lut else None
+    if item is not None and "LUTDescriptor" in item and "LUTData" in item:
+        entries, first = int(item.LUTDescriptor[0]) or 2**16, int(item.LUTDescriptor[1])
+        table = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds, index=0)
+        low, high = float(table.min()), float(table.max())
+        values = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        probe = apply_windowing(np.array([-1e12, 1e12]), ds, index=0)
         low, high = float(probe.min()), float(probe.max())
-    else:
+        values = apply_windowing(values.astype(np.float64), ds, index=0)
+    values = np.asarray(values, dtype=np.float64)
+    if not high > low:  # no VOI transform, or one whose output range is empty
         low, high = float(values.min()), float(values.max())
-    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else values * 0.0
+    if not high > low:
+        raise ImageError("a blank image: every pixel has the same value")
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
     return np.rint(scaled * 65535.0).astype(np.uint16)
@@ -177,8 +235,6 @@ def read_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """
     from PIL import Image, UnidentifiedImageError
 
-    from deepchest.data.prepare import decode_opened
-
     if not data:
         raise ImageError("an empty file (0 bytes)")
     if is_dicom(data):
@@ -194,34 +250,34 @@ def read_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(f"{width} x {height} pixels is over the limit of {max_pixels:,} pixels")
-    chroma = _chroma(img)
+    chroma = _chroma(img.mode, data)
     if chroma > COLOUR_CHROMA:
         raise ImageError(
             f"a colour image (mean chroma {chroma:.0f} of 255): a chest X-ray is grey, so this "
             "looks like a photograph or a chart, not a radiograph"
         )
     try:
-        return decode_opened(img, size)
+        return decode_opened(img, size)  # still lazy: a JPEG's draft mode applies as in prepare
     except Exception as exc:  # truncated or corrupt data surfaces when decoding
-        raise ImageError(f"unreadable image ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ImageError(f"unreadable image ({one_line(exc)})") from None
 
 
-def _chroma(img: Any) -> float:
-    """Mean of max(R, G, B) - min(R, G, B) of a colour image, 0 for a grey mode."""
-    if img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;"):
+def _chroma(mode: str, data: bytes) -> float:
+    """Mean of max(R, G, B) - min(R, G, B) over a small copy of a colour image (its own
+    opening of ``data``, so the image decoded for the model stays untouched), 0 for a grey
+    mode."""
+    from PIL import Image
+
+    if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;"):
         return 0.0
     try:
-        small = img.copy()
-        small.thumbnail((128, 128))
-        rgb = np.asarray(small.convert("RGB"), dtype=np.int16)
+        with Image.open(io.BytesIO(data)) as small:
+            small.draft("RGB", (128, 128))  # JPEG: decode at a fraction of the size
+            small.thumbnail((128, 128))
+            rgb = np.asarray(small.convert("RGB"), dtype=np.int16)
     except Exception:  # decoding fails later, with its own message
         return 0.0
     return float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no detail"
 
 
 # ---- operating thresholds and the out-of-distribution check --------------------------------
@@ -235,8 +291,9 @@ def youden_thresholds(
 
     ``probabilities``, ``labels`` (0/1), ``mask`` (bool): ``[N, T]``. Returns ``[T]``
     thresholds and, per finding, the rule used: ``"youden_j"``, or ``"default_0.5"`` where
-    the split has no positive or no negative to choose from. Ties go to the highest
-    threshold (the most specific of the equally good points).
+    the split has no positive or no negative to choose from, or where no cut does better
+    than chance (J <= 0 everywhere: a score no better than a coin there). Ties go to the
+    highest threshold (the most specific of the equally good points).
     """
     from sklearn.metrics import roc_curve
 
@@ -251,7 +308,9 @@ def youden_thresholds(
         fpr, tpr, cut = roc_curve(y, p)
         j = tpr - fpr
         best = int(np.argmax(j))  # roc_curve orders by decreasing threshold: the highest first
-        thresholds[t] = float(min(cut[best], 1.0))  # the first cut is inf (nothing positive)
+        if j[best] <= 0:
+            continue  # only the "nothing positive" point (cut = inf) or worse: no better cut
+        thresholds[t] = float(cut[best])
         rules[t] = "youden_j"
     return thresholds, rules
 
@@ -404,8 +463,9 @@ def write_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tensors["ood.mean"] = torch.from_numpy(np.asarray(ood_mean, dtype=np.float32))
-    tensors["ood.precision"] = torch.from_numpy(np.asarray(ood_precision, dtype=np.float32))
+    # float64, as export computed the threshold with them: serving measures the same distances
+    tensors["ood.mean"] = torch.from_numpy(np.asarray(ood_mean, dtype=np.float64))
+    tensors["ood.precision"] = torch.from_numpy(np.asarray(ood_precision, dtype=np.float64))
     weights = out / WEIGHTS_FILE
     save_file(tensors, str(weights.with_suffix(".tmp")), metadata={"format": FORMAT})
     weights.with_suffix(".tmp").replace(weights)
@@ -439,7 +499,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     try:
         card_text, weights = card_path.read_text(encoding="utf-8"), weights_path.read_bytes()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{folder}: not readable ({_first_line(exc)})") from None
+        raise BundleError(f"{folder}: not readable ({one_line(exc)})") from None
     return bundle_from_bytes(card_text, weights, folder, device)
 
 
@@ -458,7 +518,7 @@ def bundle_from_bytes(
     try:
         card = json.loads(card_text)
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{card_path}: not readable JSON ({_first_line(exc)})") from None
+        raise BundleError(f"{card_path}: not readable JSON ({one_line(exc)})") from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise BundleError(f"{card_path}: not a {FORMAT} card")
     if card.get("version") != FORMAT_VERSION:
@@ -477,9 +537,7 @@ def bundle_from_bytes(
     try:
         tensors = load_safetensors(weights)
     except (SafetensorError, ValueError) as exc:
-        raise BundleError(
-            f"{weights_path}: not readable safetensors ({_first_line(exc)})"
-        ) from None
+        raise BundleError(f"{weights_path}: not readable safetensors ({one_line(exc)})") from None
     try:
         ood_mean, ood_precision = (tensors.pop(k).double().numpy() for k in OOD_KEYS)
     except KeyError:
@@ -493,14 +551,35 @@ def bundle_from_bytes(
         raise BundleError(
             f"{weights_path}: does not fit the network that {CARD_FILE} describes "
             f"({card.get('backbone')!r}, {len(card.get('findings') or [])} findings: "
-            f"{_first_line(exc)})"
+            f"{one_line(exc)})"
         ) from None
     if ood_mean.shape != (net.representation_dim,):
         raise BundleError(f"{weights_path}: ood.mean does not fit {card['backbone']!r}")
-    if not all(math.isfinite(float(v)) for v in card["thresholds"]["values"].values()):
-        raise BundleError(f"{card_path}: a threshold is not a finite number")
+    if problem := _card_problem(card):
+        raise BundleError(f"{card_path}: {problem}")
     net.eval().to(device)
     return Bundle(net, card, ood_mean, ood_precision, Path(source))
+
+
+def _card_problem(card: dict[str, Any]) -> str | None:
+    """What prediction needs from a card and this one lacks, in a few words; None if whole:
+    a finite threshold per finding, positive decode and input sizes, a finite OOD threshold."""
+
+    def number(value: Any) -> bool:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+
+    values = (card.get("thresholds") or {}).get("values")
+    if not isinstance(values, dict) or not all(number(values.get(n)) for n in card["findings"]):
+        return "thresholds.values needs a finite number for every finding"
+    sizes = card.get("preprocessing") or {}
+    for key in ("decode_size", "input_size"):
+        if not (isinstance(sizes.get(key), int) and sizes[key] > 0):
+            return f"preprocessing.{key} must be a positive whole number"
+    if not number((card.get("ood") or {}).get("threshold")):
+        return "ood.threshold must be a number"
+    return None
 
 
 def grey_png(image: np.ndarray) -> bytes:

@@ -590,7 +590,9 @@ def _bundle_for(path: str) -> Path:
     from harness.export import MODEL_DIR, export_model
 
     given = Path(path)
-    if (given / CARD_FILE).is_file() or given.name == CARD_FILE:
+    if given.name == CARD_FILE:
+        return given.parent
+    if (given / CARD_FILE).is_file():
         return given
     if (given / MODEL_DIR / CARD_FILE).is_file():
         return given / MODEL_DIR

@@ -122,8 +122,9 @@ def export_model(
     notify: Callable[[str], None] | None = None,
 ) -> Exported:
     """Export the best trial of ``run_dir`` (see the module docstring) into ``out`` (default
-    ``RUN_DIR/model``). Raises :class:`RunRefused` for a folder that is not a finished or
-    interrupted run directory, no trial to export, or a trial without kept weights."""
+    ``RUN_DIR/model``); a run still going or interrupted exports its best trial so far.
+    Raises :class:`RunRefused` for a folder that is not a run directory, no trial to export,
+    or a trial without kept weights."""
     import torch
 
     from deepchest.data import load_splits

@@ -315,10 +315,11 @@ def code_runtime_env() -> dict[str, Any]:
     return {"py_modules": [importlib.import_module(name) for name in CODE_PACKAGES]}
 
 
-def connect(address: str | None, ship_code: bool = True) -> bool:
+def connect(address: str | None, ship_code: bool = True, fresh_local: bool = False) -> bool:
     """Start a local Ray, or join the cluster at ``address`` / ``RAY_ADDRESS`` (with
-    :func:`code_runtime_env` when ``ship_code``). Returns True when this call started Ray
-    (and so should shut it down)."""
+    :func:`code_runtime_env` when ``ship_code``). ``fresh_local``: without an address, always
+    start a new local instance (``address="local"``), never join one that ``ray start`` left
+    on this machine. Returns True when this call started Ray (and so should shut it down)."""
     import ray
 
     if ray.is_initialized():
@@ -333,7 +334,12 @@ def connect(address: str | None, ship_code: bool = True) -> bool:
                 runtime_env=code_runtime_env() if ship_code else None,
             )
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            ray.init(
+                address="local" if fresh_local else None,
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=False,
+            )
     except Exception as exc:  # ConnectionError, AuthenticationError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"

@@ -19,36 +19,14 @@ from sklearn.metrics import roc_curve
 from deepchest import inference as inf
 from deepchest.data.prepare import decode_image
 from deepchest.models import MultiTaskNet
+from tests.bundles import make_bundle, png_bytes
 
 DICOM = Path(get_testdata_file("RG1_UNCR.dcm"))  # pydicom-data: an adult PA chest radiograph
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def card(findings=("A", "B", "C"), size=32) -> dict:
-    return {
-        "backbone": "simple_cnn",
-        "in_channels": 1,
-        "findings": list(findings),
-        "preprocessing": {"decode_size": size, "input_size": size},
-        "training": {"dataset": "synthetic"},
-        "metrics": {},
-        "thresholds": {"rule": "youden_j", "values": dict.fromkeys(findings, 0.5)},
-        "ood": {"threshold": 1.0e9},
-        "harness": {},
-    }
-
-
 @pytest.fixture
 def bundle_dir(tmp_path) -> Path:
-    torch.manual_seed(0)
-    net = MultiTaskNet("simple_cnn", 3).eval()
-    features = np.random.default_rng(0).normal(size=(40, net.representation_dim))
-    return inf.write_bundle(tmp_path / "model", net, card(), *inf.fit_ood(features))
+    return make_bundle(tmp_path / "model", findings=("A", "B", "C"), size=32)
 
 
 # ---- images -------------------------------------------------------------------------------
@@ -249,10 +227,146 @@ def test_compressed_colour_and_multi_frame_dicom_files_are_refused_in_one_line()
         pytest.skip("a JPEG Lossless decoder is installed here")
     cases = {
         "JPEG-LL.dcm": "cannot decode this DICOM's pixel data (JPEG Lossless",
-        "SC_rgb.dcm": "a DICOM image in RGB: a chest X-ray is grey",
+        "SC_rgb.dcm": "a DICOM image in 'RGB': a chest X-ray is grey",
         "emri_small.dcm": "a multi-frame DICOM file (10 frames): give one radiograph",
     }
     for name, reason in cases.items():
         with pytest.raises(inf.ImageError) as exc:
             inf.read_image(Path(get_testdata_file(name)).read_bytes(), 32)
         assert str(exc.value).startswith(reason) and "\n" not in str(exc.value), name
+
+
+def dicom_bytes(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_voi_lut_window_and_rescale_against_pydicom():
+    """pydicom's own sample files, each against pydicom's own transform: vlut_04 (a VOI LUT
+    whose entries span 0 .. 65535: the output is pydicom's exactly), MR_small (a window on
+    signed 16-bit: pydicom's windowing over its output range -32768 .. 32767) and CT_small
+    (a rescale, no window: its own minimum to maximum)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
+
+    ds = pydicom.dcmread(get_testdata_file("vlut_04.dcm"))
+    ours = inf.dicom_pixels(Path(get_testdata_file("vlut_04.dcm")).read_bytes())
+    assert np.array_equal(ours, apply_voi_lut(ds.pixel_array, ds))
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    assert ds.PixelRepresentation == 1 and ds.BitsStored == 16
+    windowed = apply_windowing(ds.pixel_array.astype(float), ds)
+    expected = np.rint((windowed + 32768) / 65535 * 65535).astype(np.uint16)
+    ours = inf.dicom_pixels(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = apply_modality_lut(ds.pixel_array, ds).astype(float)
+    expected = np.rint((hu - hu.min()) / (hu.max() - hu.min()) * 65535).astype(np.uint16)
+    ours = inf.dicom_pixels(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    assert np.array_equal(ours, expected)
+
+
+def _frames_ab_c(ds) -> bytes:
+    """NumberOfFrames written as 'ab c' (pydicom refuses to set it, so the bytes are edited)."""
+    ds.NumberOfFrames = 2
+    data = dicom_bytes(ds)
+    element = b"(\x00\x08\x00IS\x02\x002 "
+    assert data.count(element) == 1
+    return data.replace(element, b"(\x00\x08\x00IS\x04\x00ab c")
+
+
+def _set(**values):
+    def change(ds) -> bytes:
+        for key, value in values.items():
+            setattr(ds, key, value)
+        return dicom_bytes(ds)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (_frames_ab_c, "a DICOM file whose image attributes cannot be used"),
+        (_set(WindowWidth=0), "a DICOM file whose image attributes cannot be used"),
+        (_set(PhotometricInterpretation="MONO\nCHROME<"), "a DICOM image in 'MONO\\nCHROME<'"),
+    ],
+)
+def test_malformed_dicom_attributes_are_one_line_and_never_logged(change, reason, caplog):
+    data = change(pydicom.dcmread(DICOM))
+    with caplog.at_level("DEBUG"), _no_warnings(), pytest.raises(inf.ImageError) as exc:
+        inf.read_image(data, 32)
+    assert str(exc.value).startswith(reason) and "\n" not in str(exc.value)
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+
+
+class _no_warnings:
+    """Fail on any warning raised inside (pydicom's carry tag values)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self.seen = self._catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
+        assert [str(w.message) for w in self.seen] == []
+
+
+def test_deflated_and_blank_dicom_files_are_refused():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    with pytest.raises(inf.ImageError, match="^a deflated DICOM file: convert it"):
+        inf.read_image(dicom_bytes(ds), 32)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelData = np.zeros((ds.Rows, ds.Columns), dtype=np.int16).tobytes()
+    with pytest.raises(inf.ImageError, match="^a blank image: every pixel has the same value"):
+        inf.read_image(dicom_bytes(ds), 32)
+
+
+def test_an_rgb_jpeg_decodes_exactly_as_prepare_did(tmp_path):
+    """The colour check opens its own copy: the image decoded for the model keeps JPEG's
+    draft mode, as prepare's decoding had it."""
+    grey = np.random.default_rng(7).integers(0, 256, size=(1024, 1024), dtype=np.uint8)
+    path = tmp_path / "x.jpg"
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(path, quality=92)
+    assert np.array_equal(inf.read_image(path.read_bytes(), 256), decode_image(path, 256))
+
+
+def test_batched_grad_cam_equals_one_finding_at_a_time(bundle_dir):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    bundle = inf.load_bundle(bundle_dir)
+    image = inf.read_image(DICOM.read_bytes(), 32)
+    maps = bundle.saliency(image)
+    x = bundle._input(image[None])
+    cam = LayerGradCam(lambda inputs: bundle.net(inputs)[1], bundle.net.saliency_layer())
+    for t in range(len(bundle.findings)):
+        single = cam.attribute(x, target=t, relu_attributions=True)
+        single = LayerAttribution.interpolate(single.detach(), (32, 32), "bilinear")[0, 0]
+        single = single.clamp_min(0).numpy()
+        expected = single / single.max() if single.max() > 0 else single
+        assert maps[t] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_finding_no_better_than_chance_on_val_keeps_0_5():
+    p = np.array([[0.9], [0.8], [0.2], [0.1]])
+    y = np.array([[0.0], [0.0], [1.0], [1.0]])  # every positive scored below every negative
+    (threshold,), (rule,) = inf.youden_thresholds(p, y, np.ones_like(y, dtype=bool))
+    assert threshold == 0.5 and rule == "default_0.5"
+
+
+def test_a_card_without_what_prediction_needs_is_refused(bundle_dir):
+    meta = json.loads((bundle_dir / inf.CARD_FILE).read_text())
+    broken = {**meta, "thresholds": {**meta["thresholds"], "values": {"A": 0.5, "B": 0.5}}}
+    (bundle_dir / inf.CARD_FILE).write_text(json.dumps(broken))
+    with pytest.raises(inf.BundleError, match="thresholds.values needs a finite number"):
+        inf.load_bundle(bundle_dir)
+    broken = {**meta, "preprocessing": {"decode_size": 32}}
+    (bundle_dir / inf.CARD_FILE).write_text(json.dumps(broken))
+    with pytest.raises(inf.BundleError, match="preprocessing.input_size must be a positive"):
+        inf.load_bundle(bundle_dir)

@@ -12,49 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.data import get_testdata_file
 
 from deepchest import inference as inf
-from deepchest.models import MultiTaskNet
 from harness.serve.app import DISCLAIMER, SYNTHETIC_BANNER, create_app
+from tests.bundles import FINDINGS, make_bundle, png_bytes
 
 DICOM = Path(get_testdata_file("RG1_UNCR.dcm"))
-FINDINGS = ["Atelectasis", "Effusion", "Mass"]
-
-
-def make_bundle(folder: Path, *, dataset="synthetic", ood_threshold=1.0e9) -> Path:
-    torch.manual_seed(0)
-    net = MultiTaskNet("simple_cnn", len(FINDINGS)).eval()
-    features = np.random.default_rng(0).normal(size=(40, net.representation_dim))
-    card = {
-        "backbone": "simple_cnn",
-        "in_channels": 1,
-        "findings": FINDINGS,
-        "preprocessing": {"decode_size": 64, "input_size": 64},
-        "training": {
-            "dataset": dataset,
-            "split_sizes": {"train": 168, "val": 36, "test": 36},
-            "method": "deepchest",
-            "seed": 0,
-        },
-        "metrics": {"test_auroc": {"Atelectasis": 0.71, "Effusion": None, "Mass": 0.64}},
-        "thresholds": {
-            "rule": "youden_j",
-            "values": {"Atelectasis": 0.4, "Effusion": 0.5, "Mass": 0.6},
-        },
-        "ood": {"threshold": ood_threshold, "test_false_refusal_rate": 0.03},
-        "harness": {"version": "0.1.0"},
-    }
-    return inf.write_bundle(folder, net, card, *inf.fit_ood(features))
-
-
-def png_file(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +47,8 @@ def test_the_page_carries_the_disclaimer_and_the_synthetic_banner(client, bundle
     with TestClient(create_app(inf.load_bundle(real))) as other:
         assert "synthetic-banner" not in other.get("/").text
     info = client.get("/api/model").json()
-    assert info["findings"] == FINDINGS and info["synthetic"] is True
-    assert info["test_auroc"]["Atelectasis"] == 0.71 and info["disclaimer"] == DISCLAIMER
+    assert info["findings"] == list(FINDINGS) and info["synthetic"] is True
+    assert info["test_auroc"]["Atelectasis"] == 0.7 and info["disclaimer"] == DISCLAIMER
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
@@ -98,12 +64,12 @@ def test_the_api_answers_what_predict_prints(client, bundle_dir, tmp_path, capsy
     (printed,) = json.loads(capsys.readouterr().out)
     answer = post(client, path.read_bytes(), name=str(path))
     assert answer.status_code == 200
-    assert answer.json() == printed
+    assert answer.json() == {**printed, "image": "xray.dcm"}  # never the client's folders
 
 
 def test_heat_maps_for_every_finding(client):
     answer = post(client, DICOM.read_bytes(), name="xray.dcm", saliency="true").json()
-    assert [s["name"] for s in answer["saliency"]] == FINDINGS
+    assert [s["name"] for s in answer["saliency"]] == list(FINDINGS)
     for item in [*answer["saliency"], {"overlay": answer["input"]}]:
         head, _, payload = item["overlay"].partition(",")
         assert head == "data:image/png;base64"
@@ -117,7 +83,7 @@ def test_heat_maps_for_every_finding(client):
         (b"hello, not an image", 422, "not an image: give a PNG, JPEG or DICOM file"),
         (b"", 422, "an empty file (0 bytes)"),
         (
-            png_file(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+            png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
             422,
             "a colour image",
         ),
@@ -143,10 +109,10 @@ def test_oversized_uploads_and_images_are_refused(bundle_dir):
     bundle = inf.load_bundle(bundle_dir)
     small = TestClient(create_app(bundle, max_bytes=4096, max_pixels=10_000))
     noise = np.random.default_rng(1).integers(0, 256, (200, 200), dtype=np.uint8)
-    answer = post(small, png_file(noise))
+    answer = post(small, png_bytes(noise))
     assert answer.status_code == 413
     assert answer.json() == {"detail": "the file is over the limit of 0.00390625 MB"}
-    answer = post(small, png_file(np.zeros((120, 120), np.uint8)))  # small file, many pixels
+    answer = post(small, png_bytes(np.zeros((120, 120), np.uint8)))  # small file, many pixels
     assert answer.status_code == 422
     assert answer.json()["detail"] == "120 x 120 pixels is over the limit of 10,000 pixels"
 
@@ -183,8 +149,40 @@ def test_an_upload_is_never_spooled_to_disk(client, monkeypatch):
 
 def test_concurrent_requests_get_their_own_answers(client):
     rng = np.random.default_rng(2)
-    images = [png_file(rng.integers(0, 256, (64, 64), dtype=np.uint8)) for _ in range(4)]
+    images = [png_bytes(rng.integers(0, 256, (64, 64), dtype=np.uint8)) for _ in range(4)]
     expected = [post(client, image).json() for image in images]
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda i: post(client, images[i % 4]).json(), range(16)))
     assert answers == [expected[i % 4] for i in range(16)]
+
+
+def raw_post(client, body: bytes, content_type: str):
+    return client.post("/api/predict", content=body, headers={"Content-Type": content_type})
+
+
+def test_malformed_multipart_bodies_are_400_in_one_line(client):
+    answer = raw_post(client, b"--x\r\n", "multipart/form-data")  # no boundary
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "send the image as the multipart form field 'file'"}
+    image = png_bytes(np.zeros((64, 64), np.uint8))
+    head = b'--b0\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+    answer = raw_post(client, head + image[:100], "multipart/form-data; boundary=b0")
+    assert answer.status_code == 400  # cut short: no closing boundary
+    assert answer.json() == {"detail": "the upload ended before the file was complete"}
+
+
+def test_only_the_base_name_of_the_client_file_name_comes_back(client):
+    image = png_bytes(np.zeros((64, 64), np.uint8))
+    for sent in ("/home/someone/private/x ray.png", "C:\\Users\\someone\\x ray.png"):
+        assert post(client, image, name=sent).json()["image"] == "x ray.png"
+
+
+def test_concurrent_requests_with_heat_maps(client):
+    rng = np.random.default_rng(3)
+    images = [png_bytes(rng.integers(0, 256, (64, 64), dtype=np.uint8)) for _ in range(3)]
+    expected = [post(client, image, saliency="true").json() for image in images]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(
+            pool.map(lambda i: post(client, images[i % 3], saliency="true").json(), range(9))
+        )
+    assert answers == [expected[i % 3] for i in range(9)]

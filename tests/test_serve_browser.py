@@ -21,8 +21,8 @@ from pydicom.data import get_testdata_file
 
 from deepchest import inference as inf
 from tests.browser import chromium_or_skip
+from tests.bundles import FINDINGS, make_bundle
 from tests.drivers import end_processes, free_port
-from tests.test_serve import FINDINGS, make_bundle
 
 DICOM = Path(get_testdata_file("RG1_UNCR.dcm"))
 

@@ -14,8 +14,8 @@ from pydicom.data import get_testdata_file
 
 from deepchest import inference as inf
 from harness.serve.app import create_app
+from tests.bundles import make_bundle
 from tests.drivers import free_port
-from tests.test_serve import make_bundle
 
 DICOM = get_testdata_file("RG1_UNCR.dcm")
 
@@ -70,3 +70,26 @@ def test_a_bad_bundle_fails_before_anything_is_deployed(ray_session, tmp_path):
 
     with pytest.raises(inf.BundleError, match="no such file"):
         deploy(tmp_path, "127.0.0.1", free_port(), replicas=1, max_bytes=1)
+
+
+def test_run_on_ray_leaves_what_it_did_not_start(ray_session, tmp_path):
+    """A bad bundle fails in one line before Ray is touched; an application of the same name
+    already running is refused and left running, and the session's Ray and Serve stay up."""
+    from ray import serve
+
+    from harness.errors import RunRefused
+    from harness.serve.ray_app import APP_NAME, deploy, run_on_ray
+
+    with pytest.raises(inf.BundleError, match="no such file"):
+        run_on_ray(tmp_path / "none", "127.0.0.1", free_port(), 1, None, 1, print)
+    bundle_dir = make_bundle(tmp_path / "model")
+    port = free_port()
+    try:
+        deploy(bundle_dir, "127.0.0.1", port, replicas=1, max_bytes=2**20, cpus=0.5)
+        with pytest.raises(RunRefused, match=f"a Serve application named '{APP_NAME}' already"):
+            run_on_ray(bundle_dir, "127.0.0.1", port, 1, None, 2**20, print)
+        assert ray_session.is_initialized()
+        assert serve.status().applications[APP_NAME].status == "RUNNING"
+    finally:
+        serve.delete(APP_NAME)
+        serve.shutdown()

@@ -182,7 +182,7 @@ def bad_summary(bad: list[tuple[str, str]], root: str | os.PathLike, shown: int 
     return text + (f" (and {len(bad) - shown} more)" if len(bad) > shown else "")
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or "no detail"
     return f"{type(exc).__name__}: {text}"
 
@@ -221,7 +221,7 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     except FileNotFoundError:
         raise BadImage("missing (no such file)") from None
     except OSError as exc:
-        raise BadImage(f"cannot stat ({_one_line(exc)})") from None
+        raise BadImage(f"cannot stat ({one_line(exc)})") from None
     if not os.path.isfile(path):
         raise BadImage("not a regular file")
     if st.st_size == 0:
@@ -234,7 +234,7 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     except BadImage:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
-        raise BadImage(f"unreadable ({_one_line(exc)})") from None
+        raise BadImage(f"unreadable ({one_line(exc)})") from None
 
 
 # ---- worker processes ----------------------------------------------------------------------
@@ -387,7 +387,7 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: unreadable manifest ({_one_line(exc)})") from None
+        raise DatasetError(f"{path}: unreadable manifest ({one_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DatasetError(f"{path}: not a {FORMAT} manifest")
     return data

@@ -13,7 +13,9 @@ every real X-ray is unlike its training images).
 
 The upload is parsed in memory as it streams in (python-multipart's ``MultipartParser``),
 never spooled to a temporary file as Starlette's form parser does past 1 MB, and the reading
-stops as soon as the body passes the limit; the image is neither written nor logged.
+stops as soon as the body passes the limit; the image is neither written nor logged, and
+only the base name of the client's file name is echoed. ``/docs`` (Swagger UI) loads its
+script from a CDN, so it is blank offline; ``/openapi.json`` is served from here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import threading
 from importlib import resources
 from typing import Any
@@ -97,6 +100,7 @@ async def read_upload(request: Request, field: str, max_bytes: int) -> tuple[str
 
     def part_data(data: bytes, start: int, end: int) -> None:
         if state["name"] == field and "bytes" not in found:
+            found["started"] = True
             buffer.write(data[start:end])
             if buffer.tell() > max_bytes:
                 raise UploadError(413, limit)
@@ -129,8 +133,12 @@ async def read_upload(request: Request, field: str, max_bytes: int) -> tuple[str
     except Exception as exc:  # python-multipart's MultipartParseError, a broken stream
         raise UploadError(400, f"a malformed multipart body ({type(exc).__name__})") from None
     if "bytes" not in found:
+        if found.get("started"):  # python-multipart's finalize() accepts a body cut short
+            raise UploadError(400, "the upload ended before the file was complete")
         raise UploadError(400, f"no multipart form field {field!r} with the image")
-    return found["filename"] or "upload", found["bytes"]
+    # the name as the client gave it, but never a client's folders
+    name = found["filename"].replace("\\", "/").rsplit("/", 1)[-1]
+    return name or "upload", found["bytes"]
 
 
 def _data_url(png: bytes) -> str:
@@ -191,6 +199,9 @@ def create_app(
         version=str(bundle.card["harness"].get("version") or "0"),
     )
     lock = threading.Lock()
+    # decoding runs beside the model, but a 50-megapixel DICOM takes a few hundred MB: only
+    # as many at once as there are cores
+    decoding = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
     info = model_info(bundle)
     page = render_page(bundle)
 
@@ -211,7 +222,8 @@ def create_app(
         return info
 
     def interpret(data: bytes, filename: str, saliency: bool) -> dict[str, Any]:
-        image = read_image(data, bundle.decode_size, max_pixels=max_pixels)
+        with decoding:
+            image = read_image(data, bundle.decode_size, max_pixels=max_pixels)
         with lock:
             prediction = bundle.predict(image[None])[0]
         # a demo model trained on synthetic images finds every real X-ray unlike its training
