@@ -76,6 +76,7 @@ OOD_KEYS = ("ood.mean", "ood.precision")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # what a folder is searched for
 DEFAULT_MAX_BYTES = 25 * 2**20  # an upload over this is refused before it is decoded
+MIN_SIDE = 32  # pixels: smaller is an icon, not a radiograph
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7,000 x 7,000; a CR/DX plate is at most ~4,300 x 3,500
 # a grey radiograph stored as RGB has (almost) equal channels; JPEG chroma noise stays ~1-2
 COLOUR_CHROMA = 10.0  # mean of max(R, G, B) - min(R, G, B) over the image, 0 .. 255
@@ -191,6 +192,11 @@ def _grey_pixels(ds: Any, max_pixels: int) -> np.ndarray:
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows * cols > max_pixels:
         raise ImageError(f"{cols} x {rows} pixels is over the limit of {max_pixels:,} pixels")
+    if min(rows, cols) < MIN_SIDE:
+        raise ImageError(
+            f"{cols} x {rows} pixels is too small for a radiograph (at least {MIN_SIDE} on each "
+            "side)"
+        )
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -230,7 +236,8 @@ def read_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     ``preprocessing.decode_size``). Works in memory; nothing is written.
 
     Raises :class:`ImageError` (one line) for an empty file, a file that is not a PNG, JPEG
-    or DICOM image, an image over ``max_pixels``, a colour image (mean chroma over
+    or DICOM image, an image over ``max_pixels`` or under :data:`MIN_SIDE` on a side, a
+    colour image (mean chroma over
     :data:`COLOUR_CHROMA`: a photograph, not a radiograph), and an unreadable one.
     """
     from PIL import Image, UnidentifiedImageError
@@ -250,6 +257,11 @@ def read_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(f"{width} x {height} pixels is over the limit of {max_pixels:,} pixels")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{width} x {height} pixels is too small for a radiograph (at least {MIN_SIDE} on "
+            "each side)"
+        )
     chroma = _chroma(img.mode, data)
     if chroma > COLOUR_CHROMA:
         raise ImageError(

@@ -481,7 +481,19 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_dir(path: str) -> None:
+    """Refuse a path that is not a run directory before torch loads (seconds)."""
+    from harness.rundir import CONFIG_FILE, read_manifest
+
+    root = Path(path)
+    if not root.exists():
+        raise RunRefused(f"{root}: no such file or folder")
+    if read_manifest(root) is None or not (root / CONFIG_FILE).is_file():
+        raise RunRefused(f"{root}: not a run directory (no manifest.json and config.yaml)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_run_dir(args.run_dir)
     _note("loading torch ...")
     from harness.export import export_model
 
@@ -491,6 +503,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         method=args.method,
         backbone=args.backbone,
         ood_quantile=args.ood_quantile,
+        overwrite=args.overwrite,
         notify=_note,
     )
     card = exported.card
@@ -507,15 +520,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_image_file(path: Path) -> bool:
+    """An image by its suffix, or a DICOM file without one (``DICM`` at byte 128)."""
+    from deepchest.inference import IMAGE_SUFFIXES
+
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _image_files(paths: list[str]) -> list[Path]:
-    """Files as given, and a folder's image files (by suffix, sorted), in order."""
+    """Files as given, and a folder's image files (by suffix, or DICOM files without one;
+    sorted), in order."""
     from deepchest.inference import IMAGE_SUFFIXES
 
     files: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if _is_image_file(p))
             if not found:
                 raise RunRefused(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
             files += found
@@ -528,9 +559,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import csv
     import json
 
+    import torch
+
     from deepchest.inference import ImageError, load_bundle, read_image
 
-    bundle = load_bundle(args.model, device=args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RunRefused("--device cuda: torch sees no CUDA device on this machine")
+    bundle = load_bundle(_existing_bundle(args.model), device=args.device)
     results, failed = [], 0
     for path in _image_files(args.images):
         try:
@@ -558,15 +593,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["image", "finding", "probability", "threshold", "above"])
+        writer.writerow(
+            ["image", "in_distribution", "finding", "probability", "threshold", "above"]
+        )
         for result in results:
             for f in result["findings"]:
                 row = [f["name"], f"{f['probability']:.6f}", f"{f['threshold']:.6f}", f["above"]]
-                writer.writerow([result["image"], *row])
+                writer.writerow([result["image"], result["in_distribution"], *row])
     else:
         console = _wide_console()
         for result in results:
-            table = Table(title=result["image"], title_justify="left")
+            # the path above the table, whole: a table title wraps at the table's width
+            console.print(result["image"], style="bold", markup=False, highlight=False)
+            table = Table()
             for column in ("finding", "probability", "threshold", "above"):
                 table.add_column(column, justify="left" if column == "finding" else "right")
             for f in result["findings"]:
@@ -583,29 +622,63 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
-def _bundle_for(path: str) -> Path:
-    """A bundle folder as given, or a run directory's bundle (``RUN_DIR/model``), exported
-    first when the run has none."""
+def _bundle_in(path: str) -> Path | None:
+    """The bundle folder that ``path`` names: itself, its ``model.json``'s folder, or a run
+    directory's ``model/``; None when there is none."""
     from deepchest.inference import CARD_FILE
-    from harness.export import MODEL_DIR, export_model
+    from harness.export import MODEL_DIR
 
     given = Path(path)
-    if given.name == CARD_FILE:
+    if given.name == CARD_FILE and given.is_file():
         return given.parent
-    if (given / CARD_FILE).is_file():
-        return given
-    if (given / MODEL_DIR / CARD_FILE).is_file():
-        return given / MODEL_DIR
-    _note(f"{given} has no exported model yet: exporting its best trial ...")
-    return export_model(given, notify=_note).path
+    for folder in (given, given / MODEL_DIR):
+        if (folder / CARD_FILE).is_file():
+            return folder
+    return None
+
+
+def _existing_bundle(path: str) -> Path:
+    """``harness predict``'s MODEL: a bundle, or a run directory that has exported one."""
+    if not Path(path).exists():
+        raise RunRefused(f"{path}: no such file or folder")
+    found = _bundle_in(path)
+    if found is None:
+        hint = (
+            f" (export one: harness export {path})"
+            if (Path(path) / "config.yaml").is_file()
+            else ""
+        )
+        raise RunRefused(f"{path}: no model bundle (model.json) here{hint}")
+    return found
+
+
+def _bundle_for(path: str) -> Path:
+    """``harness serve``'s MODEL_OR_RUN_DIR: a bundle, or a run directory's bundle, exported
+    first when the run has none."""
+    from harness.export import export_model
+
+    found = _bundle_in(path)
+    if found is not None:
+        return found
+    _check_run_dir(path)
+    _note(f"{path} has no exported model yet: exporting its best trial ...")
+    return export_model(path, notify=_note).path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.max_mb <= 0:
+        raise RunRefused(f"--max-mb must be positive, got {args.max_mb:g}")
+    if not 1 <= args.port <= 65535:
+        raise RunRefused(f"--port must be 1 .. 65535, got {args.port}")
+    if not args.ray and (args.replicas != 1 or args.address):
+        raise RunRefused("--replicas and --address go with --ray (a Ray Serve deployment)")
+    if not args.ray:
+        _check_port(args.host, args.port)
+    if not Path(args.model).exists():
+        raise RunRefused(f"{args.model}: no such file or folder")
     _note("loading torch ...")
     from deepchest.inference import load_bundle
 
-    if args.max_mb <= 0:
-        raise RunRefused(f"--max-mb must be positive, got {args.max_mb:g}")
     bundle_dir = _bundle_for(args.model)
     max_bytes = int(args.max_mb * 2**20)
     if args.ray:
@@ -619,9 +692,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from harness.serve.app import create_app
 
     app = create_app(load_bundle(bundle_dir), max_bytes=max_bytes)
+    _check_port(args.host, args.port)  # again: the export may have taken a while
     _note(f"serving {bundle_dir} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    # uvicorn handles Ctrl-C and SIGTERM itself and returns: a server's normal end, exit 0
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a host or port that cannot be listened on (before the page is
+    announced there)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise RunError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -781,6 +870,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--backbone", help="only trials of this backbone")
     export.add_argument("--out", help="the bundle's folder (default: RUN_DIR/model)")
     export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out folder's files (the run's own model/ is always replaced)",
+    )
+    export.add_argument(
         "--ood-quantile",
         type=float,
         default=0.99,
@@ -797,8 +891,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("model", metavar="MODEL", help="a bundle folder (harness export)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    predict.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="a table per image, a JSON list, or CSV rows (default: table)",
+    )
+    predict.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the model runs (default: cpu)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser(
@@ -810,10 +914,12 @@ def build_parser() -> argparse.ArgumentParser:
         "diagnosis.",
     )
     serve.add_argument("model", metavar="MODEL_OR_RUN_DIR")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--max-mb", type=float, default=25.0, help="largest upload in MB (default: 25)"
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--max-mb", type=float, default=25.0, help="largest upload in MiB (default: 25)"
     )
     serve.add_argument("--ray", action="store_true", help="run the app as a Ray Serve deployment")
     serve.add_argument("--replicas", type=int, default=1, help="with --ray: replicas")
@@ -856,6 +962,9 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
+    except BrokenPipeError:  # `harness predict ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         code = _exit_code(exc)
         if code is None:
@@ -863,9 +972,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in getattr(exc, "lines", None) or [str(exc)]:
             _err(line)
         return code
-    except BrokenPipeError:  # `harness predict ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt as exc:  # `run` and `data` say what they kept themselves
         _err(f"{_stopped(exc)}; nothing half-written is left")
         return _interrupted_code(exc)

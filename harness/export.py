@@ -41,6 +41,23 @@ class Exported:
     card: dict[str, Any]
 
 
+def _writable_target(root: Path, out: Path | None, overwrite: bool) -> Path:
+    """Where the bundle goes, checked before any work: the run's own ``model/`` is replaced
+    freely; another folder must be new or empty, or hold files only replaced with
+    ``overwrite``; it is made now, so an unwritable place fails in one line at once."""
+    target = out if out is not None else root / MODEL_DIR
+    own = target.resolve() == (root / MODEL_DIR).resolve()
+    if target.exists() and not target.is_dir():
+        raise RunRefused(f"--out {target}: exists and is not a folder")
+    if not own and not overwrite and target.is_dir() and any(target.iterdir()):
+        raise RunRefused(f"--out {target}: not an empty folder; pass --overwrite to write into it")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunRefused(f"--out {target}: {exc.strerror or type(exc).__name__}") from None
+    return target
+
+
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     import json
 
@@ -119,6 +136,7 @@ def export_model(
     method: str | None = None,
     backbone: str | None = None,
     ood_quantile: float = DEFAULT_OOD_QUANTILE,
+    overwrite: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> Exported:
     """Export the best trial of ``run_dir`` (see the module docstring) into ``out`` (default
@@ -142,6 +160,7 @@ def export_model(
         raise RunRefused(f"{root}: not a run directory (no manifest.json and config.yaml)")
     if not 0 < ood_quantile < 1:
         raise RunRefused(f"--ood-quantile must be in (0, 1), got {ood_quantile}")
+    target = _writable_target(root, Path(out) if out else None, overwrite)
     record = choose_trial(_records(root), method, backbone)
     identity = record["identity"]
     trial_id = identity["trial_id"]
@@ -241,5 +260,5 @@ def export_model(
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     }
-    path = write_bundle(Path(out) if out else root / MODEL_DIR, net, card, ood_mean, ood_precision)
+    path = write_bundle(target, net, card, ood_mean, ood_precision)
     return Exported(path, trial_id, card)

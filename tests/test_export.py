@@ -5,6 +5,8 @@ pydicom-data chest radiograph as DICOM and as a 16-bit PNG of its pixels."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from deepchest.models import MultiTaskNet
 from harness.checkpoints import CheckpointStore
 from harness.cli import main
 from harness.errors import RunRefused
-from harness.export import choose_trial
+from harness.export import choose_trial, export_model
 from tests.conftest import tiny_config, write_config
 
 DICOM = Path(get_testdata_file("RG1_UNCR.dcm"))
@@ -124,11 +126,60 @@ def test_predict_a_folder_as_csv_and_bad_files_in_one_line(exported, tmp_path, c
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.out.splitlines()
-    assert lines[0] == "image,finding,probability,threshold,above"
+    assert lines[0] == "image,in_distribution,finding,probability,threshold,above"
     assert len(lines) == 1 + 14
     assert all(line.startswith(str(folder / "a.png")) for line in lines[1:])
     assert f"harness: error: {folder / 'b.png'}: not an image: give a PNG, JPEG or DICOM file" in (
         captured.err.splitlines()
     )
     assert main(["predict", str(tmp_path / "nowhere"), str(folder)]) == 2
-    assert "no such file (a bundle is what harness export writes)" in capsys.readouterr().err
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
+
+
+def test_export_out_is_checked_before_the_work(exported, tmp_path):
+    run_dir, _ = exported
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(RunRefused, match="not an empty folder; pass --overwrite"):
+        export_model(run_dir, busy)
+    assert (busy / "notes.txt").read_text() == "mine" and not (busy / "model.json").exists()
+    with pytest.raises(RunRefused, match="exists and is not a folder"):
+        export_model(run_dir, busy / "notes.txt")
+    again = export_model(run_dir, busy, overwrite=True)  # and the run's own model/ freely
+    assert (again.path / "model.json").is_file() and (busy / "notes.txt").exists()
+
+
+def test_predict_and_its_refusals_as_a_user_types_them(exported, tmp_path):
+    """Subprocesses, as typed: a run directory as MODEL, a pipe closed early, a missing path,
+    a CUDA device that is not there."""
+    run_dir, _ = exported
+    png = tmp_path / "xray.png"
+    Image.fromarray(inf.dicom_pixels(DICOM.read_bytes())).save(png)
+    harness = [sys.executable, "-m", "harness.cli"]
+    head = subprocess.run(
+        f"{' '.join(harness)} predict {run_dir} {png} {png} --format csv | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert head.stdout.startswith("image,in_distribution,") and "Traceback" not in head.stderr
+    missing = subprocess.run(
+        [*harness, "predict", str(tmp_path / "nowhere"), str(png)], capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith("nowhere: no such file or folder")
+    if not torch.cuda.is_available():
+        cuda = subprocess.run(
+            [*harness, "predict", str(run_dir), str(png), "--device", "cuda"],
+            capture_output=True,
+            text=True,
+        )
+        assert cuda.returncode == 2 and cuda.stderr.strip() == (
+            "harness: error: --device cuda: torch sees no CUDA device on this machine"
+        )
+    export = subprocess.run(
+        [*harness, "export", str(tmp_path / "no-run")], capture_output=True, text=True
+    )
+    assert export.returncode == 2 and export.stderr.strip().endswith("no such file or folder")
+    assert "loading torch" not in export.stderr  # refused before the slow part

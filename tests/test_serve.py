@@ -186,3 +186,23 @@ def test_concurrent_requests_with_heat_maps(client):
             pool.map(lambda i: post(client, images[i % 3], saliency="true").json(), range(9))
         )
     assert answers == [expected[i % 3] for i in range(9)]
+
+
+def test_docs_work_offline_and_bad_parameters_are_one_line(client):
+    docs = client.get("/docs").text
+    assert "cdn.jsdelivr.net" not in docs and "/static-offline-docs/swagger-ui-bundle.js" in docs
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    image = png_bytes(np.zeros((64, 64), np.uint8))
+    answer = post(client, image, saliency="maybe")
+    assert answer.status_code == 422 and isinstance(answer.json()["detail"], str)
+    assert answer.json()["detail"].startswith("saliency: ")
+    two = client.post(
+        "/api/predict", files=[("file", ("a.png", image)), ("file", ("b.png", image))]
+    )
+    assert two.status_code == 400
+    assert two.json() == {"detail": "more than one form field 'file': send one image"}
+    tiny = post(client, png_bytes(np.zeros((8, 8), np.uint8)))
+    assert tiny.status_code == 422
+    assert tiny.json()["detail"] == (
+        "8 x 8 pixels is too small for a radiograph (at least 32 on each side)"
+    )

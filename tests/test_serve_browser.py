@@ -159,3 +159,45 @@ def test_bad_files_get_a_message_and_nothing_else(server, browser, tmp_path):
     refused = ("422 (Unprocessable Entity)", "413 (Request Entity Too Large)")
     assert [e for e in errors if not e.endswith(refused)] == []
     assert len(errors) == 2
+
+
+def test_the_api_docs_render_offline(server, browser):
+    url, _ = server
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+    page.goto(url + "docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "chest X-ray interpretation" in page.inner_text(".swagger-ui .info .title")
+    assert page.get_by_text("/api/predict", exact=True).first.is_visible()
+    assert errors == []
+
+
+def test_serve_refuses_what_it_cannot_do_in_one_line(server, tmp_path):
+    """Before torch loads: a port in use (the module's server holds one), --replicas without
+    --ray, a path that does not exist."""
+    url, _ = server
+    port = url.rsplit(":", 1)[1].strip("/")
+    harness = [sys.executable, "-m", "harness.cli", "serve"]
+    cases = [
+        (
+            [str(tmp_path), "--port", port],
+            1,
+            f"harness: error: cannot listen on 127.0.0.1:{port}: Address already in use",
+        ),
+        (
+            [str(tmp_path), "--replicas", "2"],
+            2,
+            "harness: error: --replicas and --address go with --ray (a Ray Serve deployment)",
+        ),
+        (
+            [str(tmp_path / "nowhere"), "--port", str(free_port())],
+            2,
+            f"harness: error: {tmp_path / 'nowhere'}: no such file or folder",
+        ),
+        (["x", "--port", "99999"], 2, "harness: error: --port must be 1 .. 65535, got 99999"),
+    ]
+    for args, code, line in cases:
+        done = subprocess.run([*harness, *args], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr.strip()) == (code, line), args

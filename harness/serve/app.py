@@ -14,8 +14,8 @@ every real X-ray is unlike its training images).
 The upload is parsed in memory as it streams in (python-multipart's ``MultipartParser``),
 never spooled to a temporary file as Starlette's form parser does past 1 MB, and the reading
 stops as soon as the body passes the limit; the image is neither written nor logged, and
-only the base name of the client's file name is echoed. ``/docs`` (Swagger UI) loads its
-script from a CDN, so it is blank offline; ``/openapi.json`` is served from here.
+only the base name of the client's file name is echoed. ``/docs`` (Swagger UI) and
+``/redoc`` come with their files from here (fastapi-offline), so they work offline.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from deepchest.inference import (
     DEFAULT_MAX_BYTES,
@@ -106,7 +108,9 @@ async def read_upload(request: Request, field: str, max_bytes: int) -> tuple[str
                 raise UploadError(413, limit)
 
     def part_end() -> None:
-        if state["name"] == field and "bytes" not in found:
+        if state["name"] == field:
+            if "bytes" in found:
+                raise UploadError(400, f"more than one form field {field!r}: send one image")
             found["bytes"], found["filename"] = buffer.getvalue(), state["filename"]
 
     parser = MultipartParser(
@@ -193,7 +197,8 @@ def create_app(
     """The app over a loaded ``bundle``; uploads over ``max_bytes`` or images over
     ``max_pixels`` are refused. Model calls hold one lock: Grad-CAM hooks the shared network,
     and on a CPU the forward passes gain nothing from running side by side."""
-    app = FastAPI(
+    # fastapi-offline: FastAPI with Swagger UI's and ReDoc's files served from here, not a CDN
+    app = FastAPIOffline(
         title="DeepChest harness: chest X-ray interpretation (research demo)",
         description=DISCLAIMER,
         version=str(bundle.card["harness"].get("version") or "0"),
@@ -212,6 +217,13 @@ def create_app(
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "query")
+        message = str(first.get("msg", "a bad request"))
+        return JSONResponse({"detail": f"{where}: {message}" if where else message}, 422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
