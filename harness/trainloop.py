@@ -225,7 +225,9 @@ class TrainStep:
     the gradient levels switch it off (``no_sync``) and let the engine all-reduce ``J``
     instead, so that every worker aggregates the same union Jacobian. A method that needs the
     losses after the step (FAMO) gets them from a second forward pass on the same batch, without
-    grad and with the BatchNorm statistics frozen.
+    grad and with the BatchNorm statistics frozen. The method is told which tasks have labels in
+    the step (``present``: at least one labelled example on any worker, from the mask ``m``,
+    all-reduced with the losses); ``self.present`` holds the last step's.
     """
 
     def __init__(
@@ -246,6 +248,8 @@ class TrainStep:
         self.amp_dtype = amp_dtype
         self.device = next(net.parameters()).device
         self.local_gradients = method.level != "loss" and collective.world_size > 1
+        #: the tasks with labels in the last step (Tensor[T] of bool, the same on every worker)
+        self.present: Tensor | None = None
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -268,7 +272,11 @@ class TrainStep:
         with self._grad_sync_off():
             with timer.phase("forward"):
                 representation, logits, losses = self._losses(self.model, x, y, m)
-                shared = self.coll.all_reduce_mean(losses.detach())
+                # one collective: the losses' mean and, > 0, the OR of the workers' presence
+                local = torch.cat([losses.detach(), m.any(0).to(losses.dtype)])
+                shared, present = self.coll.all_reduce_mean(local).split(len(losses))
+                present = present > 0
+                self.present = present
             if not bool(torch.isfinite(shared).all()):
                 raise NonFiniteLoss(torch.nonzero(~torch.isfinite(shared)).flatten().tolist())
             with timer.phase("backward"):
@@ -283,6 +291,7 @@ class TrainStep:
                     heads=self.heads,
                     representation=representation,
                     sync=self.coll if self.local_gradients else None,
+                    present=present,
                 )
         with timer.phase("optimizer"):
             if self.scaler:
@@ -500,7 +509,8 @@ class _Trial:
     def _train_epoch(self) -> tuple[Tensor, Tensor, Tensor]:
         """One pass over the training split. Returns, per task, the mean weight used, and the
         running loss and accuracy over the epoch's training batches (train mode, as DeepChest's
-        reference code measures its signal), averaged over workers."""
+        reference code measures its signal), averaged over workers. A task's loss is averaged
+        over the steps in which it had labels, its accuracy over its labels: NaN without any."""
         data, bs = self.train_set, self.batch_size
         world, rank = self.coll.world_size, self.coll.rank
         global_batch = bs * world
@@ -515,6 +525,7 @@ class _Trial:
         weight_sum = torch.zeros(data.num_tasks, device=self.device)
         weighted_steps = torch.zeros((), device=self.device)
         loss_sum = torch.zeros(data.num_tasks, device=self.device)
+        present_steps = torch.zeros(data.num_tasks, device=self.device)
         correct = torch.zeros(data.num_tasks, device=self.device)
         labeled = torch.zeros(data.num_tasks, device=self.device)
         timer, started = self.timer, time.perf_counter()
@@ -541,11 +552,13 @@ class _Trial:
             weight_sum += torch.where(finite, weights.float(), 0.0)
             weighted_steps += finite
             loss_sum += shared.float()
+            present_steps += self.train_step.present
         self.train_time_s += time.perf_counter() - started
         counts = self.coll.all_reduce_mean(torch.stack([correct, labeled]))  # ratio of sums
         accuracy = torch.where(counts[1] > 0, counts[0] / counts[1].clamp(min=1), math.nan)
         weights = weight_sum / weighted_steps.clamp(min=1)
-        return weights.cpu(), (loss_sum / steps).cpu(), accuracy.cpu()
+        loss = torch.where(present_steps > 0, loss_sum / present_steps.clamp(min=1), math.nan)
+        return weights.cpu(), loss.cpu(), accuracy.cpu()
 
     def _rows(
         self,
@@ -624,7 +637,7 @@ class _Trial:
                     {
                         "epoch": self.epoch,
                         "done": False,
-                        "train_mean_loss": float(train_loss.mean()),
+                        "train_mean_loss": float(train_loss.nanmean()),
                         "val_mean_auroc": val_m.mean_auroc,
                         "val_mean_accuracy": val_m.mean_accuracy,
                         "val_mean_loss": val_m.mean_loss,

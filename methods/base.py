@@ -14,6 +14,13 @@ Conventions (see docs/methods.md):
   objective (``LossWeighting.objective``) and own learnable parameters (``parameters()``,
   ``optimizer_group()``, ``to(device)``), which the training loop adds to its optimizer.
 * Weights are not normalised unless the method says so; equal weighting SUMS the losses (w = 1).
+* Present tasks: a task is *present* in a step when at least one example of the batch (of any
+  data-parallel worker) has its label; an absent task has loss 0 and a zero gradient. The engine
+  passes ``present`` (Tensor[T] of bool) to the per-step calls (``weights``, ``objective``,
+  GradNorm's ``weights_from_jacobian``); without it, ``present = losses > 0``
+  (``resolve_present``). A method with state must leave an absent task's state as it was and
+  update the present tasks exactly as the same method built for the present tasks alone would
+  (docs/methods.md, "Masked tasks").
 """
 
 from __future__ import annotations
@@ -128,6 +135,27 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 def set_field(hp: Any, name: str, value: Any) -> None:
     """Store a normalised value on a frozen hyperparameter dataclass (from ``__post_init__``)."""
     object.__setattr__(hp, name, value)
+
+
+def resolve_present(losses: Tensor, present: Tensor | None = None) -> Tensor:
+    """The tasks present in this step: ``present`` (Tensor[T] of bool) when given, else
+    ``losses > 0``; on ``losses``' device.
+
+    ``losses > 0`` is exact for ``deepchest.metrics.masked_task_losses`` (a task without a
+    labelled example gets exactly 0; a labelled one a positive cross-entropy) and, applied to
+    all-reduced (mean) losses, is the OR over the workers. Raises ``ValueError`` for a
+    ``present`` that is not a bool tensor of the losses' shape.
+    """
+    if present is None:
+        return losses.detach() > 0
+    if not isinstance(present, Tensor) or present.dtype != torch.bool:
+        kind = present.dtype if isinstance(present, Tensor) else type(present).__name__
+        raise ValueError(f"present must be a bool Tensor (one flag per task), got {kind}")
+    if present.shape != losses.shape:
+        raise ValueError(
+            f"present must have the losses' shape {tuple(losses.shape)}, got {tuple(present.shape)}"
+        )
+    return present.to(losses.device)
 
 
 @dataclass(frozen=True)
@@ -283,30 +311,49 @@ class Method:
 class LossWeighting(Method):
     """A method acting on the per-task losses: by default the objective is ``sum_t w_t * L_t``.
 
-    Subclasses implement ``compute_weights``; ``weights`` checks the input and returns the result
+    Subclasses implement ``compute_weights`` (or ``compute_present_weights`` when the weights
+    depend on which tasks are present); ``weights`` checks the input and returns the result
     detached, as float32, on ``losses.device``. A method whose objective is not a weighted sum, or
     has its own learnable parameters (uncertainty weighting), also overrides ``objective``.
     """
 
     level: ClassVar[str] = "loss"
 
-    def weights(self, losses: Tensor) -> Tensor:
-        """The task weights ``w`` (Tensor[T]) for this step, from the detached per-task losses."""
+    def weights(self, losses: Tensor, *, present: Tensor | None = None) -> Tensor:
+        """The task weights ``w`` (Tensor[T]) for this step, from the detached per-task losses.
+
+        ``present``: the tasks with labels in this step (``resolve_present``)."""
         if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},), got {shape}")
-        w = self.compute_weights(losses.detach())
+        w = self.compute_present_weights(losses.detach(), self._present(losses, present))
         return w.detach().to(device=losses.device, dtype=torch.float32).clone()
+
+    def _present(self, losses: Tensor, present: Tensor | None) -> Tensor:
+        try:
+            return resolve_present(losses, present)
+        except ValueError as exc:
+            raise self._error(str(exc)) from None
+
+    def compute_present_weights(self, losses: Tensor, present: Tensor) -> Tensor:
+        """The weights of a step in which the tasks ``present`` (Tensor[T] of bool) have labels.
+
+        Default: ``compute_weights(losses)``, for methods whose per-step weights keep no state
+        (an absent task's loss is 0, so its weight changes nothing)."""
+        return self.compute_weights(losses)
 
     def compute_weights(self, losses: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def objective(self, losses: Tensor, *, reduced: Tensor, weights: Tensor) -> Tensor:
+    def objective(
+        self, losses: Tensor, *, reduced: Tensor, weights: Tensor, present: Tensor | None = None
+    ) -> Tensor:
         """The scalar that ``engine.backward`` back-propagates for this step.
 
         ``losses`` are the per-task losses WITH grad (this worker's), ``reduced`` the detached
-        (e.g. all-reduced) copy the weights were computed from, and ``weights`` this step's
-        ``self.weights(reduced)`` (computed once per step, so a random method draws once).
-        Default: ``sum_t w_t L_t``.
+        (e.g. all-reduced) copy the weights were computed from, ``weights`` this step's
+        ``self.weights(reduced, present=present)`` (computed once per step, so a random method
+        draws once) and ``present`` the tasks with labels in this step (``None``:
+        ``reduced > 0``). Default: ``sum_t w_t L_t``.
         """
         return (weights * losses).sum()

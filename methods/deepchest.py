@@ -197,6 +197,11 @@ class DeepChest(LossWeighting):
     * The reference reads pre-computed weights from its config; here the JSON holds single-task
       accuracies and the formula ``1 + (1 - acc) / 2`` is applied.
     * tau is computed with an exact sum, so it does not depend on the task order.
+
+    Masked tasks: a task without labels in the epoch has a NaN signal (``EpochStats``): it keeps
+    its weight and is left out of tau, so the other tasks are updated exactly as by DeepChest
+    without it. Its per-step weight is constant within the epoch, so a batch without its labels
+    changes nothing (its loss is 0).
     """
 
     name = "deepchest"

@@ -7,6 +7,7 @@ training scripts); reference implementation used for the tests: ``torchjd.scalar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,17 +19,21 @@ from methods.base import EpochStats, LossWeighting, check_number, set_field
 
 
 def dwa_weights(older: Tensor, newer: Tensor, temperature: float) -> Tensor:
-    """``w_t = T * softmax_t(r_t / temperature)`` with ``r_t = newer_t / older_t``.
+    """``w_t = k * softmax_t(r_t / temperature)`` with ``r_t = newer_t / older_t``, the softmax
+    over the ``k`` tasks whose ratio is finite; weight 1 for the others.
 
     ``older``/``newer`` are the epoch-averaged losses of epochs e-2 and e-1. A ratio that is not
-    finite (NaN loss, or 0 / 0, or x / 0: a task without labels all epoch) is taken as 1 (no
-    change). Returns float64; the weights sum to ``T``.
+    finite (a NaN loss: a task without labels all epoch; or x / 0) leaves its task out: weight 1,
+    as in the first two epochs, and the other tasks' weights are those of DWA without it.
+    Returns float64; the weights sum to ``T``.
     """
     older = older.detach().to(dtype=torch.float64, device="cpu")
     newer = newer.detach().to(dtype=torch.float64, device="cpu")
     ratio = newer / older
-    ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
-    return ratio.numel() * torch.softmax(ratio / temperature, dim=0)
+    finite = torch.isfinite(ratio)
+    logits = torch.where(finite, ratio / temperature, -torch.inf)
+    weights = finite.sum().to(ratio.dtype) * torch.softmax(logits, dim=0)
+    return torch.where(finite, weights, torch.ones_like(ratio))
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,12 @@ class DWA(LossWeighting):
     """Dynamic Weight Average: ``w_t = T softmax_t(r_t / temperature)``, ``r_t = Lbar_t(e-1) /
     Lbar_t(e-2)`` from the epoch-averaged train losses (``EpochStats.train_loss``); ``w_t = 1``
     in the first two epochs. Weights sum to ``T``; constant within an epoch.
+
+    Masked tasks: a task without labels in an epoch has a NaN ``train_loss`` there (the loop
+    averages each task's loss over the steps in which it had labels). It keeps weight 1 and is
+    left out of the softmax until it has a finite ratio again, and its history keeps the last
+    epoch in which it had labels (``older`` only moves on from a finite epoch), so its ratio,
+    once it is back, is over its own last two labelled epochs.
     """
 
     name = "dwa"
@@ -66,7 +77,14 @@ class DWA(LossWeighting):
             raise self._error(
                 f"EpochStats.train_loss has shape {tuple(loss.shape)}, expected ({self.num_tasks},)"
             )
-        self.history = [*self.history, loss.detach().to(dtype=torch.float64, device="cpu")][-2:]
+        loss = loss.detach().to(dtype=torch.float64, device="cpu")
+        if self.history:
+            newer = self.history[-1]
+            older = self.history[0] if len(self.history) == 2 else torch.full_like(newer, math.nan)
+            # an epoch without labels (NaN) does not push the task's last labelled epoch out
+            self.history = [torch.where(torch.isnan(newer), older, newer), loss]
+        else:
+            self.history = [loss]
         self._update()
 
     def _update(self) -> None:

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from methods.base import LEVELS, Method
+from methods.base import LEVELS, Method, resolve_present
 
 
 class MultiTaskModel(Protocol):
@@ -46,19 +46,25 @@ def backward(
     heads: str = "weighted",
     representation: Tensor | None = None,
     sync: Synchronizer | None = None,
+    present: Tensor | None = None,
 ) -> Tensor:
     """Back-propagate the method's update and return the weights ``w`` (Tensor[T], for logging).
 
     ``losses`` are the per-task losses with grad (a task whose labels are all masked in this batch
-    has loss 0). ``reduce`` (e.g. a DDP all-reduce-mean, so that every worker computes the same
-    weights) gets a detached COPY of the losses, so an in-place collective cannot modify them;
-    identity when None. ``scale`` is applied to the scalar objective before ``.backward()`` (e.g.
-    ``GradScaler.scale`` under fp16 AMP); identity when None. Gradients accumulate into ``.grad``
-    as with a plain ``.backward()``.
+    has loss 0). ``present`` (Tensor[T] of bool): the tasks with at least one labelled example in
+    this step, on any worker (the same on every worker); default ``reduce(losses) > 0``. The
+    method gets it with the losses (``weights``, ``objective``, ``weights_from_jacobian``) and
+    leaves an absent task's state as it was (docs/methods.md, "Masked tasks"); the stateless
+    gradient aggregators are not given it. ``reduce`` (e.g. a DDP all-reduce-mean, so that every
+    worker computes the same weights) gets a detached COPY of the losses, so an in-place
+    collective cannot modify them; identity when None. ``scale`` is applied to the scalar
+    objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16 AMP); identity when
+    None. Gradients accumulate into ``.grad`` as with a plain ``.backward()``.
 
     By ``method.level``:
 
-    * ``loss``: back-propagate ``method.objective(losses, reduced=reduce(losses), weights=w)``
+    * ``loss``: ``w = method.weights(reduce(losses), present=present)``; back-propagate
+      ``method.objective(losses, reduced=reduce(losses), weights=w, present=present)``
       (``sum_t w_t L_t`` for most methods). Under DDP the wrapper's own gradient all-reduce
       applies; ``sync`` is not used.
     * ``parameters``: ``J`` [T, n] at the shared parameters (needs ``model``);
@@ -67,8 +73,9 @@ def backward(
       one row per task holding every sample's gradient: never summed over the batch); the
       trunk gets the back-propagation of ``d``. Needs ``model`` and ``representation``.
     * ``last_shared_layer``: ``J`` [T, n_W] at the parameters ``W`` of
-      ``model.last_shared_layer()``; ``w = method.weights_from_jacobian(J, losses)`` (GradNorm
-      sets the gradient of its own weights there); the network gets ``sum_t w_t grad L_t``.
+      ``model.last_shared_layer()``; ``w = method.weights_from_jacobian(J, losses,
+      present=present)`` (GradNorm sets the gradient of its own weights there); the network
+      gets ``sum_t w_t grad L_t``.
 
     At the gradient levels the task heads get ``w_t * grad L_t`` (``heads="weighted"``) or their
     own loss's gradient (``heads="own"``). ``sync`` (data parallelism with the wrapper's gradient
@@ -95,9 +102,13 @@ def backward(
     detached = losses.detach().clone()
     if reduce is not None:
         detached = reduce(detached)
+    try:
+        present = resolve_present(detached, present)
+    except ValueError as exc:
+        raise ValueError(f"engine.backward: {exc}") from None
     if method.level == "loss":
-        w = method.weights(detached)
-        objective = method.objective(losses, reduced=detached, weights=w)
+        w = method.weights(detached, present=present)
+        objective = method.objective(losses, reduced=detached, weights=w, present=present)
         if not isinstance(objective, Tensor) or objective.ndim != 0:
             raise ValueError(
                 f"engine.backward: method {method.name!r} returned a non-scalar objective"
@@ -123,7 +134,7 @@ def backward(
         return _representation_backward(
             method, losses, detached, model, representation, scale, heads, sync
         )
-    return _last_shared_layer_backward(method, losses, detached, model, scale, heads, sync)
+    return _last_shared_layer_backward(method, losses, detached, model, scale, heads, sync, present)
 
 
 #: id of a parameter for which the vmapped Jacobian raised (an op without a batching rule,
@@ -350,6 +361,7 @@ def _last_shared_layer_backward(
     scale: Callable[[Tensor], Tensor] | None,
     heads: str,
     sync: Synchronizer | None,
+    present: Tensor,
 ) -> Tensor:
     """GradNorm's level: ``J`` [T, n_W] at the last shared layer's parameters only (T short
     passes: the graph above ``W`` is the top of the trunk and the heads), then one backward of
@@ -362,7 +374,7 @@ def _last_shared_layer_backward(
     jacobian = _unscaled_jacobian(scaled, layer, factor, batched=losses.is_cuda)
     if sync is not None:
         jacobian = sync.all_reduce_mean(jacobian)
-    weights = method.weights_from_jacobian(jacobian, reduced).detach()
+    weights = method.weights_from_jacobian(jacobian, reduced, present=present).detach()
     if factor is not None:  # the method's own gradients sit in the optimizer too: the
         for p in method.parameters():  # GradScaler divides every .grad there by the scale
             if p.grad is not None:

@@ -40,13 +40,14 @@ def famo_coefficients(logits: Tensor, losses: Tensor, min_losses: Tensor, active
 
 def famo_logit_gradient(logits: Tensor, before: Tensor, after: Tensor, active: Tensor) -> Tensor:
     """The direction FAMO's logits step along: ``J_softmax(logits)^T delta`` with
-    ``delta_t = log(L_t^before - b_t + eps) - log(L_t^after - b_t + eps)`` (0 for inactive tasks).
+    ``delta_t = log(L_t^before - b_t + eps) - log(L_t^after - b_t + eps)``, over the ``active``
+    tasks only (the softmax of their logits; 0 for the others, as for FAMO without them).
 
     ``J_softmax^T delta = z * (delta - z . delta)``. Minimising this as a gradient raises the
     weight of the tasks whose loss fell least over the step.
     """
     delta = torch.where(active, torch.log(before) - torch.log(after), torch.zeros_like(before))
-    z = torch.softmax(logits, dim=0)
+    z = torch.softmax(logits.masked_fill(~active, -torch.inf), dim=0).nan_to_num(0.0)
     return z * (delta - (z * delta).sum())
 
 
@@ -67,9 +68,15 @@ class FAMO(LossWeighting):
     ``gamma`` 1e-3) along ``J_softmax^T (log L^before - log L^after)``.
 
     Needs the losses after the step: the training loop re-forwards the batch (no grad,
-    BatchNorm statistics restored) and passes them to ``on_step_end``. Reported weights: ``T w``
-    (they sum to ``T``, like equal weighting's 1s; the reference's sum to 1, so this is the
-    reference's update times ``T``). ``b = 0`` (cross-entropy losses are positive).
+    BatchNorm statistics restored) and passes them to ``on_step_end``. Reported weights: ``k w``
+    with ``k`` the number of active tasks (``T`` when every task has labels: they sum like equal
+    weighting's 1s over those tasks; the reference's sum to 1, so this is the reference's update
+    times ``k``). ``b = 0`` (cross-entropy losses are positive).
+
+    Masked tasks: a task is active in a step when it is present and its loss is positive (its
+    log is needed). An inactive task gets weight 0 and is left out of ``z``, ``c`` and the
+    logits' softmax; after the Adam step its logit and its Adam moments are put back as they
+    were, so the active tasks follow FAMO built for them alone and the inactive ones do not move.
     """
 
     name = "famo"
@@ -87,6 +94,7 @@ class FAMO(LossWeighting):
         self.min_losses = torch.zeros(num_tasks, dtype=torch.float32)
         self._optimizer = self._make_optimizer()
         self._before: Tensor | None = None
+        self._active: Tensor | None = None
 
     def _make_optimizer(self) -> torch.optim.Adam:
         return torch.optim.Adam([self.logits], lr=self.hp.lr, weight_decay=self.hp.gamma)
@@ -101,12 +109,12 @@ class FAMO(LossWeighting):
         self._optimizer.load_state_dict(state)
         return self
 
-    def compute_weights(self, losses: Tensor) -> Tensor:
+    def compute_present_weights(self, losses: Tensor, present: Tensor) -> Tensor:
         losses = losses.to(self.logits.device, torch.float32)
         self._before = losses.clone()
-        active = losses > 0
-        w = famo_coefficients(self.logits.detach(), losses, self.min_losses, active)
-        return self.num_tasks * w
+        self._active = present.to(losses.device) & (losses > 0)
+        w = famo_coefficients(self.logits.detach(), losses, self.min_losses, self._active)
+        return self._active.sum().to(w.dtype) * w
 
     def on_step_end(self, losses_after: Tensor | None = None) -> None:
         """One Adam step on the logits from the losses before and after the optimizer step."""
@@ -118,13 +126,24 @@ class FAMO(LossWeighting):
             raise self._error("on_step_end called before the weights of the step were computed")
         after = losses_after.detach().to(self.logits.device, torch.float32)
         before, self._before = self._before, None
-        active = (before > 0) & (after > 0)
+        active, self._active = self._active & (after > 0), None
         shifted_before = before - self.min_losses + EPSILON
         shifted_after = after - self.min_losses + EPSILON
         grad = famo_logit_gradient(self.logits.detach(), shifted_before, shifted_after, active)
+        # the inactive tasks' logits and Adam moments, to put back after the step (Adam's
+        # momentum and weight decay would move them even with a zero gradient)
+        moments = self._optimizer.state.get(self.logits, {})
+        kept = {k: moments[k].clone() for k in ("exp_avg", "exp_avg_sq") if k in moments}
+        logits_before = self.logits.detach().clone()
         self.logits.grad = grad
         self._optimizer.step()
         self.logits.grad = None
+        with torch.no_grad():
+            self.logits.copy_(torch.where(active, self.logits, logits_before))
+            moments = self._optimizer.state[self.logits]
+            for k in ("exp_avg", "exp_avg_sq"):
+                old = kept.get(k, torch.zeros_like(moments[k]))
+                moments[k].copy_(torch.where(active, moments[k], old))
 
     def _state(self) -> dict[str, Any]:
         optimizer = self._optimizer.state_dict()

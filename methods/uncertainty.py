@@ -17,9 +17,13 @@ from torch import Tensor
 from methods.base import LossWeighting, check_number, set_field
 
 
-def uncertainty_objective(losses: Tensor, log_var: Tensor) -> Tensor:
-    """``L = sum_t 0.5 * exp(-s_t) * L_t + 0.5 * s_t`` with ``s_t = log sigma_t^2``."""
-    return (0.5 * torch.exp(-log_var) * losses + 0.5 * log_var).sum()
+def uncertainty_objective(losses: Tensor, log_var: Tensor, present: Tensor | None = None) -> Tensor:
+    """``L = sum_t 0.5 * exp(-s_t) * L_t + 0.5 * s_t`` with ``s_t = log sigma_t^2``, the sum over
+    the ``present`` tasks only (all when None): an absent task's ``s_t`` gets no gradient."""
+    terms = 0.5 * torch.exp(-log_var) * losses + 0.5 * log_var
+    if present is None:
+        return terms.sum()
+    return torch.where(present, terms, torch.zeros_like(terms)).sum()
 
 
 def uncertainty_weights(log_var: Tensor) -> Tensor:
@@ -41,6 +45,12 @@ class Uncertainty(LossWeighting):
     and no weight decay. Reported weights: ``0.5 exp(-s_t)``.
 
     The training loop must call ``to(device)`` and add ``optimizer_group()`` to its optimizer.
+
+    Masked tasks: the objective sums over the tasks present in the step only, so an absent
+    task's ``s_t`` gets gradient 0 (not the ``+ 0.5`` of its ``0.5 s_t`` term), and
+    ``on_step_end`` puts back the ``s_t`` of the absent tasks as they were before the optimizer
+    step (which momentum would otherwise still move). The present tasks' ``s`` follow exactly
+    the trajectory of the method built for them alone: the tasks do not interact.
     """
 
     name = "uncertainty"
@@ -52,6 +62,8 @@ class Uncertainty(LossWeighting):
     ) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
         self.log_var = torch.nn.Parameter(torch.zeros(num_tasks, dtype=torch.float32))
+        #: (present, s before the step), from ``objective`` to ``on_step_end``
+        self._held: tuple[Tensor, Tensor] | None = None
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.log_var]
@@ -70,8 +82,11 @@ class Uncertainty(LossWeighting):
         self._check_device(losses)
         return uncertainty_weights(self.log_var.detach())
 
-    def objective(self, losses: Tensor, *, reduced: Tensor, weights: Tensor) -> Tensor:
-        """``sum_t 0.5 exp(-s_t) L~_t + 0.5 s_t`` with ``L~ = losses - losses.detach() + reduced``.
+    def objective(
+        self, losses: Tensor, *, reduced: Tensor, weights: Tensor, present: Tensor | None = None
+    ) -> Tensor:
+        """``sum_t 0.5 exp(-s_t) L~_t + 0.5 s_t`` with ``L~ = losses - losses.detach() + reduced``,
+        summed over the ``present`` tasks (default ``reduced > 0``).
 
         ``L~`` has the value of the reduced losses (so the gradient w.r.t. ``s``,
         ``0.5 - 0.5 exp(-s_t) Lbar_t``, is the same on every DDP worker and ``s`` stays in sync)
@@ -79,8 +94,19 @@ class Uncertainty(LossWeighting):
         DDP averages). Without ``reduce`` ``L~ == losses`` exactly (x - x + x == x in floats).
         """
         self._check_device(losses)
+        present = self._present(reduced, present)
+        self._held = (present, self.log_var.detach().clone())
         mixed = losses - losses.detach() + reduced.to(dtype=losses.dtype)
-        return uncertainty_objective(mixed, self.log_var)
+        return uncertainty_objective(mixed, self.log_var, present)
+
+    def on_step_end(self, losses_after: Tensor | None = None) -> None:
+        """Put back the ``s_t`` of the tasks absent in this step (no device synchronisation)."""
+        if self._held is None:
+            return
+        present, before = self._held
+        self._held = None
+        with torch.no_grad():
+            self.log_var.copy_(torch.where(present, self.log_var, before))
 
     def _state(self) -> dict[str, Any]:
         return {"log_var": self.log_var.detach().to("cpu").clone()}
@@ -92,3 +118,4 @@ class Uncertainty(LossWeighting):
             raise self._error(f"state_dict log_var must be a Tensor[{self.num_tasks}], got {shape}")
         with torch.no_grad():  # in place: the optimizer keeps the same Parameter
             self.log_var.copy_(s.to(device=self.log_var.device, dtype=self.log_var.dtype))
+        self._held = None
