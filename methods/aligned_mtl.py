@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from methods.base import check_choice, check_number, set_field
-from methods.gradient import GradientAggregator, combine, solver_gramian
+from methods.gradient import GradientAggregator, combine
 
 SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
 
@@ -87,10 +87,10 @@ class AlignedMTL(GradientAggregator):
     summary = "Sum of the orthogonalised, equal-norm task gradients (Senushkin 2023)."
     Hyperparameters = AlignedMTLHyperparameters
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp
         weights = aligned_mtl_weights(
-            solver_gramian(jacobian),
+            gramian,
             scale_mode=hp.scale_mode,
             rank_rtol=hp.rank_rtol,
             dtype_eps=torch.finfo(jacobian.dtype).eps,

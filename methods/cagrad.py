@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from methods.base import check_choice, check_number, set_field
-from methods.gradient import GradientAggregator, combine, nonnegative_qp, solver_gramian
+from methods.gradient import GradientAggregator, combine, nonnegative_qp
 
 #: ``rescale`` choices: the update is divided by 1, ``1 + c^2`` (the authors' default) or ``1 + c``.
 RESCALES: tuple[str, ...] = ("none", "1+c^2", "1+c")
@@ -180,10 +180,10 @@ class CAGrad(GradientAggregator):
     summary = "Best worst-task improvement in a ball around the mean gradient (Liu 2021)."
     Hyperparameters = CAGradHyperparameters
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp
         weights = cagrad_weights(
-            solver_gramian(jacobian),
+            gramian,
             c=hp.c,
             rescale=hp.rescale,
             reg_eps=hp.reg_eps,

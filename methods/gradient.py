@@ -1,4 +1,5 @@
-"""Shared pieces of the gradient-level methods (PCGrad, MGDA, UPGrad, IMTL-G).
+"""Shared pieces of the gradient-level methods (PCGrad, MGDA, UPGrad, IMTL-G, CAGrad,
+Aligned-MTL, Nash-MTL).
 
 A gradient-level method aggregates the per-task gradients of the shared parameters: it receives
 the Jacobian ``J`` (Tensor[T, n], row ``t`` = gradient of task ``t``'s loss) and the detached
@@ -6,16 +7,24 @@ losses, and returns ``(direction, weights)`` with ``direction = weights @ J`` (T
 into the shared parameters' ``.grad``; the optimizer descends along it) and ``weights``
 (Tensor[T], the task weights the method effectively used).
 
-All four methods only need the Gramian ``G = J J^T`` (Tensor[T, T]) to find their weights. The
-small ``T x T`` problems are solved on the CPU in float64 (a few microseconds; it also avoids the
-round-off of float32 and a device synchronisation per solver iteration); the Gramian and the
-direction are computed in the input dtype on the input device.
+Every method only needs the Gramian ``G = J J^T`` (Tensor[T, T]) to find its weights.
+``GradientAggregator.aggregate`` computes it once (``solver_gramian``) and hands it to the
+method's ``compute``. The small ``T x T`` problems are solved on the CPU in float64 (a few
+microseconds; it also avoids the round-off of float32 and a device synchronisation per solver
+iteration); the Gramian and the direction are computed in the input dtype on the input device.
+
+Non-finite Gramian (one rule, in ``aggregate``, for every method): when ``G`` or its trace
+``||J||_F^2`` is not finite (a non-finite ``J``, e.g. an fp16 step whose scaled gradients
+overflowed, or a finite ``J`` whose products overflow ``J``'s dtype: rows of norm above about
+1.8e19 in float32), no solver runs and ``direction`` and ``weights`` are NaN, so the step is
+skipped by ``GradScaler`` (``gramian_is_finite``).
 
 Reference implementations used by the tests: ``torchjd.aggregation`` (torchjd 0.18.0).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -46,6 +55,17 @@ def gramian(jacobian: Tensor) -> Tensor:
 def solver_gramian(jacobian: Tensor) -> Tensor:
     """``G = J J^T`` in the input dtype, then moved to the CPU as float64 for the small solvers."""
     return gramian(jacobian).to(device="cpu", dtype=_SOLVER_DTYPE)
+
+
+def gramian_is_finite(g: Tensor) -> bool:
+    """Whether every entry of the solver Gramian ``g`` and its trace ``||J||_F^2`` are finite.
+
+    A non-finite ``J`` always fails it (``G_tt = sum_k J_tk^2``); so does a finite ``J`` whose
+    Gramian overflowed in ``J``'s dtype (float32 rows of norm above about 1.8e19), or whose trace
+    overflows float64 (the solvers divide ``G`` by it). ``g``: the small CPU Tensor[T, T] of
+    ``solver_gramian`` (the check costs no device work).
+    """
+    return bool(torch.isfinite(g).all()) and math.isfinite(float(g.diagonal().sum()))
 
 
 def combine(weights: Tensor, jacobian: Tensor) -> Tensor:
@@ -119,8 +139,10 @@ def nonnegative_qp(q: Tensor, c: Tensor, *, max_iters: int, tol: float) -> Tenso
 class GradientAggregator(Method):
     """A method that turns the Jacobian of the per-task losses into one update direction.
 
-    Subclasses implement ``compute(jacobian, losses) -> (direction, weights)``; ``aggregate``
-    checks the input and returns both detached, in ``jacobian``'s dtype and on its device.
+    Subclasses implement ``compute(jacobian, losses, gramian) -> (direction, weights)``, with
+    ``gramian = solver_gramian(jacobian)``, always finite; ``aggregate`` checks the input,
+    computes the Gramian, applies the non-finite rule and returns both detached, in
+    ``jacobian``'s dtype and on its device.
     """
 
     level: ClassVar[str] = "parameters"
@@ -149,7 +171,9 @@ class GradientAggregator(Method):
         """``(direction [n], weights [T])`` from ``jacobian`` [T, n] and detached ``losses`` [T].
 
         ``direction = weights @ jacobian`` is gradient-like: write it into the shared parameters'
-        ``.grad`` and let the optimizer descend.
+        ``.grad`` and let the optimizer descend. When the Gramian ``J J^T`` (in ``jacobian``'s
+        dtype) or its trace is not finite, both are NaN and the method's solver is not called:
+        ``GradScaler`` then skips the step, as for any non-finite gradient.
         """
         num_tasks = self.num_tasks
         if not isinstance(jacobian, Tensor) or jacobian.ndim != 2 or jacobian.shape[0] != num_tasks:
@@ -161,14 +185,15 @@ class GradientAggregator(Method):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise self._error(f"losses must be a Tensor of shape ({num_tasks},), got {shape}")
         with torch.no_grad():
-            try:
-                direction, weights = self.compute(jacobian.detach(), losses.detach())
-            except (RuntimeError, ValueError, IndexError):
-                # a solver fails on an inf/NaN Jacobian (an fp16 step whose scaled gradients
-                # overflowed): return NaN, as a plain backward would, so that GradScaler skips
-                # the step; only checked on failure, so finite steps pay nothing for it
-                if bool(torch.isfinite(jacobian).all()):
-                    raise
+            jacobian, losses = jacobian.detach(), losses.detach()
+            gramian = solver_gramian(jacobian)
+            if gramian_is_finite(gramian):
+                direction, weights = self.compute(jacobian, losses, gramian)
+            else:
+                # an inf/NaN Jacobian (an fp16 step whose scaled gradients overflowed) or a
+                # finite one whose Gramian overflowed: no solver can use G, so return NaN, as a
+                # plain backward of an inf gradient would, and GradScaler skips the step (the
+                # check is on the small CPU Gramian, which every method computes anyway)
                 direction = torch.full_like(jacobian[0], torch.nan)
                 weights = torch.full((num_tasks,), torch.nan, dtype=jacobian.dtype)
         return (
@@ -176,5 +201,7 @@ class GradientAggregator(Method):
             weights.to(device=jacobian.device, dtype=jacobian.dtype),
         )
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
+        """``(direction, weights)`` from ``jacobian`` [T, n], ``losses`` [T] and ``gramian``
+        (``solver_gramian(jacobian)``: float64 [T, T] on the CPU, finite, finite trace)."""
         raise NotImplementedError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.gradient import GradientAggregator, combine, solver_gramian, trace_normalized
+from methods.gradient import GradientAggregator, combine, trace_normalized
 
 #: ``|sum_t v_t|`` below this (on the trace-normalised Gramian) gives zero weights.
 ZERO_SUM = 1e-12
@@ -43,6 +43,6 @@ class IMTLG(GradientAggregator):
     name = "imtl_g"
     summary = "Weights giving equal projections on all unit task gradients, sum 1 (Liu 2021)."
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        weights = imtl_g_weights(solver_gramian(jacobian))
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
+        weights = imtl_g_weights(gramian)
         return combine(weights, jacobian), weights

@@ -19,7 +19,6 @@ from methods.gradient import (
     check_positive_int,
     combine,
     nonnegative_qp,
-    solver_gramian,
     trace_normalized,
 )
 
@@ -124,10 +123,10 @@ class MGDA(GradientAggregator):
     summary = "Min-norm point of the convex hull of the task gradients (Sener & Koltun 2018)."
     Hyperparameters = MGDAHyperparameters
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp
         weights = mgda_weights(
-            solver_gramian(jacobian),
+            gramian,
             losses.to(device="cpu"),
             normalization=hp.normalization,
             reg_eps=hp.reg_eps,

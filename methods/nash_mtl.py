@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from methods.base import check_number, set_field
-from methods.gradient import GradientAggregator, check_positive_int, combine, solver_gramian
+from methods.gradient import GradientAggregator, check_positive_int, combine
 
 #: A task whose squared gradient norm is at most this fraction of the largest is treated as zero.
 ZERO_ROW = 1e-24
@@ -135,10 +135,10 @@ class NashMTL(GradientAggregator):
     summary = "Nash bargaining solution G alpha = 1/alpha, norm clipped (Navon 2022)."
     Hyperparameters = NashMTLHyperparameters
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp
         weights = nash_mtl_weights(
-            solver_gramian(jacobian),
+            gramian,
             max_norm=hp.max_norm,
             reg_eps=hp.reg_eps,
             max_iters=hp.max_iters,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.gradient import GradientAggregator, combine, solver_gramian
+from methods.gradient import GradientAggregator, combine
 
 
 def pcgrad_weights(g: Tensor) -> Tensor:
@@ -55,6 +55,6 @@ class PCGrad(GradientAggregator):
     name = "pcgrad"
     summary = "Project each task gradient off the gradients it conflicts with, then sum (Yu 2020)."
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        weights = pcgrad_weights(solver_gramian(jacobian))
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
+        weights = pcgrad_weights(gramian)
         return combine(weights, jacobian), weights

@@ -19,7 +19,6 @@ from methods.gradient import (
     check_positive_int,
     combine,
     nonnegative_qp,
-    solver_gramian,
     trace_normalized,
 )
 
@@ -88,10 +87,10 @@ class UPGrad(GradientAggregator):
     )
     Hyperparameters = UPGradHyperparameters
 
-    def compute(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp
         weights = upgrad_weights(
-            solver_gramian(jacobian),
+            gramian,
             norm_eps=hp.norm_eps,
             reg_eps=hp.reg_eps,
             max_iters=hp.max_iters,

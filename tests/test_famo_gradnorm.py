@@ -264,3 +264,39 @@ def test_gradnorm_weight_gradient_carries_the_loss_scale():
         engine.backward(method, losses, model=net, scale=scale)
         grads.append(method.task_weights.grad.clone())
     torch.testing.assert_close(grads[1], 1024 * grads[0])
+
+
+#: GradNorm's ``W`` (``MultiTaskNet.last_shared_layer()``) per backbone, as the table in
+#: docs/methods.md ("gradnorm") states it: (module path in the trunk, type, parameter count)
+LAST_SHARED_LAYER = {
+    "simple_cnn": ("features.13", "BatchNorm2d", 256),
+    "resnet18": ("layer4.1.bn2", "BatchNorm2d", 1024),
+    "resnet34": ("layer4.2.bn2", "BatchNorm2d", 1024),
+    "resnet50": ("layer4.2.bn3", "BatchNorm2d", 4096),
+    "densenet121": ("features.norm5", "BatchNorm2d", 2048),
+    "efficientnet_b0": ("features.8.1", "BatchNorm2d", 2560),
+    "mobilenet_v3_small": ("classifier.0", "Linear", 590848),
+    "convnext_tiny": ("classifier.0", "LayerNorm2d", 1536),
+}
+
+
+def test_gradnorm_last_shared_layer_per_backbone_is_the_documented_one():
+    """Every backbone is built as the loop builds it (CPU, one channel; about 2 s in all) and
+    its ``W`` compared with the dict above, whose rows must also be docs/methods.md's table."""
+    from pathlib import Path
+
+    from deepchest.models import BACKBONES, MultiTaskNet
+
+    assert set(LAST_SHARED_LAYER) == set(BACKBONES)
+    built = {}
+    for backbone in sorted(BACKBONES):
+        net = MultiTaskNet(backbone, num_tasks=3)
+        layer = net.last_shared_layer()
+        path = next(name for name, module in net.trunk.named_modules() if module is layer)
+        count = sum(p.numel() for p in layer.parameters())
+        built[backbone] = (path, type(layer).__name__, count)
+    assert built == LAST_SHARED_LAYER
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    for backbone, (path, kind, count) in LAST_SHARED_LAYER.items():
+        row = f"| `{backbone}` | `{path}` | `{kind}` | {count:,} |"
+        assert row in docs, f"docs/methods.md's GradNorm table lacks the row {row!r}"
