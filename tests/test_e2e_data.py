@@ -12,6 +12,7 @@ import pandas as pd
 from deepchest.data.packed import load_packed
 from deepchest.inference import load_bundle
 from harness.cli import main
+from tests.bundles import png_bytes
 from tests.conftest import tiny_config, write_config
 from tests.test_readers import _chestmnist_arrays, make_chexpert, make_nih
 
@@ -36,6 +37,10 @@ def _run(tmp_path, data: dict, methods: list[str]) -> pd.DataFrame:
 
 def test_nih_prepare_then_run(ray_session, tmp_path, capsys):
     root = make_nih(tmp_path / "ChestX-ray14", layout="archives")
+    # radiograph-sized files (predict refuses images under 32 px), all the same bytes
+    image = png_bytes(np.random.default_rng(5).integers(0, 256, (64, 64), dtype=np.uint8))
+    for path in root.rglob("*.png"):
+        path.write_bytes(image)
     packed = tmp_path / "nih-40"
     assert (
         main(
