@@ -189,14 +189,7 @@ def _grey_pixels(ds: Any, max_pixels: int) -> np.ndarray:
         raise ImageError(
             f"a DICOM image in {shown}: a chest X-ray is grey (MONOCHROME1 or MONOCHROME2)"
         )
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > max_pixels:
-        raise ImageError(f"{cols} x {rows} pixels is over the limit of {max_pixels:,} pixels")
-    if min(rows, cols) < MIN_SIDE:
-        raise ImageError(
-            f"{cols} x {rows} pixels is too small for a radiograph (at least {MIN_SIDE} on each "
-            "side)"
-        )
+    _check_size(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), max_pixels)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -230,6 +223,17 @@ def _grey_pixels(ds: Any, max_pixels: int) -> np.ndarray:
     return np.rint(scaled * 65535.0).astype(np.uint16)
 
 
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image over ``max_pixels`` or under :data:`MIN_SIDE` on a side, in one line."""
+    if width * height > max_pixels:
+        raise ImageError(f"{width} x {height} pixels is over the limit of {max_pixels:,} pixels")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{width} x {height} pixels is too small for a radiograph (at least {MIN_SIDE} on "
+            "each side)"
+        )
+
+
 def read_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The bytes of a PNG, JPEG or DICOM file -> uint8 ``[size, size]`` grey, decoded exactly
     as ``harness data prepare`` decoded the training images (``size`` is the model's
@@ -254,14 +258,7 @@ def read_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise ImageError(f"unreadable image ({type(exc).__name__})") from None
     if img.format not in ("PNG", "JPEG"):
         raise ImageError(f"a {img.format} image: give a PNG, JPEG or DICOM file")
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(f"{width} x {height} pixels is over the limit of {max_pixels:,} pixels")
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(
-            f"{width} x {height} pixels is too small for a radiograph (at least {MIN_SIDE} on "
-            "each side)"
-        )
+    _check_size(*img.size, max_pixels)
     chroma = _chroma(img.mode, data)
     if chroma > COLOUR_CHROMA:
         raise ImageError(

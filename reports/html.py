@@ -824,6 +824,16 @@ def _cost_table_html(ctx: ReportContext, cost: pd.DataFrame) -> str:
     )
 
 
+def _targets_text(goal: sm.Targets) -> str:
+    """The targets as HTML, each after its workload's name when there are several."""
+    several = len(goal.by_workload) > 1
+    return "; ".join(
+        f"{esc(w) + ': ' if several else ''}{fmt_number(t, 4)}"
+        for w, t in goal.by_workload.items()
+        if not is_missing(t)
+    )
+
+
 def _time_to_target_html(ctx: ReportContext) -> str:
     goal = sm.targets(ctx.trials, ctx.epochs, ctx.baseline, ctx.options.target_fraction)
     per_trial = sm.time_to_target_trials(ctx.trials, ctx.epochs, goal)
@@ -838,11 +848,7 @@ def _time_to_target_html(ctx: ReportContext) -> str:
         )
     if per_trial.empty or all(is_missing(t) for t in goal.by_workload.values()):
         return "".join(parts)
-    targets_text = "; ".join(
-        f"{esc(w) + ': ' if len(goal.by_workload) > 1 else ''}{fmt_number(t, 4)}"
-        for w, t in goal.by_workload.items()
-        if not is_missing(t)
-    )
+    targets_text = _targets_text(goal)
     parts.append(
         f"<p>Target: mean val AUROC ≥ {goal.fraction:g} × {esc(ctx.baseline)}'s final mean val "
         f"AUROC (averaged over its seeds) = <strong>{targets_text}</strong>. Time is cumulative "
@@ -1264,11 +1270,7 @@ def _tuning_time_html(run: RunResults, ctx: ReportContext) -> str:
             f'<td class="num">{esc(studies)}</td><td class="num">{esc(result)}</td>'
             f'<td class="num">{fmt_ratio(ratio)}</td></tr>'
         )
-    targets_text = "; ".join(
-        f"{esc(w) + ': ' if several else ''}{fmt_number(t, 4)}"
-        for w, t in goal.by_workload.items()
-        if not is_missing(t)
-    )
+    targets_text = _targets_text(goal)
     parts.append(
         f"<p>As the MLCommons AlgoPerf benchmark scores training algorithms under its external "
         "tuning ruleset: in each study, the training time of the method's fastest tuning trial "
