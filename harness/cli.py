@@ -481,21 +481,11 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_run_dir(path: str) -> None:
-    """Refuse a path that is not a run directory before torch loads (seconds)."""
-    from harness.rundir import CONFIG_FILE, read_manifest
-
-    root = Path(path)
-    if not root.exists():
-        raise RunRefused(f"{root}: no such file or folder")
-    if read_manifest(root) is None or not (root / CONFIG_FILE).is_file():
-        raise RunRefused(f"{root}: not a run directory (no manifest.json and config.yaml)")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    _check_run_dir(args.run_dir)
+    from harness.export import check_run_dir, export_model
+
+    check_run_dir(Path(args.run_dir))  # before torch loads (seconds)
     _note("loading torch ...")
-    from harness.export import export_model
 
     exported = export_model(
         args.run_dir,
@@ -655,12 +645,12 @@ def _existing_bundle(path: str) -> Path:
 def _bundle_for(path: str) -> Path:
     """``harness serve``'s MODEL_OR_RUN_DIR: a bundle, or a run directory's bundle, exported
     first when the run has none."""
-    from harness.export import export_model
+    from harness.export import check_run_dir, export_model
 
     found = _bundle_in(path)
     if found is not None:
         return found
-    _check_run_dir(path)
+    check_run_dir(Path(path))
     _note(f"{path} has no exported model yet: exporting its best trial ...")
     return export_model(path, notify=_note).path
 

@@ -41,6 +41,19 @@ class Exported:
     card: dict[str, Any]
 
 
+def check_run_dir(root: Path) -> dict[str, Any]:
+    """The manifest of run directory ``root``; :class:`RunRefused` (one line) for a path that
+    does not exist or is not a run directory. Cheap: the CLI calls it before torch loads."""
+    from harness.rundir import CONFIG_FILE, read_manifest
+
+    if not root.exists():
+        raise RunRefused(f"{root}: no such file or folder")
+    manifest = read_manifest(root)
+    if manifest is None or not (root / CONFIG_FILE).is_file():
+        raise RunRefused(f"{root}: not a run directory (no manifest.json and config.yaml)")
+    return manifest
+
+
 def _writable_target(root: Path, out: Path | None, overwrite: bool) -> Path:
     """Where the bundle goes, checked before any work: the run's own ``model/`` is replaced
     freely; another folder must be new or empty, or hold files only replaced with
@@ -107,20 +120,6 @@ def choose_trial(
     return max(sorted(done, key=lambda r: r["identity"]["trial_id"]), key=score)
 
 
-def _auroc(probabilities: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> list[float]:
-    """Per finding, scikit-learn's AUROC over the labelled images (NaN with one class)."""
-    from sklearn.metrics import roc_auc_score
-
-    out = []
-    for t in range(probabilities.shape[1]):
-        keep = mask[:, t]
-        y = labels[keep, t]
-        out.append(
-            float(roc_auc_score(y, probabilities[keep, t])) if 0 < y.sum() < len(y) else math.nan
-        )
-    return out
-
-
 def _by_name(names: list[str], values: Any) -> dict[str, float | None]:
     """JSON has no NaN: a finding without a value is null."""
     return {
@@ -147,17 +146,16 @@ def export_model(
 
     from deepchest.data import load_splits
     from deepchest.inference import Bundle, fit_ood, mahalanobis, write_bundle, youden_thresholds
+    from deepchest.metrics import task_metrics
     from deepchest.models import MultiTaskNet
     from harness.checkpoints import CheckpointStore
     from harness.config import load_config
     from harness.launch import git_commit, harness_version, trial_spec
-    from harness.rundir import CONFIG_FILE, read_manifest
+    from harness.rundir import CONFIG_FILE
 
     say = notify or (lambda message: None)
     root = Path(run_dir)
-    manifest = read_manifest(root)
-    if manifest is None or not (root / CONFIG_FILE).is_file():
-        raise RunRefused(f"{root}: not a run directory (no manifest.json and config.yaml)")
+    manifest = check_run_dir(root)
     if not 0 < ood_quantile < 1:
         raise RunRefused(f"--ood-quantile must be in (0, 1), got {ood_quantile}")
     target = _writable_target(root, Path(out) if out else None, overwrite)
@@ -202,9 +200,10 @@ def export_model(
     for split in ("val", "test"):
         images = splits[split].images[:, 0].numpy()
         outputs[split] = probe.features_and_probabilities(images)
-    labels = {s: splits[s].labels.numpy() for s in ("val", "test")}
-    masks = {s: splits[s].mask.numpy().astype(bool) for s in ("val", "test")}
-    thresholds, rules = youden_thresholds(outputs["val"][1], labels["val"], masks["val"])
+    val = splits["val"]
+    thresholds, rules = youden_thresholds(
+        outputs["val"][1], val.labels.numpy(), val.mask.numpy().astype(bool)
+    )
     say("fitting the training features for the out-of-distribution check ...")
     train = splits["train"]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
@@ -231,11 +230,15 @@ def export_model(
             "split_sizes": {s: len(splits[s]) for s in ("train", "val", "test")},
             "selected_by": "val_mean_auroc (mean val AUROC at the trial's best epoch)",
         },
+        # deepchest.metrics' per-task AUROC, as the loop computed it (scored by probability)
         "metrics": {
-            "val_auroc": _by_name(names, _auroc(outputs["val"][1], labels["val"], masks["val"])),
-            "test_auroc": _by_name(
-                names, _auroc(outputs["test"][1], labels["test"], masks["test"])
-            ),
+            f"{split}_auroc": _by_name(
+                names,
+                task_metrics(
+                    torch.from_numpy(outputs[split][1]), splits[split].labels, splits[split].mask
+                ).auroc,
+            )
+            for split in ("val", "test")
         },
         "thresholds": {
             "rule": "youden_j",
