@@ -180,6 +180,11 @@ class Method:
     level: ClassVar[str]
     summary: ClassVar[str]
     Hyperparameters: ClassVar[type] = NoHyperparameters
+    #: Where the method comes from: the paper (authors, venue and year, arXiv id) and, where it
+    #: differs, the reference code the implementation follows; ``harness methods`` shows it.
+    reference: ClassVar[str] = ""
+    #: The cost class ``harness methods`` shows; empty: derived from the level (``methods.cost_class``).
+    cost: ClassVar[str] = ""
     #: True when ``on_step_end`` needs the losses of the same batch after the optimizer step.
     needs_losses_after: ClassVar[bool] = False
     #: The first epoch (1-based) whose weights can differ from the initial ones. Methods that

@@ -54,8 +54,8 @@ def backward(
     has loss 0). ``present`` (Tensor[T] of bool): the tasks with at least one labelled example in
     this step, on any worker (the same on every worker); default ``reduce(losses) > 0``. The
     method gets it with the losses (``weights``, ``objective``, ``weights_from_jacobian``) and
-    leaves an absent task's state as it was (docs/methods.md, "Masked tasks"); the stateless
-    gradient aggregators are not given it. ``reduce`` (e.g. a DDP all-reduce-mean, so that every
+    leaves an absent task's state as it was (docs/methods.md, "Masked tasks"); a gradient
+    aggregator aggregates the present tasks' rows of ``J`` only. ``reduce`` (e.g. a DDP all-reduce-mean, so that every
     worker computes the same weights) gets a detached COPY of the losses, so an in-place
     collective cannot modify them; identity when None. ``scale`` is applied to the scalar
     objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16 AMP); identity when
@@ -124,7 +124,7 @@ def backward(
     if sync is not None and sync.world_size == 1:
         sync = None
     if method.level == "parameters":
-        return _parameters_backward(method, losses, detached, model, scale, heads, sync)
+        return _parameters_backward(method, losses, detached, model, scale, heads, sync, present)
     if method.level == "representation":
         if not isinstance(representation, Tensor) or not representation.requires_grad:
             raise ValueError(
@@ -132,7 +132,7 @@ def backward(
                 "and needs the shared representation (with grad) the losses were computed from"
             )
         return _representation_backward(
-            method, losses, detached, model, representation, scale, heads, sync
+            method, losses, detached, model, representation, scale, heads, sync, present
         )
     return _last_shared_layer_backward(method, losses, detached, model, scale, heads, sync, present)
 
@@ -275,6 +275,7 @@ def _parameters_backward(
     scale: Callable[[Tensor], Tensor] | None,
     heads: str,
     sync: Synchronizer | None,
+    present: Tensor,
 ) -> Tensor:
     """Gradient-level update at the shared parameters.
 
@@ -293,7 +294,7 @@ def _parameters_backward(
     jacobian = _unscaled_jacobian(scaled, shared, factor, batched=False)
     if sync is not None:
         jacobian = sync.all_reduce_mean(jacobian)
-    direction, weights = method.aggregate(jacobian, reduced)
+    direction, weights = method.aggregate(jacobian, reduced, present=present)
     if factor is not None:
         direction = direction * factor
     offset, grads = 0, []
@@ -316,6 +317,7 @@ def _representation_backward(
     scale: Callable[[Tensor], Tensor] | None,
     heads: str,
     sync: Synchronizer | None,
+    present: Tensor,
 ) -> Tensor:
     """Gradient-level update at the shared representation ``z`` [B, ...] (MGDA-UB and kin).
 
@@ -334,7 +336,7 @@ def _representation_backward(
     jacobian = local
     if sync is not None:
         jacobian = sync.all_gather_cat(local.T.contiguous()).T / sync.world_size
-    _, weights = method.aggregate(jacobian, reduced)
+    _, weights = method.aggregate(jacobian, reduced, present=present)
     direction = weights.to(local.dtype) @ local
     if factor is not None:
         direction = direction * factor

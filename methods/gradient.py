@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from methods.base import HyperparameterError, Method, check_choice
+from methods.base import HyperparameterError, Method, check_choice, check_number, resolve_present
 
 _SOLVER_DTYPE = torch.float64
 
@@ -143,65 +143,239 @@ class GradientAggregator(Method):
     ``gramian = solver_gramian(jacobian)``, always finite; ``aggregate`` checks the input,
     computes the Gramian, applies the non-finite rule and returns both detached, in
     ``jacobian``'s dtype and on its device.
+
+    Present tasks (``aggregate(..., present=)``): a stateless method is run on the present
+    tasks' rows only (``compute`` sees the Jacobian of the labelled tasks, as the same method
+    built for them alone would) and an absent task gets weight 0; without this, a zero row would
+    make MGDA's min-norm point 0 and stall the step. A method with state overrides
+    ``compute_present(jacobian, losses, gramian, present)`` and keeps an absent task's state.
+
+    Every gradient-level method also takes two hyperparameters of its own, handled here:
+
+    * ``ema`` (CR-MOGM, Zhou et al., NeurIPS 2022, *On the Convergence of Stochastic
+      Multi-Objective Gradient Manipulation and Beyond*): the weights used are
+      ``lambda_k = ema * lambda_{k-1} + (1 - ema) * w_k`` with ``w_k`` the method's own weights and
+      ``lambda_0 = w_1`` (per task: a task's first present step starts its average); the
+      direction is ``lambda_k^T J``. ``ema = 0`` (default) is the method itself. As
+      ``torchjd.aggregation.CRMOGMWeighting(alpha=ema)``.
+    * ``update_every`` (``k``, default 1): the Jacobian and the weights are computed every ``k``
+      steps; in between the engine back-propagates ``sum_t w_t L_t`` with the last weights (one
+      ordinary backward: Nash-MTL's ``update_weights_every``). A step in which a task is present
+      that was absent when the weights were computed computes them anew (``reuse_weights``).
     """
 
     level: ClassVar[str] = "parameters"
     #: Where ``J`` is taken (hyperparameter ``level``): the shared parameters (``J`` [T, n]) or
     #: the shared representation (``J`` [T, B*d], every sample kept: MGDA-UB for ``mgda``).
     AGGREGATION_LEVELS: ClassVar[tuple[str, ...]] = ("parameters", "representation")
+    #: mini-batches per optimisation step: 2 for methods that need two independent Jacobian
+    #: estimates (SDMGrad, MoDo: ``pair_weights``); the loop then draws two batches per step
+    batches_per_step: ClassVar[int] = 1
+    #: the hyperparameters every gradient-level method takes, with their defaults
+    COMMON: ClassVar[dict[str, Any]] = {"update_every": 1, "ema": 0.0}
 
     @classmethod
     def hyperparameter_defaults(cls) -> dict[str, Any]:
-        return {"level": cls.level, **super().hyperparameter_defaults()}
+        return {"level": cls.level, **super().hyperparameter_defaults(), **cls.COMMON}
 
     def _resolve(self, given: dict[str, Any]) -> Any:
         given = dict(given)
         level = given.pop("level", type(self).level)
+        common = {k: given.pop(k, v) for k, v in self.COMMON.items()}
         try:
             # an instance attribute: the engine reads ``method.level`` to pick where J is taken
             self.level = check_choice("level", level, self.AGGREGATION_LEVELS)
+            self.update_every = check_positive_int("update_every", common["update_every"])
+            self.ema = check_number("ema", common["ema"], ge=0, le=1)
         except HyperparameterError as exc:
             raise self._error(str(exc)) from None
+        # CR-MOGM's average (NaN: the task has not been present yet) and update_every's cache
+        self._ema_weights = torch.full((self.num_tasks,), math.nan, dtype=_SOLVER_DTYPE)
+        self._cached: Tensor | None = None  # the last computed weights [T], float64, CPU
+        self._cached_present: Tensor | None = None  # the tasks present when they were computed
+        self._steps_since = 0  # steps since they were computed
         return super()._resolve(given)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"level": self.level, **super().hyperparameters()}
+        return {
+            "level": self.level,
+            **super().hyperparameters(),
+            "update_every": self.update_every,
+            "ema": self.ema,
+        }
 
-    def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """``(direction [n], weights [T])`` from ``jacobian`` [T, n] and detached ``losses`` [T].
+    # ---- update_every ---------------------------------------------------------------------
 
-        ``direction = weights @ jacobian`` is gradient-like: write it into the shared parameters'
-        ``.grad`` and let the optimizer descend. When the Gramian ``J J^T`` (in ``jacobian``'s
-        dtype) or its trace is not finite, both are NaN and the method's solver is not called:
-        ``GradScaler`` then skips the step, as for any non-finite gradient.
-        """
+    def reuse_weights(self, present: Tensor) -> Tensor | None:
+        """The weights to reuse for this step instead of a new Jacobian, or None to compute.
+
+        With ``update_every = k``: the weights of the last computation, for the ``k - 1`` steps
+        after it, unless a task is present now that was absent then. Counts the step when it
+        returns weights (call it once per step, before ``aggregate``)."""
+        if self._cached is None or self._steps_since + 1 >= self.update_every:
+            return None
+        present = present.cpu()
+        if bool((present & ~self._cached_present).any()):
+            return None
+        self._steps_since += 1
+        return self._cached.clone()
+
+    def _remember(self, weights: Tensor, present: Tensor) -> None:
+        if self.update_every > 1 and bool(torch.isfinite(weights).all()):
+            self._cached = weights.detach().to("cpu", _SOLVER_DTYPE).clone()
+            self._cached_present = present.cpu().clone()
+            self._steps_since = 0
+
+    # ---- the aggregation ------------------------------------------------------------------
+
+    def _check_jacobian(self, jacobian: Tensor, what: str = "jacobian") -> None:
         num_tasks = self.num_tasks
         if not isinstance(jacobian, Tensor) or jacobian.ndim != 2 or jacobian.shape[0] != num_tasks:
             shape = tuple(jacobian.shape) if isinstance(jacobian, Tensor) else type(jacobian)
-            raise self._error(f"jacobian must be a Tensor of shape ({num_tasks}, n), got {shape}")
+            raise self._error(f"{what} must be a Tensor of shape ({num_tasks}, n), got {shape}")
         if not jacobian.is_floating_point():
-            raise self._error(f"jacobian must be floating point, got {jacobian.dtype}")
-        if not isinstance(losses, Tensor) or losses.shape != (num_tasks,):
+            raise self._error(f"{what} must be floating point, got {jacobian.dtype}")
+
+    def _check_losses(self, losses: Tensor, present: Tensor | None) -> Tensor:
+        if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise self._error(f"losses must be a Tensor of shape ({num_tasks},), got {shape}")
+            raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},), got {shape}")
+        if present is None:  # a direct call: every task is present
+            return torch.ones(self.num_tasks, dtype=torch.bool)
+        try:
+            return resolve_present(losses, present).cpu()
+        except ValueError as exc:
+            raise self._error(str(exc)) from None
+
+    def aggregate(
+        self, jacobian: Tensor, losses: Tensor, *, present: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(direction [n], weights [T])`` from ``jacobian`` [T, n] and detached ``losses`` [T].
+
+        ``direction = weights @ jacobian`` is gradient-like: write it into the shared parameters'
+        ``.grad`` and let the optimizer descend. ``present`` (Tensor[T] of bool, default all
+        True): the tasks with labels in this step; an absent task gets weight 0 and leaves the
+        method's state as it was. When the Gramian ``J J^T`` (in ``jacobian``'s dtype) or its
+        trace is not finite, both are NaN and the method's solver is not called:
+        ``GradScaler`` then skips the step, as for any non-finite gradient.
+        """
+        self._check_jacobian(jacobian)
+        present = self._check_losses(losses, present)
         with torch.no_grad():
             jacobian, losses = jacobian.detach(), losses.detach()
             gramian = solver_gramian(jacobian)
             if gramian_is_finite(gramian):
-                direction, weights = self.compute(jacobian, losses, gramian)
+                direction, weights = self.compute_present(jacobian, losses, gramian, present)
             else:
-                # an inf/NaN Jacobian (an fp16 step whose scaled gradients overflowed) or a
-                # finite one whose Gramian overflowed: no solver can use G, so return NaN, as a
-                # plain backward of an inf gradient would, and GradScaler skips the step (the
-                # check is on the small CPU Gramian, which every method computes anyway)
-                direction = torch.full_like(jacobian[0], torch.nan)
-                weights = torch.full((num_tasks,), torch.nan, dtype=jacobian.dtype)
+                direction, weights = self._nan(jacobian)
+        return self._smoothed(direction, weights, jacobian, present)
+
+    def aggregate_pair(
+        self,
+        first: Tensor,
+        second: Tensor,
+        losses: Tensor,
+        *,
+        present: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Two-batch methods (``batches_per_step = 2``): ``(direction [n], weights [T])`` from
+        the Jacobians ``first``, ``second`` [T, n] of two independent mini-batches and the
+        detached losses [T] (their mean).
+
+        The weights come from ``pair_weights(A, present)`` with ``A = J_1 J_2^T`` (float64, CPU;
+        not symmetric in general); the direction is ``w^T (J_1 + J_2) / 2``, the gradient of the
+        weighted mean loss of both batches (MoDo, eq. 2.9b). NaN when ``A`` or either
+        Gramian's trace is not finite, as for ``aggregate``.
+        """
+        self._check_jacobian(first, "first")
+        self._check_jacobian(second, "second")
+        if first.shape != second.shape:
+            raise self._error(f"the two Jacobians differ in shape: {first.shape} vs {second.shape}")
+        present = self._check_losses(losses, present)
+        with torch.no_grad():
+            first, second = first.detach(), second.detach()
+            cross = (first @ second.T).to(device="cpu", dtype=_SOLVER_DTYPE)
+            traces = torch.stack(
+                [(j * j).sum().to(device="cpu", dtype=_SOLVER_DTYPE) for j in (first, second)]
+            )
+            mean = (first + second) / 2
+            if bool(torch.isfinite(cross).all()) and bool(torch.isfinite(traces).all()):
+                weights = self.pair_weights(cross, present)
+                direction = combine(weights, mean)
+            else:
+                direction, weights = self._nan(mean)
+        return self._smoothed(direction, weights, mean, present)
+
+    def _nan(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+        # an inf/NaN Jacobian (an fp16 step whose scaled gradients overflowed) or a finite one
+        # whose Gramian overflowed: no solver can use G, so return NaN, as a plain backward of an
+        # inf gradient would, and GradScaler skips the step (the check is on the small CPU
+        # Gramian, which every method computes anyway)
+        direction = torch.full_like(jacobian[0], torch.nan)
+        return direction, torch.full((self.num_tasks,), torch.nan, dtype=jacobian.dtype)
+
+    def _smoothed(
+        self, direction: Tensor, weights: Tensor, jacobian: Tensor, present: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """CR-MOGM's average of the weights (``ema > 0``), the ``update_every`` cache, and the
+        result in ``jacobian``'s dtype and on its device."""
+        if self.ema > 0 and bool(torch.isfinite(weights).all()):
+            new = weights.detach().to("cpu", _SOLVER_DTYPE)
+            old = self._ema_weights
+            started = present & ~torch.isnan(old)
+            averaged = torch.where(started, self.ema * old + (1 - self.ema) * new, new)
+            self._ema_weights = torch.where(present, averaged, old)
+            weights = torch.where(present, self._ema_weights, 0.0)
+            direction = combine(weights, jacobian)
+        self._remember(weights, present)
         return (
             direction.to(device=jacobian.device, dtype=jacobian.dtype),
             weights.to(device=jacobian.device, dtype=jacobian.dtype),
         )
 
+    def compute_present(
+        self, jacobian: Tensor, losses: Tensor, gramian: Tensor, present: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``compute`` on the present tasks' rows only (``present``: Tensor[T] of bool, CPU);
+        an absent task's weight is 0. Stateful methods override this to keep an absent task's
+        state (docs/methods.md, "Masked tasks")."""
+        if bool(present.all()):
+            return self.compute(jacobian, losses, gramian)
+        weights = torch.zeros(self.num_tasks, dtype=gramian.dtype)
+        if not bool(present.any()):
+            return torch.zeros_like(jacobian[0]), weights
+        idx = present.nonzero().flatten()
+        rows = idx.to(jacobian.device)
+        direction, sub = self.compute(jacobian[rows], losses[rows], gramian[idx][:, idx])
+        weights[idx] = sub.to("cpu", gramian.dtype)
+        return direction, weights
+
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         """``(direction, weights)`` from ``jacobian`` [T, n], ``losses`` [T] and ``gramian``
         (``solver_gramian(jacobian)``: float64 [T, T] on the CPU, finite, finite trace)."""
         raise NotImplementedError
+
+    def pair_weights(self, cross: Tensor, present: Tensor) -> Tensor:
+        """Two-batch methods: the weights [T] (float64, CPU) from ``A = J_1 J_2^T`` (float64
+        [T, T], CPU, finite) and the present tasks (Tensor[T] of bool)."""
+        raise NotImplementedError
+
+    # ---- checkpointing (subclasses with state extend these) --------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.ema > 0:
+            state["ema_weights"] = self._ema_weights.clone()
+        if self.update_every > 1 and self._cached is not None:
+            state["cached_weights"] = self._cached.clone()
+            state["cached_present"] = self._cached_present.clone()
+            state["steps_since"] = self._steps_since
+        return state
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if "ema_weights" in state:
+            self._ema_weights = state["ema_weights"].to("cpu", _SOLVER_DTYPE).clone()
+        if "cached_weights" in state:
+            self._cached = state["cached_weights"].to("cpu", _SOLVER_DTYPE).clone()
+            self._cached_present = state["cached_present"].cpu().clone()
+            self._steps_since = int(state["steps_since"])

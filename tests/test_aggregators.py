@@ -48,6 +48,9 @@ def test_fixed_values(cls: type[GradientAggregator], expected: list[float]) -> N
     torch.testing.assert_close(weights @ J_FIXED, direction, atol=1e-12, rtol=0)
 
 
+COMMON = {"update_every": 1, "ema": 0.0}  # every gradient-level method's
+
+
 def test_class_attributes() -> None:
     for cls in (PCGrad, MGDA, UPGrad, IMTLG):
         assert cls.level == "parameters"
@@ -58,14 +61,16 @@ def test_class_attributes() -> None:
         "normalization": "none",
         "reg_eps": 1e-10,
         "max_iters": 1000,
+        **COMMON,
     }
     assert UPGrad.hyperparameter_defaults() == {
         "level": "parameters",
         "norm_eps": 1e-4,
         "reg_eps": 1e-4,
         "max_iters": 1000,
+        **COMMON,
     }
-    only_level = {"level": "parameters"}
+    only_level = {"level": "parameters", **COMMON}
     assert PCGrad.hyperparameter_defaults() == only_level == IMTLG.hyperparameter_defaults()
 
 

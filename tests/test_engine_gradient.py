@@ -23,7 +23,7 @@ class MeanOfRows(Method):
         super().__init__(num_tasks)
         self.seen: list[torch.Tensor] = []
 
-    def aggregate(self, jacobian, losses):
+    def aggregate(self, jacobian, losses, *, present=None):
         self.seen.append(jacobian.clone())
         return jacobian.mean(0), torch.full((self.num_tasks,), 1 / self.num_tasks)
 
@@ -85,7 +85,7 @@ def test_weighted_heads_get_their_weight_times_their_gradient(batch):
     net, ref = twins()
 
     class Fixed(MeanOfRows):
-        def aggregate(self, jacobian, losses):
+        def aggregate(self, jacobian, losses, *, present=None):
             return jacobian.sum(0), torch.tensor([0.5, 2.0, 1.0], dtype=jacobian.dtype)
 
     _, losses = losses_of(net, x, y)

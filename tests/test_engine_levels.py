@@ -53,7 +53,10 @@ def test_mgda_ub_keeps_every_sample_and_matches_torchjd_at_the_representation():
     method = methods.create("mgda", 3, level="representation")
     shapes = []
     aggregate = method.aggregate
-    method.aggregate = lambda j, losses: (shapes.append(tuple(j.shape)), aggregate(j, losses))[1]
+    method.aggregate = lambda j, losses, **kw: (
+        shapes.append(tuple(j.shape)),
+        aggregate(j, losses, **kw),
+    )[1]
 
     rep, losses = task_losses(net, x, y)
     weights = engine.backward(method, losses, model=net, representation=rep)

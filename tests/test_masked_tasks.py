@@ -174,6 +174,8 @@ def step(method, optimizer, inputs: Inputs, present: Tensor) -> Outcome:
         optimizer.zero_grad(set_to_none=True)
     if method.name == "gradnorm":
         w = method.weights_from_jacobian(inputs.jacobian, inputs.losses, present=present)
+    elif isinstance(method, methods.GradientAggregator):
+        _, w = method.aggregate(inputs.jacobian, inputs.losses, present=present)
     else:
         w = engine.backward(method, inputs.losses.clone().requires_grad_(), present=present)
     params = method.parameters()
