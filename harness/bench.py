@@ -108,10 +108,14 @@ class BenchSettings:
             raise BenchError(f"--amp must be off, auto, bf16 or fp16, got {self.amp!r}")
 
 
-def synthetic_batch(settings: BenchSettings, device: torch.device):
-    """One fixed batch: uint8-range grayscale images, labels at ~20% prevalence, all labelled."""
+def synthetic_batch(settings: BenchSettings, device: torch.device, batches: int = 1):
+    """One fixed batch: uint8-range grayscale images, labels at ~20% prevalence, all labelled.
+
+    ``batches``: mini-batches per step (2 for SDMGrad and MoDo, which the step splits in two):
+    ``batches x batch_size`` images."""
     g = torch.Generator().manual_seed(settings.seed)
-    size, batch, tasks = settings.image_size, settings.batch_size, settings.tasks
+    size, tasks = settings.image_size, settings.tasks
+    batch = settings.batch_size * batches
     images = torch.randint(0, 256, (batch, 1, size, size), generator=g, dtype=torch.uint8)
     x = to_model_input(images.to(device))
     if device.type == "cuda":
@@ -146,19 +150,32 @@ def build_step(spec: MethodSpec, settings: BenchSettings, device: torch.device) 
     )
 
 
+def step_batch(step: TrainStep, settings: BenchSettings, device: torch.device):
+    """The synthetic batch ``step``'s method takes per step (two mini-batches for SDMGrad,
+    MoDo)."""
+    return synthetic_batch(settings, device, _batches(step.method))
+
+
+def _batches(method: methods.Method) -> int:
+    return getattr(method, "batches_per_step", 1)
+
+
 def count_flops(step: TrainStep, batch) -> int:
+    """FLOPs of one step; with ``update_every = k``, the mean over ``k`` steps (one cycle)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    every = getattr(step.method, "update_every", 1)
     with FlopCounterMode(display=False) as counter:
-        step(*batch)
-    return int(counter.get_total_flops())
+        for _ in range(every):
+            step(*batch)
+    return int(counter.get_total_flops()) // every
 
 
 def _cpu_peak_rss_child(spec: MethodSpec, settings: BenchSettings, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     step = build_step(spec, settings, device)
-    batch = synthetic_batch(settings, device)
+    batch = step_batch(step, settings, device)
     for _ in range(MEMORY_STEPS):
         step(*batch)
     queue.put(_peak_rss_bytes())
@@ -182,7 +199,7 @@ def peak_memory_bytes(spec: MethodSpec, settings: BenchSettings, device: torch.d
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         step = build_step(spec, settings, device)
-        batch = synthetic_batch(settings, device)
+        batch = step_batch(step, settings, device)
         for _ in range(MEMORY_STEPS):
             step(*batch)
         torch.cuda.synchronize(device)
@@ -216,10 +233,17 @@ def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -
         device = torch.device("cuda", torch.cuda.current_device())
         torch.backends.cudnn.benchmark = True
     say = progress or (lambda text: None)
-    batch = synthetic_batch(settings, device)
     steps = [build_step(s, settings, device) for s in specs]
-    flops = []
     for spec, step in zip(specs, steps, strict=True):
+        every = getattr(step.method, "update_every", 1)
+        if settings.steps < every:
+            raise BenchError(
+                f"{spec.text}: --steps must be at least its update_every ({every}), so that the "
+                "timed steps hold a whole cycle"
+            )
+    batches = [step_batch(step, settings, device) for step in steps]
+    flops = []
+    for spec, step, batch in zip(specs, steps, batches, strict=True):
         say(f"counting the FLOPs of {spec.text}")
         flops.append(count_flops(step, batch))
     for i in range(settings.warmup + settings.steps):
@@ -227,11 +251,13 @@ def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -
             for step in steps:  # the warm-up steps are not timed
                 step.timer = StepTimer(device)
         say(f"step {i + 1}/{settings.warmup + settings.steps} (warm-up {settings.warmup})")
-        for step in steps:
+        for step, batch in zip(steps, batches, strict=True):
             step(*batch)
-            step.timer.end_step(settings.batch_size)
-    times = [statistics.median(_step_seconds(step.timer)) * 1000 for step in steps]
-    del steps, step  # the last loop variable would keep a network on the device
+            step.timer.end_step(len(batch[0]))
+    times = [_typical_step_seconds(step) * 1000 for step in steps]
+    images = [len(batch[0]) for batch in batches]
+    update_every = [getattr(step.method, "update_every", 1) for step in steps]
+    del steps, step, batches, batch  # the last loop variables would keep a network on the device
     memory = []
     for spec in specs:
         say(f"measuring the peak memory of {spec.text}")
@@ -255,7 +281,9 @@ def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -
                 "flop_ratio_vs_equal": flop_ratio,
                 "wall_over_flop_ratio": ratio / flop_ratio if flop_ratio else math.nan,
                 "gflops_per_step": flops[i] / 1e9,
-                "images_per_second": settings.batch_size / (times[i] / 1000),
+                "images_per_second": images[i] / (times[i] / 1000),
+                "batches_per_step": images[i] // settings.batch_size,
+                "update_every": update_every[i],
             }
         )
     return rows
@@ -275,6 +303,19 @@ def jacobian_bytes(level: str, net: MultiTaskNet, settings: BenchSettings) -> in
 
 def _step_seconds(timer: StepTimer) -> list[float]:
     return [sum(parts) for parts in zip(*timer.times.values(), strict=True)]
+
+
+def _typical_step_seconds(step: TrainStep) -> float:
+    """The median step time; for a method with ``update_every = k`` the median over the
+    windows of ``k`` consecutive steps of their mean (each window holds one Jacobian step and
+    ``k - 1`` cheap ones, so this is the amortised cost, ``about 1 + (r - 1) / k`` of equal's
+    for a method of ratio ``r``; the plain median would be a cheap step's)."""
+    seconds = _step_seconds(step.timer)
+    every = getattr(step.method, "update_every", 1)
+    if every == 1:
+        return statistics.median(seconds)
+    windows = [seconds[i : i + every] for i in range(0, len(seconds) - every + 1)]
+    return statistics.median(sum(w) / every for w in windows)
 
 
 def machine_description(device: str) -> dict[str, Any]:

@@ -267,13 +267,30 @@ class TrainStep:
     def __call__(self, x: Tensor, y: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Train on one batch. Returns ``(losses, weights, logits)``, detached: the per-task
         losses averaged over the workers, the task weights used, and this worker's logits.
-        Raises ``NonFiniteLoss`` before any update when a loss is not finite."""
+        Raises ``NonFiniteLoss`` before any update when a loss is not finite.
+
+        A two-batch method (``method.batches_per_step == 2``: SDMGrad, MoDo) gets the batch as
+        two halves, each its own forward pass (two independent mini-batches: the caller draws
+        twice the batch size); the losses returned are the mean of the halves'."""
         timer = self.timer
+        second = None
         with self._grad_sync_off():
             with timer.phase("forward"):
-                representation, logits, losses = self._losses(self.model, x, y, m)
+                if getattr(self.method, "batches_per_step", 1) == 2:
+                    half = x.shape[0] // 2
+                    representation, first_logits, losses = self._losses(
+                        self.model, x[:half], y[:half], m[:half]
+                    )
+                    _, second_logits, second = self._losses(
+                        self.model, x[half:], y[half:], m[half:]
+                    )
+                    logits = torch.cat([first_logits, second_logits])
+                    mean = (losses + second) / 2
+                else:
+                    representation, logits, losses = self._losses(self.model, x, y, m)
+                    mean = losses
                 # one collective: the losses' mean and, > 0, the OR of the workers' presence
-                local = torch.cat([losses.detach(), m.any(0).to(losses.dtype)])
+                local = torch.cat([mean.detach(), m.any(0).to(losses.dtype)])
                 shared, present = self.coll.all_reduce_mean(local).split(len(losses))
                 present = present > 0
                 self.present = present
@@ -292,6 +309,7 @@ class TrainStep:
                     representation=representation,
                     sync=self.coll if self.local_gradients else None,
                     present=present,
+                    second=second,
                 )
         with timer.phase("optimizer"):
             if self.scaler:
@@ -348,11 +366,6 @@ class _Trial:
         self.tasks = list(self.train_set.task_names)
         train = spec["train"]
         self.batch_size = train["batch_size"]
-        if len(self.train_set) < self.batch_size * collective.world_size:
-            raise ValueError(
-                f"the training split has {len(self.train_set)} images, fewer than one batch "
-                f"(train.batch_size {self.batch_size} x {plural(collective.world_size, 'worker')})"
-            )
         pretrained = train.get("pretrained") or None
         if pretrained:  # pre-flight's one line, also for a path only this node could check
             from harness.preflight import pretrained_problems
@@ -372,6 +385,14 @@ class _Trial:
             task_names=self.tasks,
             **spec.get("method_params", {}),
         ).to(self.device)
+        batches = getattr(self.method, "batches_per_step", 1)
+        if len(self.train_set) < self.batch_size * collective.world_size * batches:
+            per_step = f" x {batches} batches per step ({self.method.name})" if batches > 1 else ""
+            raise ValueError(
+                f"the training split has {len(self.train_set)} images, fewer than one step "
+                f"(train.batch_size {self.batch_size} x "
+                f"{plural(collective.world_size, 'worker')}{per_step})"
+            )
         groups = [{"params": list(self.net.parameters())}]
         if (method_group := self.method.optimizer_group()) is not None:
             groups.append(method_group)
@@ -511,7 +532,10 @@ class _Trial:
         running loss and accuracy over the epoch's training batches (train mode, as DeepChest's
         reference code measures its signal), averaged over workers. A task's loss is averaged
         over the steps in which it had labels, its accuracy over its labels: NaN without any."""
-        data, bs = self.train_set, self.batch_size
+        # a two-batch method (SDMGrad, MoDo) takes two mini-batches per step: an epoch is still
+        # one pass over the data, in half as many steps, and every image counts as seen
+        data = self.train_set
+        bs = self.batch_size * getattr(self.method, "batches_per_step", 1)
         world, rank = self.coll.world_size, self.coll.rank
         global_batch = bs * world
         order = torch.Generator().manual_seed(self.spec["seed"] * 100_003 + self.epoch)

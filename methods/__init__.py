@@ -23,9 +23,11 @@ from methods.gradient import GradientAggregator
 from methods.gradnorm import GradNorm
 from methods.imtl_g import IMTLG
 from methods.mgda import MGDA
+from methods.modo import MoDo
 from methods.nash_mtl import NashMTL
 from methods.pcgrad import PCGrad
 from methods.rlw import RLW
+from methods.sdmgrad import SDMGrad
 from methods.uncertainty import Uncertainty
 from methods.upgrad import UPGrad
 
@@ -42,8 +44,10 @@ __all__ = [
     "GradNorm",
     "IMTLG",
     "MGDA",
+    "MoDo",
     "NashMTL",
     "PCGrad",
+    "SDMGrad",
     "UPGrad",
     "LossWeighting",
     "Method",
@@ -72,6 +76,8 @@ _CLASSES: tuple[type[Method], ...] = (
     CAGrad,
     AlignedMTL,
     NashMTL,
+    SDMGrad,
+    MoDo,
 )
 
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from methods.base import LEVELS, Method, resolve_present
+from methods.gradient import GradientAggregator
 
 
 class MultiTaskModel(Protocol):
@@ -47,6 +48,7 @@ def backward(
     representation: Tensor | None = None,
     sync: Synchronizer | None = None,
     present: Tensor | None = None,
+    second: Tensor | None = None,
 ) -> Tensor:
     """Back-propagate the method's update and return the weights ``w`` (Tensor[T], for logging).
 
@@ -55,11 +57,11 @@ def backward(
     this step, on any worker (the same on every worker); default ``reduce(losses) > 0``. The
     method gets it with the losses (``weights``, ``objective``, ``weights_from_jacobian``) and
     leaves an absent task's state as it was (docs/methods.md, "Masked tasks"); a gradient
-    aggregator aggregates the present tasks' rows of ``J`` only. ``reduce`` (e.g. a DDP all-reduce-mean, so that every
-    worker computes the same weights) gets a detached COPY of the losses, so an in-place
-    collective cannot modify them; identity when None. ``scale`` is applied to the scalar
-    objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16 AMP); identity when
-    None. Gradients accumulate into ``.grad`` as with a plain ``.backward()``.
+    aggregator aggregates the present tasks' rows of ``J`` only. ``reduce`` (e.g. a DDP
+    all-reduce-mean, so that every worker computes the same weights) gets a detached COPY of
+    the losses, so an in-place collective cannot modify them; identity when None. ``scale`` is
+    applied to the scalar objective before ``.backward()`` (e.g. ``GradScaler.scale`` under fp16
+    AMP); identity when None. Gradients accumulate into ``.grad`` as with a plain ``.backward()``.
 
     By ``method.level``:
 
@@ -85,6 +87,16 @@ def backward(
     batches; every gradient that is still local is then averaged over the workers. (Exactly so
     when every worker's batch has the same number of labels per task; with masked labels the
     workers' mean losses are averaged with equal weight, as DDP does for the loss level.)
+
+    Two-batch methods (``method.batches_per_step == 2``: SDMGrad, MoDo) take the per-task losses
+    of a second, independent mini-batch as ``second`` (with grad; the batches' own forward
+    passes): ``J_1``, ``J_2`` at the shared parameters, ``method.aggregate_pair(J_1, J_2, r)``
+    with ``r = reduce((losses + second) / 2)``, and the heads get the gradient of the mean of the
+    two batches' losses (weighted or own). ``present`` is then the union of both batches'.
+
+    ``update_every = k`` (every gradient aggregator): in the ``k - 1`` steps after a Jacobian
+    step, ``method.reuse_weights(present)`` returns that step's weights and the network gets one
+    ordinary backward of ``sum_t w_t L_t`` (heads: ``w_t`` or 1), no Jacobian.
     """
     if method.level not in LEVELS:
         raise NotImplementedError(
@@ -99,7 +111,23 @@ def backward(
     if not losses.requires_grad:
         raise ValueError("engine.backward: losses do not require grad (computed under no_grad?)")
 
-    detached = losses.detach().clone()
+    pairs = getattr(method, "batches_per_step", 1) == 2
+    if pairs != (second is not None):
+        raise ValueError(
+            f"engine.backward: method {method.name!r} takes "
+            + (
+                "two mini-batches per step: give the second's losses as second="
+                if pairs
+                else "one mini-batch per step, but second= was given"
+            )
+        )
+    if pairs:
+        if not isinstance(second, Tensor) or second.shape != losses.shape:
+            raise ValueError("engine.backward: second must be a Tensor of the losses' shape")
+        if not second.requires_grad:
+            raise ValueError("engine.backward: second does not require grad")
+    mean = (losses + second) / 2 if pairs else losses
+    detached = mean.detach().clone()
     if reduce is not None:
         detached = reduce(detached)
     try:
@@ -123,6 +151,16 @@ def backward(
         raise ValueError(f"engine.backward: heads must be 'weighted' or 'own', got {heads!r}")
     if sync is not None and sync.world_size == 1:
         sync = None
+    reused = method.reuse_weights(present) if isinstance(method, GradientAggregator) else None
+    if reused is not None:  # update_every: this step reuses the last Jacobian step's weights
+        reused = reused.to(device=losses.device, dtype=torch.float32)
+        _, scaled = _scaled_losses(scale, mean)
+        _combined_backward(model, scaled, reused, heads, sync)
+        return reused
+    if pairs:
+        return _parameters_backward(
+            method, losses, detached, model, scale, heads, sync, present, second
+        )
     if method.level == "parameters":
         return _parameters_backward(method, losses, detached, model, scale, heads, sync, present)
     if method.level == "representation":
@@ -276,6 +314,7 @@ def _parameters_backward(
     heads: str,
     sync: Synchronizer | None,
     present: Tensor,
+    second: Tensor | None = None,
 ) -> Tensor:
     """Gradient-level update at the shared parameters.
 
@@ -294,7 +333,16 @@ def _parameters_backward(
     jacobian = _unscaled_jacobian(scaled, shared, factor, batched=False)
     if sync is not None:
         jacobian = sync.all_reduce_mean(jacobian)
-    direction, weights = method.aggregate(jacobian, reduced, present=present)
+    if second is None:
+        direction, weights = method.aggregate(jacobian, reduced, present=present)
+    else:  # a two-batch method: the second batch's Jacobian, then the heads get the mean's
+        scaled_second = second * factor if factor is not None else second
+        other = _unscaled_jacobian(scaled_second, shared, factor, batched=False)
+        if sync is not None:
+            other = sync.all_reduce_mean(other)
+        direction, weights = method.aggregate_pair(jacobian, other, reduced, present=present)
+        del other
+        scaled = (scaled + scaled_second) / 2
     if factor is not None:
         direction = direction * factor
     offset, grads = 0, []
@@ -381,9 +429,23 @@ def _last_shared_layer_backward(
         for p in method.parameters():  # GradScaler divides every .grad there by the scale
             if p.grad is not None:
                 p.grad.mul_(factor.to(p.grad.dtype))
+    _combined_backward(model, scaled, weights, heads, sync)
+    return weights.float()
+
+
+def _combined_backward(
+    model: MultiTaskModel,
+    scaled: Tensor,
+    weights: Tensor,
+    heads: str,
+    sync: Synchronizer | None,
+) -> None:
+    """One backward of ``sum_t w_t L_t`` for the trunk; the heads get ``w_t grad L_t``
+    (weighted) or ``grad L_t`` (own). With ``sync`` every gradient is then averaged over the
+    workers (the wrapper's all-reduce is off at the gradient levels)."""
     objective = (weights.to(scaled.dtype) * scaled).sum()
     shared = _trainable(model.shared_parameters())
-    head_params = _head_parameters(model, losses.shape[0])
+    head_params = _head_parameters(model, scaled.shape[0])
     if heads == "weighted":  # heads and trunk both get w_t grad L_t: one plain backward
         objective.backward()
     else:
@@ -391,4 +453,3 @@ def _last_shared_layer_backward(
         torch.autograd.backward(objective, inputs=shared)
     if sync is not None:
         _average_gradients(shared + head_params, sync)
-    return weights.float()
