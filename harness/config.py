@@ -253,7 +253,7 @@ class TrainConfig(_Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     pretrained: Literal[False] | str = False
-    heads: Literal["weighted", "own"] = "weighted"
+    heads: Literal["method", "weighted", "own"] = "method"
     max_failures: Annotated[int, Field(ge=0, le=1000)] = 1
 
 

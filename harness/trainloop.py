@@ -241,7 +241,7 @@ class TrainStep:
         timer: StepTimer,
         amp_dtype: torch.dtype | None = None,
         scaler: torch.amp.GradScaler | None = None,
-        heads: str = "weighted",
+        heads: str | None = None,
     ):
         self.net, self.model, self.method, self.optimizer = net, model, method, optimizer
         self.coll, self.timer, self.scaler, self.heads = collective, timer, scaler, heads
@@ -421,7 +421,7 @@ class _Trial:
             timer=self.timer,
             amp_dtype=self.amp_dtype,
             scaler=self.scaler,
-            heads=train.get("heads", "weighted"),
+            heads=None if train.get("heads", "method") == "method" else train["heads"],
         )
 
     # ---- checkpoints -------------------------------------------------------------------

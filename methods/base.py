@@ -183,8 +183,13 @@ class Method:
     #: Where the method comes from: the paper (authors, venue and year, arXiv id) and, where it
     #: differs, the reference code the implementation follows; ``harness methods`` shows it.
     reference: ClassVar[str] = ""
-    #: The cost class ``harness methods`` shows; empty: derived from the level (``methods.cost_class``).
+    #: The cost class ``harness methods`` shows; empty: derived from the level
+    #: (``methods.cost_class``).
     cost: ClassVar[str] = ""
+    #: What the task heads get at the gradient levels when the experiment does not say
+    #: (``train.heads: method``): ``"own"`` (each head its own loss's gradient) or
+    #: ``"weighted"`` (``w_t`` times it), as in the method's reference code (docs/methods.md).
+    default_heads: ClassVar[str] = "weighted"
     #: True when ``on_step_end`` needs the losses of the same batch after the optimizer step.
     needs_losses_after: ClassVar[bool] = False
     #: The first epoch (1-based) whose weights can differ from the initial ones. Methods that

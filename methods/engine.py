@@ -44,7 +44,7 @@ def backward(
     reduce: Callable[[Tensor], Tensor] | None = None,
     scale: Callable[[Tensor], Tensor] | None = None,
     model: MultiTaskModel | None = None,
-    heads: str = "weighted",
+    heads: str | None = None,
     representation: Tensor | None = None,
     sync: Synchronizer | None = None,
     present: Tensor | None = None,
@@ -80,7 +80,8 @@ def backward(
       gets ``sum_t w_t grad L_t``.
 
     At the gradient levels the task heads get ``w_t * grad L_t`` (``heads="weighted"``) or their
-    own loss's gradient (``heads="own"``). ``sync`` (data parallelism with the wrapper's gradient
+    own loss's gradient (``heads="own"``); None: the method's ``default_heads`` (what its
+    authors' code does, docs/methods.md). ``sync`` (data parallelism with the wrapper's gradient
     all-reduce switched off, e.g. inside ``DistributedDataParallel.no_sync``): ``J`` is
     all-reduced (parameters, last shared layer) or gathered over the workers' samples
     (representation), so every worker finds the same weights as one process on the union of the
@@ -147,6 +148,8 @@ def backward(
         return w
     if model is None:
         raise ValueError(f"engine.backward: method {method.name!r} needs the model")
+    if heads is None:
+        heads = method.default_heads
     if heads not in ("weighted", "own"):
         raise ValueError(f"engine.backward: heads must be 'weighted' or 'own', got {heads!r}")
     if sync is not None and sync.world_size == 1:

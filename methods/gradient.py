@@ -165,12 +165,19 @@ class GradientAggregator(Method):
     """
 
     level: ClassVar[str] = "parameters"
+    #: the authors' code of most gradient-level methods back-propagates each task's own loss
+    #: into its head and overwrites only the shared gradients (MGDA, Nash-MTL, ExcessMTL weight)
+    default_heads: ClassVar[str] = "own"
     #: Where ``J`` is taken (hyperparameter ``level``): the shared parameters (``J`` [T, n]) or
     #: the shared representation (``J`` [T, B*d], every sample kept: MGDA-UB for ``mgda``).
     AGGREGATION_LEVELS: ClassVar[tuple[str, ...]] = ("parameters", "representation")
     #: mini-batches per optimisation step: 2 for methods that need two independent Jacobian
     #: estimates (SDMGrad, MoDo: ``pair_weights``); the loop then draws two batches per step
     batches_per_step: ClassVar[int] = 1
+    #: False for methods whose direction is not ``weights @ J`` (MoCo: ``Y^T lambda`` of a
+    #: tracked Jacobian; DB-MTL: a combination of gradient EMAs): they report weights for
+    #: logging and the heads, and work at the ``parameters`` level only
+    direction_is_weighted_jacobian: ClassVar[bool] = True
     #: the hyperparameters every gradient-level method takes, with their defaults
     COMMON: ClassVar[dict[str, Any]] = {"update_every": 1, "ema": 0.0}
 
@@ -345,8 +352,10 @@ class GradientAggregator(Method):
         if not bool(present.any()):
             return torch.zeros_like(jacobian[0]), weights
         idx = present.nonzero().flatten()
-        rows = idx.to(jacobian.device)
-        direction, sub = self.compute(jacobian[rows], losses[rows], gramian[idx][:, idx])
+        rows = jacobian[idx.to(jacobian.device)]
+        # the present rows' own Gramian (not a slice of G: a product of T rows may round
+        # differently in float32), so that the weights are those of the method built for them
+        direction, sub = self.compute(rows, losses[idx.to(losses.device)], solver_gramian(rows))
         weights[idx] = sub.to("cpu", gramian.dtype)
         return direction, weights
 

@@ -120,6 +120,8 @@ class MGDA(GradientAggregator):
     """
 
     name = "mgda"
+    # the authors' training script back-propagates sum_t w_t L_t: heads get w_t grad L_t
+    default_heads = "weighted"
     summary = "Min-norm point of the convex hull of the task gradients (Sener & Koltun 2018)."
     Hyperparameters = MGDAHyperparameters
 

@@ -132,6 +132,8 @@ class NashMTL(GradientAggregator):
     """
 
     name = "nash_mtl"
+    # the authors' training script back-propagates sum_t w_t L_t: heads get w_t grad L_t
+    default_heads = "weighted"
     summary = "Nash bargaining solution G alpha = 1/alpha, norm clipped (Navon 2022)."
     Hyperparameters = NashMTLHyperparameters
 

@@ -49,8 +49,11 @@ def absent_steps(rate: float, steps: int = STEPS) -> set[int]:
 
 
 def restrict(value, idx: list[int], num_tasks: int):
-    """``value`` with every per-task tensor (first dimension ``num_tasks``) cut to ``idx``."""
+    """``value`` with every per-task tensor (first dimension ``num_tasks``) cut to ``idx``; a
+    square ``[T, T]`` one (per pair of tasks: GradVac's cosine targets) on both dimensions."""
     if isinstance(value, Tensor):
+        if value.ndim == 2 and value.shape == (num_tasks, num_tasks):
+            return value[idx][:, idx].clone()
         if value.ndim >= 1 and value.shape[0] == num_tasks:
             return value[idx].clone()
         return value.clone()
@@ -125,6 +128,7 @@ class Inputs:
     after: Tensor  # [T] FAMO's losses after the step
     jacobian: Tensor  # [T, n] GradNorm's J at the last shared layer
     stats: methods.EpochStats  # epoch-level methods
+    second: Tensor | None = None  # [T, n] a second batch's J (two-batch methods: aggregate_pair)
 
     def masked(self, absent: list[int]) -> Inputs:
         losses, after, jacobian = self.losses.clone(), self.after.clone(), self.jacobian.clone()
@@ -133,12 +137,20 @@ class Inputs:
             k: v.clone().index_fill_(0, torch.tensor(absent, dtype=torch.long), math.nan)
             for k, v in vars(self.stats).items()
         }
-        return Inputs(losses, after, jacobian, methods.EpochStats(**stats))
+        second = None if self.second is None else self.second.clone()
+        if second is not None:
+            second[absent] = 0.0
+        return Inputs(losses, after, jacobian, methods.EpochStats(**stats), second)
 
     def restricted(self, idx: list[int]) -> Inputs:
         stats = {k: v[idx] for k, v in vars(self.stats).items()}
+        second = None if self.second is None else self.second[idx]
         return Inputs(
-            self.losses[idx], self.after[idx], self.jacobian[idx], methods.EpochStats(**stats)
+            self.losses[idx],
+            self.after[idx],
+            self.jacobian[idx],
+            methods.EpochStats(**stats),
+            second,
         )
 
 
@@ -156,6 +168,10 @@ def make_inputs(steps: int = STEPS, seed: int = 0) -> list[Inputs]:
             val_loss=0.2 + torch.rand(T, generator=g),
         )
         out.append(Inputs(losses, after, jacobian, stats))
+    # two-batch methods: a second batch's J, J + noise (its own generator: the draws above stay)
+    noise = torch.Generator().manual_seed(1000 + seed)
+    for inputs in out:
+        inputs.second = inputs.jacobian + 0.5 * torch.randn(T, 6, generator=noise)
     return out
 
 
@@ -174,6 +190,11 @@ def step(method, optimizer, inputs: Inputs, present: Tensor) -> Outcome:
         optimizer.zero_grad(set_to_none=True)
     if method.name == "gradnorm":
         w = method.weights_from_jacobian(inputs.jacobian, inputs.losses, present=present)
+    elif isinstance(method, methods.GradientAggregator) and method.batches_per_step == 2:
+        # in float64: the float32 J_1 J_2^T of the [4, 6] and the [3, 6] Jacobians differ in
+        # the last bit (BLAS blocking), which the simplex state carries beyond the tolerance
+        j1, j2, losses = inputs.jacobian.double(), inputs.second.double(), inputs.losses
+        _, w = method.aggregate_pair(j1, j2, losses.double(), present=present)
     elif isinstance(method, methods.GradientAggregator):
         _, w = method.aggregate(inputs.jacobian, inputs.losses, present=present)
     else:
@@ -199,11 +220,28 @@ class Case:
 
 CASES = [
     Case("uncertainty"),
+    Case("imtl_l"),
     Case("gradnorm", proportional=("state.task_weights",)),
     Case("famo"),
     Case("dwa", moving=("state.history[0]", "state.history[1]")),
     Case("deepchest"),
     Case("deepchest", {"signal": "val_loss", "min_weight": 0.5}),
+    # every gradient aggregator's own state: CR-MOGM's average and update_every's cache
+    Case("mgda", {"ema": 0.7}),
+    Case("upgrad", {"update_every": 3}),
+    # stateful aggregators (GradVac with its own generator: the step and the restricted
+    # method draw the same task orders)
+    Case("gradvac", {"seed": 0}),
+    Case("excess_mtl"),
+    Case("excess_mtl", {"n_warmup_steps": 3, "baseline_step": "skip"}),
+    Case("db_mtl", {"beta_sigma": 0.5}),
+    Case("moco"),
+    Case("moco", {"simplex": "softmax", "normalization": "none", "rho": 0.1}),
+    # two-batch methods (aggregate_pair): simplex masses, the present tasks keep their total
+    Case("sdmgrad"),
+    Case("sdmgrad", {"lam": 0.0, "momentum": 0.9, "ema": 0.5}),
+    Case("modo"),
+    Case("modo", {"gamma": 1.0, "rho": 0.0}),
 ]
 STATEFUL = {c.name for c in CASES}
 
