@@ -112,13 +112,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
     import methods
 
     table = Table(title="Registered task-weighting methods", title_justify="left")
-    # one level and one setting a line, never cut: on a narrow screen only the summary wraps
+    # one level and one setting a line, never cut: on a narrow screen only the text wraps
     for col in ("method", "level", "hyperparameters\n(defaults)"):
         table.add_column(col, no_wrap=True)
-    table.add_column("summary", overflow="fold")
+    table.add_column("cost per step\n(heads)", overflow="fold", max_width=24)
+    table.add_column("summary\nreference", overflow="fold")
     for info in methods.describe():
         params = "\n".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
-        table.add_row(*map(Text, (info.name, "\n".join(info.levels), params, info.summary)))
+        gradient = info.level != "loss"
+        cost = info.cost + (f"\n(heads: {info.default_heads})" if gradient else "")
+        about = Text(info.summary)
+        if info.reference:
+            about.append("\n" + info.reference, style="dim")
+        table.add_row(*map(Text, (info.name, "\n".join(info.levels), params, cost)), about)
     # the terminal's width; piped, $COLUMNS or 80 (rich's default): `| head` fits the screen
     Console().print(table)
     return 0
@@ -241,6 +247,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
     )
+    if args.compare:  # harness/bench_compare.py: the routes, their table and JSON
+        from harness import bench_compare
+
+        return bench_compare.command(args, settings, _wide_console())
+    if not args.methods:
+        args.parser.error("the following arguments are required: --methods")
     specs = bench.parse_methods(args.methods, settings.tasks)
     output = Path(args.output) if args.output else None
     if output is not None and output.is_dir():
@@ -788,8 +800,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--methods",
         nargs="+",
-        required=True,
-        help="methods, comma- or space-separated (equal is added as the baseline)",
+        help="methods, comma- or space-separated (equal is added as the baseline); required "
+        "unless --compare, whose default is mgda upgrad pcgrad",
+    )
+    bench.add_argument(
+        "--compare",
+        choices=("torchjd",),
+        help="time each gradient method's step here against TorchJD 0.18 (mtl_backward + "
+        "jac_to_grad, with and without optimize_gramian_computation; autogram) and T plain "
+        "retained backward passes; --output then writes a JSON object with the settings",
     )
     bench.add_argument("--backbone", default="resnet18")
     bench.add_argument("--image-size", type=int, default=64)

@@ -84,6 +84,7 @@ class AlignedMTL(GradientAggregator):
     """
 
     name = "aligned_mtl"
+    reference = "Senushkin et al., CVPR 2023, arXiv:2305.19000; code: SamsungLabs/MTL"
     summary = "Sum of the orthogonalised, equal-norm task gradients (Senushkin 2023)."
     Hyperparameters = AlignedMTLHyperparameters
 

@@ -177,6 +177,7 @@ class CAGrad(GradientAggregator):
     """
 
     name = "cagrad"
+    reference = "Liu et al., NeurIPS 2021, arXiv:2110.14048; code: Cranial-XIX/CAGrad"
     summary = "Best worst-task improvement in a ball around the mean gradient (Liu 2021)."
     Hyperparameters = CAGradHyperparameters
 

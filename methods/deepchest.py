@@ -205,6 +205,7 @@ class DeepChest(LossWeighting):
     """
 
     name = "deepchest"
+    reference = "Mohamed et al., 2025, arXiv:2505.23595; code: the authors' training script"
     summary = "Per-epoch weights: up-weight tasks below the mean train accuracy, decay the rest."
     Hyperparameters = DeepChestHyperparameters
     first_reweighted_epoch = 2  # the first update is at the end of epoch 1

@@ -57,6 +57,7 @@ class DWA(LossWeighting):
     """
 
     name = "dwa"
+    reference = "Liu, Johns & Davison, CVPR 2019, arXiv:1803.10704; code: lorenmt/mtan"
     summary = "Per-epoch softmax of the loss ratios of the last two epochs, times T (Liu 2019)."
     Hyperparameters = DWAHyperparameters
     first_reweighted_epoch = 3  # weights from the loss ratio of epochs 1 and 2

@@ -24,6 +24,7 @@ class Equal(LossWeighting):
     """
 
     name = "equal"
+    reference = "Unitary scalarization: Kurin et al., NeurIPS 2022, arXiv:2201.04122"
     summary = "Sum of the task losses (w_t = 1)."
 
     def compute_weights(self, losses: Tensor) -> Tensor:

@@ -80,6 +80,7 @@ class FAMO(LossWeighting):
     """
 
     name = "famo"
+    reference = "Liu et al., NeurIPS 2023, arXiv:2306.03792; code: Cranial-XIX/FAMO"
     summary = (
         "Equal log-rate loss decrease from loss values only; re-forwards each batch (Liu 2023)."
     )

@@ -84,6 +84,7 @@ class Fixed(LossWeighting):
     """
 
     name = "fixed"
+    reference = "Xin et al., NeurIPS 2022, arXiv:2209.11379; code: torchjd 0.18 Constant"
     summary = "Static weights given per task: sum_t w_t L_t (Xin et al. 2022's baseline)."
     Hyperparameters = FixedHyperparameters
 

@@ -92,6 +92,7 @@ class GradNorm(Method):
     """
 
     name = "gradnorm"
+    reference = "Chen et al., ICML 2018, arXiv:1711.02257; code: LibMTL GradNorm"
     level: ClassVar[str] = "last_shared_layer"
     summary = "Learned weights equalising gradient norms at the last shared layer (Chen 2018)."
     Hyperparameters = GradNormHyperparameters

@@ -41,6 +41,7 @@ class IMTLG(GradientAggregator):
     """
 
     name = "imtl_g"
+    reference = "Liu et al., ICLR 2021; code: torchjd 0.18 IMTLG"
     summary = "Weights giving equal projections on all unit task gradients, sum 1 (Liu 2021)."
 
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:

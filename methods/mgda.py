@@ -120,6 +120,7 @@ class MGDA(GradientAggregator):
     """
 
     name = "mgda"
+    reference = "Sener & Koltun, NeurIPS 2018, arXiv:1810.04650; code: torchjd 0.18 MGDA"
     # the authors' training script back-propagates sum_t w_t L_t: heads get w_t grad L_t
     default_heads = "weighted"
     summary = "Min-norm point of the convex hull of the task gradients (Sener & Koltun 2018)."

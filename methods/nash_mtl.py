@@ -132,6 +132,7 @@ class NashMTL(GradientAggregator):
     """
 
     name = "nash_mtl"
+    reference = "Navon et al., ICML 2022, arXiv:2202.01017; code: AvivNavon/nash-mtl"
     # the authors' training script back-propagates sum_t w_t L_t: heads get w_t grad L_t
     default_heads = "weighted"
     summary = "Nash bargaining solution G alpha = 1/alpha, norm clipped (Navon 2022)."

@@ -53,6 +53,7 @@ class PCGrad(GradientAggregator):
     """
 
     name = "pcgrad"
+    reference = "Yu et al., NeurIPS 2020, arXiv:2001.06782; code: torchjd 0.18 PCGrad"
     summary = "Project each task gradient off the gradients it conflicts with, then sum (Yu 2020)."
 
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ class RLW(LossWeighting):
     """
 
     name = "rlw"
+    reference = "Lin et al., TMLR 2022, arXiv:2111.10603; code: LibMTL RLW"
     summary = "Random weights each step: T * softmax(z), z ~ N(0, I) (Lin 2022; sum T)."
 
     def compute_weights(self, losses: Tensor) -> Tensor:

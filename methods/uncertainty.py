@@ -54,6 +54,7 @@ class Uncertainty(LossWeighting):
     """
 
     name = "uncertainty"
+    reference = "Kendall, Gal & Cipolla, CVPR 2018, arXiv:1705.07115; code: torchjd 0.18 UW"
     summary = "Learned per-task log-variances s: sum_t 0.5 exp(-s_t) L_t + 0.5 s_t (Kendall 2018)."
     Hyperparameters = UncertaintyHyperparameters
 

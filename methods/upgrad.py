@@ -82,6 +82,7 @@ class UPGrad(GradientAggregator):
     """
 
     name = "upgrad"
+    reference = "Quinton & Rey, 2024, arXiv:2406.16232; code: torchjd 0.18 UPGrad"
     summary = (
         "Mean of the task gradients projected onto the dual cone of all of them (Quinton 2024)."
     )
