@@ -29,6 +29,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -242,8 +243,13 @@ class TrainStep:
         amp_dtype: torch.dtype | None = None,
         scaler: torch.amp.GradScaler | None = None,
         heads: str | None = None,
+        validation_batch: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None,
     ):
         self.net, self.model, self.method, self.optimizer = net, model, method, optimizer
+        #: one validation batch ``(x, y, m)`` per call, for a look-ahead method (Auto-Lambda)
+        self.validation_batch = validation_batch
+        if getattr(method, "needs_validation_batch", False) and validation_batch is None:
+            raise ValueError(f"method {method.name!r} needs validation batches (none given)")
         self.coll, self.timer, self.scaler, self.heads = collective, timer, scaler, heads
         self.amp_dtype = amp_dtype
         self.device = next(net.parameters()).device
@@ -263,6 +269,34 @@ class TrainStep:
         with self.autocast():
             representation, logits = module(x)
         return representation, logits, masked_task_losses(logits, y, m)
+
+    def _lookahead(
+        self, x: Tensor, y: Tensor, m: Tensor, losses: Tensor, shared: Tensor, present: Tensor
+    ) -> None:
+        """Auto-Lambda's meta step before the training step: the hypergradient of one
+        validation batch's loss after a look-ahead step, then ``method.meta_step``."""
+        xv, yv, mv = self.validation_batch()
+
+        def at(params: dict[str, Tensor], xb: Tensor, yb: Tensor, mb: Tensor) -> Tensor:
+            # the batch's own BatchNorm statistics, running ones untouched: these forwards are
+            # not training batches
+            with self.autocast(), batchnorm_statistics_frozen(self.net):
+                _, logits = torch.func.functional_call(self.net, params, (xb,))
+            return masked_task_losses(logits, yb, mb)
+
+        group = self.optimizer.param_groups[0]
+        hyper = engine.lookahead_hypergradient(
+            self.net,
+            losses,
+            self.method.weights(shared, present=present),
+            train_losses=lambda params: at(params, x, y, m),
+            val_losses=lambda params: at(params, xv, yv, mv),
+            lr=float(group["lr"]),
+            weight_decay=float(group.get("weight_decay", 0.0)),
+            momentum=_momentum_terms(self.optimizer, self.net),
+            sync=self.coll if self.coll.world_size > 1 else None,
+        )
+        self.method.meta_step(hyper, present)
 
     def __call__(self, x: Tensor, y: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Train on one batch. Returns ``(losses, weights, logits)``, detached: the per-task
@@ -297,6 +331,8 @@ class TrainStep:
             if not bool(torch.isfinite(shared).all()):
                 raise NonFiniteLoss(torch.nonzero(~torch.isfinite(shared)).flatten().tolist())
             with timer.phase("backward"):
+                if self.validation_batch is not None:
+                    self._lookahead(x, y, m, losses, shared, present)
                 weights = engine.backward(
                     self.method,
                     losses,
@@ -329,6 +365,21 @@ class TrainStep:
         else:
             self.method.on_step_end()
         return shared, weights.detach(), logits.detach()
+
+
+def _momentum_terms(optimizer: torch.optim.Optimizer, net: torch.nn.Module) -> dict[str, Tensor]:
+    """SGD's momentum term ``momentum * buffer`` per parameter name (empty for Adam, whose
+    look-ahead the reference code takes as a plain gradient step)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return {}
+    terms = {}
+    for group in optimizer.param_groups:
+        factor = group.get("momentum", 0.0)
+        for p in group["params"]:
+            buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+            if factor and buffer is not None:
+                terms[id(p)] = factor * buffer
+    return {n: terms[id(p)] for n, p in net.named_parameters() if id(p) in terms}
 
 
 class _Trial:
@@ -385,6 +436,14 @@ class _Trial:
             task_names=self.tasks,
             **spec.get("method_params", {}),
         ).to(self.device)
+        if getattr(self.method, "needs_validation_batch", False):
+            size = len(self.splits["val"])
+            if size < self.batch_size * collective.world_size:
+                raise ValueError(
+                    f"method {self.method.name!r} draws validation batches, but the validation "
+                    f"split has {size} images, fewer than one batch (train.batch_size "
+                    f"{self.batch_size} x {plural(collective.world_size, 'worker')})"
+                )
         batches = getattr(self.method, "batches_per_step", 1)
         if len(self.train_set) < self.batch_size * collective.world_size * batches:
             per_step = f" x {batches} batches per step ({self.method.name})" if batches > 1 else ""
@@ -422,7 +481,13 @@ class _Trial:
             amp_dtype=self.amp_dtype,
             scaler=self.scaler,
             heads=None if train.get("heads", "method") == "method" else train["heads"],
+            validation_batch=(
+                (lambda: next(self._val_batches))
+                if getattr(self.method, "needs_validation_batch", False)
+                else None
+            ),
         )
+        self._val_batches: Iterator[tuple[Tensor, Tensor, Tensor]] | None = None
 
     # ---- checkpoints -------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -553,6 +618,8 @@ class _Trial:
         correct = torch.zeros(data.num_tasks, device=self.device)
         labeled = torch.zeros(data.num_tasks, device=self.device)
         timer, started = self.timer, time.perf_counter()
+        if self.train_step.validation_batch is not None:
+            self._val_batches = self._validation_batches()
         self.model.train()
         for step in range(steps):
             with timer.phase("data"):
@@ -583,6 +650,23 @@ class _Trial:
         weights = weight_sum / weighted_steps.clamp(min=1)
         loss = torch.where(present_steps > 0, loss_sum / present_steps.clamp(min=1), math.nan)
         return weights.cpu(), loss.cpu(), accuracy.cpu()
+
+    def _validation_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """This epoch's validation batches for a look-ahead method (Auto-Lambda): the
+        validation split, never the test split, in an order drawn from the trial's seed and
+        the epoch (a resumed trial draws the same), cycled; this worker's share of each."""
+        data, bs = self.splits["val"], self.batch_size
+        world, rank = self.coll.world_size, self.coll.rank
+        order = torch.Generator().manual_seed(self.spec["seed"] * 100_003 + self.epoch + 7_919)
+        while True:
+            perm = torch.randperm(len(data), generator=order)
+            for start in range(0, len(data) - bs * world + 1, bs * world):
+                idx = perm[start + rank * bs : start + (rank + 1) * bs]
+                yield (
+                    self._input(data.images[idx]),
+                    data.labels[idx].to(self.device, non_blocking=True),
+                    data.mask[idx].to(self.device, non_blocking=True),
+                )
 
     def _rows(
         self,

@@ -12,38 +12,64 @@ from typing import Any
 
 from methods import engine
 from methods.aligned_mtl import AlignedMTL
+from methods.auto_lambda import AutoLambda
 from methods.base import LEVELS, EpochStats, LossWeighting, Method
 from methods.cagrad import CAGrad
+from methods.config_aggregator import ConFIG
+from methods.db_mtl import DBMTL
 from methods.deepchest import DeepChest
+from methods.dualproj import DualProj
 from methods.dwa import DWA
 from methods.equal import Equal
+from methods.excess_mtl import ExcessMTL
+from methods.fairgrad import FairGrad
 from methods.famo import FAMO
 from methods.fixed import Fixed
+from methods.geometric_mean import GeometricMean
+from methods.graddrop import GradDrop
 from methods.gradient import GradientAggregator
 from methods.gradnorm import GradNorm
+from methods.gradvac import GradVac
 from methods.imtl_g import IMTLG
+from methods.imtl_l import IMTLL
 from methods.mgda import MGDA
+from methods.moco import MoCo
 from methods.modo import MoDo
 from methods.nash_mtl import NashMTL
+from methods.pcd import PCD
 from methods.pcgrad import PCGrad
 from methods.rlw import RLW
+from methods.scale_invariant import ScaleInvariant
 from methods.sdmgrad import SDMGrad
+from methods.stch import STCH
 from methods.uncertainty import Uncertainty
 from methods.upgrad import UPGrad
 
 __all__ = [
     "LEVELS",
     "AlignedMTL",
+    "AutoLambda",
     "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "FairGrad",
+    "GradDrop",
+    "PCD",
+    "DBMTL",
     "DWA",
     "DeepChest",
     "EpochStats",
     "Equal",
+    "ExcessMTL",
     "FAMO",
+    "GeometricMean",
     "GradientAggregator",
     "GradNorm",
+    "GradVac",
     "IMTLG",
+    "IMTLL",
     "MGDA",
+    "MoCo",
     "MoDo",
     "NashMTL",
     "PCGrad",
@@ -53,8 +79,11 @@ __all__ = [
     "Method",
     "MethodInfo",
     "RLW",
+    "STCH",
+    "ScaleInvariant",
     "Uncertainty",
     "available",
+    "cost_class",
     "create",
     "describe",
     "engine",
@@ -68,6 +97,11 @@ _CLASSES: tuple[type[Method], ...] = (
     DWA,
     RLW,
     FAMO,
+    GeometricMean,
+    ScaleInvariant,
+    STCH,
+    IMTLL,
+    AutoLambda,
     GradNorm,
     PCGrad,
     MGDA,
@@ -76,8 +110,17 @@ _CLASSES: tuple[type[Method], ...] = (
     CAGrad,
     AlignedMTL,
     NashMTL,
+    FairGrad,
+    ConFIG,
+    GradDrop,
+    DualProj,
+    PCD,
     SDMGrad,
     MoDo,
+    GradVac,
+    ExcessMTL,
+    DBMTL,
+    MoCo,
 )
 
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}
@@ -95,6 +138,33 @@ class MethodInfo:
     levels: tuple[str, ...] = ()
     #: the first epoch whose weights can differ from the initial ones (Method's attribute)
     first_reweighted_epoch: int = 1
+    #: the paper (and reference code) the implementation follows
+    reference: str = ""
+    #: what one step costs, in passes (``cost_class``)
+    cost: str = ""
+    #: what the task heads get at the gradient levels by default ("own" or "weighted")
+    default_heads: str = "weighted"
+
+
+def cost_class(cls: type[Method]) -> str:
+    """What one optimisation step of ``cls`` costs, in passes over the network, at its default
+    level: the method's own ``cost`` where it sets one, else from its level (T = tasks)::
+
+        loss                 1 backward (+ 1 forward for methods that need the losses after)
+        last_shared_layer    1 backward + T short passes (to the last shared layer)
+        parameters           T backward passes (the Jacobian) + the heads' backward
+        two batches          2 forwards, 2T backward passes
+
+    Measured ratios to equal weighting are in docs/methods.md ("Measured cost")."""
+    if cls.cost:
+        return cls.cost
+    if getattr(cls, "batches_per_step", 1) == 2:
+        return "2 batches: 2 forwards, 2T backward passes"
+    if cls.level == "loss":
+        return "1 backward + 1 forward" if cls.needs_losses_after else "1 backward"
+    if cls.level == "last_shared_layer":
+        return "1 backward + T short passes"
+    return "T backward passes (Jacobian)"
 
 
 def available() -> list[str]:
@@ -128,6 +198,9 @@ def describe() -> list[MethodInfo]:
             hyperparameters=cls.hyperparameter_defaults(),
             levels=getattr(cls, "AGGREGATION_LEVELS", (cls.level,)),
             first_reweighted_epoch=cls.first_reweighted_epoch,
+            reference=cls.reference,
+            cost=cost_class(cls),
+            default_heads=cls.default_heads,
         )
         for cls in (_REGISTRY[n] for n in available())
     ]

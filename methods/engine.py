@@ -456,3 +456,76 @@ def _combined_backward(
         torch.autograd.backward(objective, inputs=shared)
     if sync is not None:
         _average_gradients(shared + head_params, sync)
+
+
+def lookahead_hypergradient(
+    model: torch.nn.Module,
+    losses: Tensor,
+    weights: Tensor,
+    *,
+    train_losses: Callable[[dict[str, Tensor]], Tensor],
+    val_losses: Callable[[dict[str, Tensor]], Tensor],
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: dict[str, Tensor] | None = None,
+    sync: Synchronizer | None = None,
+) -> Tensor:
+    """Auto-Lambda's hypergradient ``h_t = dL_val(theta')/dlambda_t`` (Tensor[T], float32).
+
+    ``theta' = theta - lr (m + g + weight_decay theta)``, ``g = grad_theta sum_t w_t L_t`` of
+    this step's training ``losses`` (with grad, graph retained for the step's own backward) and
+    ``m`` the optimizer's momentum term per parameter name (SGD; None or missing: 0). Since
+    ``dtheta'/dlambda_t = -lr grad L_t``, ``h_t = -lr grad L_t(theta) . d`` with
+    ``d = grad L_val(theta')`` (``L_val = sum_t`` of ``val_losses(theta')``), and the product
+    is taken by central differences as in the reference code (lorenmt/auto-lambda,
+    ``compute_hessian``): ``h_t = -lr (L_t(theta + e d) - L_t(theta - e d)) / (2 e)`` with
+    ``e = 0.01 / ||d||`` (0 when ``d`` is 0 or not finite).
+
+    ``train_losses(params)`` / ``val_losses(params)``: the per-task losses of the training /
+    validation batch with the network's parameters replaced by ``params`` (a name -> tensor
+    mapping over ``model.named_parameters()``; ``torch.func.functional_call``), BatchNorm on
+    the batch's statistics without updating its running ones. ``sync``: ``g``, ``d`` and ``h``
+    are averaged over the data-parallel workers, so every worker takes the same meta step.
+    Costs one backward for ``g``, a forward and a backward at ``theta'``, two forwards at
+    ``theta +- e d``.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    params = [p for _, p in named]
+    objective = (weights.detach().to(losses.dtype) * losses).sum()
+    grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
+    grads = _filled(grads, params, sync)
+    momentum = momentum or {}
+    with torch.no_grad():
+        ahead = {
+            n: (p - lr * (momentum.get(n, 0.0) + g + weight_decay * p)).requires_grad_()
+            for n, p, g in zip(names, params, grads, strict=True)
+        }
+    direction = torch.autograd.grad(
+        val_losses(ahead).sum(), list(ahead.values()), allow_unused=True
+    )
+    direction = _filled(direction, params, sync)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in direction]))
+    if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
+        return torch.zeros(losses.shape, dtype=torch.float32, device=losses.device)
+    eps = 0.01 / float(norm)
+    with torch.no_grad():
+        moved = list(zip(names, params, direction, strict=True))
+        plus = train_losses({n: p + eps * d for n, p, d in moved})
+        minus = train_losses({n: p - eps * d for n, p, d in moved})
+        hyper = (-lr * (plus - minus) / (2 * eps)).float()
+    if sync is not None:
+        hyper = sync.all_reduce_mean(hyper)
+    return hyper
+
+
+def _filled(
+    grads: Sequence[Tensor | None], params: Sequence[Tensor], sync: Synchronizer | None
+) -> list[Tensor]:
+    """Gradients with zeros for unused parameters, averaged over the workers with ``sync``."""
+    out = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+    if sync is None:
+        return out
+    flat = sync.all_reduce_mean(torch.cat([g.reshape(-1) for g in out]))
+    chunks = torch.split(flat, [p.numel() for p in params])
+    return [chunk.view_as(p) for chunk, p in zip(chunks, params, strict=True)]

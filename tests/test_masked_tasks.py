@@ -198,6 +198,9 @@ def step(method, optimizer, inputs: Inputs, present: Tensor) -> Outcome:
     elif isinstance(method, methods.GradientAggregator):
         _, w = method.aggregate(inputs.jacobian, inputs.losses, present=present)
     else:
+        if method.name == "auto_lambda":  # its meta step comes first; any hypergradient with
+            # an absent task's entry 0 (a zero loss has no look-ahead difference) will do
+            method.meta_step(inputs.after - inputs.losses, present)
         w = engine.backward(method, inputs.losses.clone().requires_grad_(), present=present)
     params = method.parameters()
     grad = params[0].grad.clone() if params else None
@@ -221,6 +224,7 @@ class Case:
 CASES = [
     Case("uncertainty"),
     Case("imtl_l"),
+    Case("auto_lambda", {"lr": 0.05}),
     Case("gradnorm", proportional=("state.task_weights",)),
     Case("famo"),
     Case("dwa", moving=("state.history[0]", "state.history[1]")),
@@ -228,7 +232,12 @@ CASES = [
     Case("deepchest", {"signal": "val_loss", "min_weight": 0.5}),
     # every gradient aggregator's own state: CR-MOGM's average and update_every's cache
     Case("mgda", {"ema": 0.7}),
-    Case("upgrad", {"update_every": 3}),
+    # (a new Jacobian step replaces the whole cache: an absent task's cached weight is then 0)
+    Case(
+        "upgrad",
+        {"update_every": 3},
+        moving=("state.cached_weights", "state.cached_present"),
+    ),
     # stateful aggregators (GradVac with its own generator: the step and the restricted
     # method draw the same task orders)
     Case("gradvac", {"seed": 0}),

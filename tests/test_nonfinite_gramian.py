@@ -88,11 +88,20 @@ def _assert_skipped_step(direction: Tensor, weights: Tensor, j: Tensor) -> None:
     assert bool(torch.isnan(direction).all()) and bool(torch.isnan(weights).all())
 
 
+def _aggregate(name: str, j: Tensor) -> tuple[Tensor, Tensor]:
+    """``aggregate(J, 1)``; a two-batch method (SDMGrad, MoDo) gets ``J`` as both batches:
+    ``aggregate_pair(J, J, 1)`` (its ``A = J J^T`` and traces are the Gramian's)."""
+    method, ones = methods.create(name, T), torch.ones(T, dtype=j.dtype)
+    if method.batches_per_step == 2:
+        return method.aggregate_pair(j, j, ones)
+    return method.aggregate(j, ones)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", AGGREGATORS)
 def test_an_overflowing_gramian_gives_nan_not_an_error(name: str, kind: str) -> None:
     j = overflowing_jacobian(kind)
-    direction, weights = methods.create(name, T).aggregate(j, torch.ones(T, dtype=j.dtype))
+    direction, weights = _aggregate(name, j)
     _assert_skipped_step(direction, weights, j)
 
 
@@ -104,7 +113,7 @@ def test_a_non_finite_jacobian_gives_the_same_outcome(name: str, bad: float) -> 
     j = _rows(torch.float32, 1.0)
     j[2, 3] = bad
     assert not bool(torch.isfinite(solver_gramian(j)).all())
-    direction, weights = methods.create(name, T).aggregate(j, torch.ones(T, dtype=j.dtype))
+    direction, weights = _aggregate(name, j)
     _assert_skipped_step(direction, weights, j)
 
 
@@ -114,7 +123,7 @@ def test_large_but_representable_gramians_are_solved(name: str) -> None:
     returns finite weights: the rule only fires on a non-finite Gramian."""
     j = _rows(torch.float32, 1e18)
     assert bool(torch.isfinite(solver_gramian(j)).all())
-    direction, weights = methods.create(name, T).aggregate(j, torch.ones(T, dtype=j.dtype))
+    direction, weights = _aggregate(name, j)
     assert bool(torch.isfinite(weights).all()) and bool(torch.isfinite(direction).all())
 
 
@@ -126,7 +135,12 @@ def _loss_scale(factor: float):
 @pytest.mark.parametrize("name", AGGREGATORS)
 def test_engine_step_is_skipped_by_the_grad_scaler(name: str, level: str) -> None:
     """Through ``engine.backward`` in float32: per-task gradients of about 1e20 (finite), a
-    Gramian that overflows; the shared ``.grad`` is NaN and ``GradScaler`` skips the step."""
+    Gramian that overflows; the shared ``.grad`` is NaN and ``GradScaler`` skips the step.
+    A two-batch method (parameters only) gets a second batch's losses as ``second``."""
+    cls = methods._REGISTRY[name]
+    if level not in cls.AGGREGATION_LEVELS:
+        pytest.skip(f"{name} works at {', '.join(cls.AGGREGATION_LEVELS)} only")
+    pairs = cls.batches_per_step == 2
     torch.manual_seed(0)
     net = tanh_net()
     x, y = torch.randn(16, 5), torch.randn(16, 3)
@@ -140,7 +154,10 @@ def test_engine_step_is_skipped_by_the_grad_scaler(name: str, level: str) -> Non
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
     before = [p.detach().clone() for p in net.parameters()]
-    weights = engine.backward(method, losses, model=net, representation=rep, scale=scaler.scale)
+    second = ((net(torch.randn(16, 5))[1] - y) ** 2).mean(0) * 1e20 if pairs else None
+    weights = engine.backward(
+        method, losses, model=net, representation=rep, scale=scaler.scale, second=second
+    )
     assert bool(torch.isnan(weights).all())
     assert all(not bool(torch.isfinite(p.grad).all()) for p in net.shared_parameters())
     scaler.step(optimizer)

@@ -1,0 +1,129 @@
+"""GradDrop: gradient sign dropout (Chen et al., NeurIPS 2020).
+
+*Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout*, Z. Chen,
+J. Ngiam, Y. Huang, T. Luong, H. Kretzschmar, Y. Chai, D. Anguelov, NeurIPS 2020,
+arXiv:2010.06808 (Algorithm 1, lines 10-15). Reference implementation used for the tests:
+``torchjd.aggregation.GradDrop`` (torchjd 0.18.0, ``f`` the identity, no leak by default).
+
+For every coordinate ``k`` of the update (a shared parameter), the sign purity
+``P_k = 1/2 (1 + sum_t J_tk / sum_t |J_tk|)`` is the probability of keeping the positive
+entries of column ``k``; with ``U_k ~ Uniform[0, 1)``, the kept entries are the positive ones if
+``P_k > U_k`` and the negative ones if ``P_k < U_k``::
+
+    M_tk = [P_k > U_k] [J_tk > 0] + [P_k < U_k] [J_tk < 0]
+    d_k  = sum_t (l + (1 - l) M_tk) J_tk            (l: the leak)
+
+so that (without leak) every coordinate of ``d`` is the sum of entries of one sign only. The
+masks are per coordinate, so ``d`` is not ``w^T J`` for any ``w``: it needs ``J``'s entries, not
+only the Gramian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from methods.base import HyperparameterError, check_number, set_field
+from methods.gradient import GradientAggregator
+
+
+def sign_purity(jacobian: Tensor) -> Tensor:
+    """``P = 1/2 (1 + sum_t J_t / sum_t |J_t|)`` (Tensor[n], ``J``'s dtype): 1 where every entry
+    of the column is ``>= 0``, 0 where every one is ``<= 0``; NaN for an all-zero column (which
+    then keeps nothing, and has nothing to keep)."""
+    return 0.5 * (torch.ones_like(jacobian[0]) + jacobian.sum(dim=0) / jacobian.abs().sum(dim=0))
+
+
+def graddrop_masks(jacobian: Tensor, purity: Tensor, uniform: Tensor) -> Tensor:
+    """``M`` (Tensor[T, n] of bool): ``M_tk = [P_k > U_k] [J_tk > 0] or [P_k < U_k] [J_tk < 0]``."""
+    positive = (purity > uniform) & (jacobian > 0)
+    negative = (purity < uniform) & (jacobian < 0)
+    return positive | negative
+
+
+def graddrop(jacobian: Tensor, *, leak: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``(d, w)``: the GradDrop update (Tensor[n], ``J``'s dtype and device) and the fraction of
+    each task's gradient it kept (Tensor[T], float64, CPU).
+
+    One draw ``U = torch.rand(n)`` from torch's global generator of ``J``'s device, in ``J``'s
+    dtype, as torchjd's: under the same seed the masks are torchjd's and ``d`` equals its output
+    bit for bit (the rows are accumulated in the same order). ``w_t = (m_t * g_t) . g_t /
+    ||g_t||^2`` with ``m_t = l + (1 - l) M_t`` (the coefficient of the projection of what was kept
+    of ``g_t`` on ``g_t``: 1 when nothing of it was dropped, ``l`` when everything was; 1 for a
+    zero gradient, of which nothing was dropped).
+    """
+    purity = sign_purity(jacobian)
+    uniform = torch.rand(purity.shape, dtype=jacobian.dtype, device=jacobian.device)
+    masks = graddrop_masks(jacobian, purity, uniform).to(jacobian.dtype)
+    factors = leak + (1.0 - leak) * masks
+    direction = torch.zeros_like(jacobian[0])
+    for t in range(jacobian.shape[0]):  # row by row, as torchjd: the same rounding
+        direction += factors[t] * jacobian[t]
+    kept = ((factors * jacobian) * jacobian).sum(dim=1).to(device="cpu", dtype=torch.float64)
+    norms2 = (jacobian * jacobian).sum(dim=1).to(device="cpu", dtype=torch.float64)
+    fractions = torch.where(
+        norms2 > 0, kept / norms2.clamp(min=torch.finfo(norms2.dtype).tiny), 1.0
+    )
+    return direction, fractions
+
+
+@dataclass(frozen=True)
+class GradDropHyperparameters:
+    leak: float = 0.0
+
+    def __post_init__(self) -> None:
+        set_field(self, "leak", check_number("leak", self.leak, ge=0, le=1))
+
+
+class GradDrop(GradientAggregator):
+    """GradDrop: for every shared parameter, keep only the positive or only the negative task
+    gradients, the positive ones with probability ``P`` = their share of the column's absolute
+    sum (sign purity); ``d_k = sum_t (leak + (1 - leak) M_tk) J_tk``.
+
+    ``leak`` (default 0, torchjd's): the share of each gradient that always passes, one value
+    for every task (torchjd takes one per task; the paper's ``f`` is the identity here, as
+    torchjd's default). Random: one ``torch.rand(n)`` per step from the global generator.
+
+    Reported weights: the fraction of each task's gradient kept,
+    ``w_t = (m_t * g_t) . g_t / ||g_t||^2`` in ``[leak, 1]`` (1 for a zero gradient); they are
+    NOT the update's coefficients: ``d`` is not ``w^T J`` (per-coordinate masks). With
+    ``heads: weighted`` each head gets ``w_t`` times its gradient. Consequences:
+
+    * ``level: representation`` (accepted, as by every gradient-level method) runs through an
+      engine path that applies ``w^T J`` at the representation, so the update there is that
+      linear surrogate, not GradDrop (the paper's GradDrop layer sits on the activations, with
+      the sign purity summed over the batch); ``level: parameters`` (default) is GradDrop.
+    * ``ema`` and ``update_every`` would also replace ``d`` by a combination of the weights, so
+      they are refused.
+    """
+
+    name = "graddrop"
+    summary = "Keep one sign per parameter, positive with prob. = sign purity (Chen 2020)."
+    reference = (
+        "Z. Chen, J. Ngiam, Y. Huang, T. Luong, H. Kretzschmar, Y. Chai, D. Anguelov, NeurIPS "
+        "2020, arXiv:2010.06808; code: torchjd 0.18 GradDrop"
+    )
+    Hyperparameters = GradDropHyperparameters
+
+    def _resolve(self, given: dict[str, Any]) -> Any:
+        hp = super()._resolve(given)
+        try:
+            if self.ema != 0.0:
+                raise HyperparameterError(
+                    f"ema must be 0 (GradDrop's update is not a weighted sum of the task "
+                    f"gradients), got {self.ema!r}"
+                )
+            if self.update_every != 1:
+                raise HyperparameterError(
+                    f"update_every must be 1 (GradDrop's update is not a weighted sum of the "
+                    f"task gradients), got {self.update_every!r}"
+                )
+        except HyperparameterError as exc:
+            raise self._error(str(exc)) from None
+        return hp
+
+    def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
+        return graddrop(jacobian, leak=self.hp.leak)
