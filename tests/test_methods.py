@@ -174,8 +174,16 @@ def test_describe():
         summary=by_name["equal"].summary,
         hyperparameters={},
         levels=("loss",),
+        reference=by_name["equal"].reference,
+        cost="1 backward",
     )
     assert by_name["mgda"].levels == ("parameters", "representation")
+    assert by_name["mgda"].cost == "T backward passes (Jacobian)"
+    assert by_name["mgda"].default_heads == "weighted" and by_name["upgrad"].default_heads == "own"
+    assert by_name["famo"].cost == "1 backward + 1 forward"
+    assert by_name["gradnorm"].cost == "1 backward + T short passes"
+    assert by_name["sdmgrad"].cost.startswith("2 batches")
+    assert "validation batch" in by_name["auto_lambda"].cost
     assert by_name["gradnorm"].levels == ("last_shared_layer",)
     dc = by_name["deepchest"]
     assert dc.level == "loss"
@@ -189,6 +197,10 @@ def test_describe():
     }
     for info in infos:
         assert info.summary and "\n" not in info.summary
+        # every method names its source: a paper (arXiv id or venue and year) and code
+        assert re.search(
+            r"(arXiv:\d{4}\.\d{4,5}|(ICLR|ICML|NeurIPS|CVPR) \d{4})", info.reference
+        ), info.name
 
 
 def test_epoch_stats_is_frozen_and_checked():
