@@ -7,7 +7,10 @@ machine's load hits them all alike; the ratios to equal weighting are the number
 the absolute times. Per method:
 
 * ``step_time_ms``: median over the timed steps (forward, weighting + backward, optimizer);
-* ``ratio_vs_equal``: its ``step_time_ms`` over equal weighting's;
+* ``ratio_vs_equal``: its ``step_time_ms`` over equal weighting's (with ``update_every = k``
+  the mean over a cycle of ``k`` steps);
+* ``epoch_ratio_vs_equal``: the time per image seen over equal's, i.e. an epoch's time over
+  equal's (differs from the step ratio for SDMGrad and MoDo, whose steps take two batches);
 * ``flop_ratio_vs_equal``: FLOPs of one step (``torch.utils.flop_counter``) over equal's: the
   cost the method's arithmetic implies; ``ratio_vs_equal`` far above it is overhead;
 * ``peak_memory_mb``: the CUDA allocator's peak over a few steps of that method alone, or on
@@ -282,6 +285,9 @@ def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -
                 "wall_over_flop_ratio": ratio / flop_ratio if flop_ratio else math.nan,
                 "gflops_per_step": flops[i] / 1e9,
                 "images_per_second": images[i] / (times[i] / 1000),
+                # per image seen: an epoch's time over equal's (two-batch methods take half
+                # as many steps of twice the images)
+                "epoch_ratio_vs_equal": (times[i] / images[i]) / (times[base] / images[base]),
                 "batches_per_step": images[i] // settings.batch_size,
                 "update_every": update_every[i],
             }

@@ -275,6 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     columns = (  # header, its two-line form for a narrow screen, key, format
         ("step ms", "step\nms", "step_time_ms", "{:.1f}"),
         ("x equal", "x\nequal", "ratio_vs_equal", "{:.2f}"),
+        ("epoch x equal", "epoch\nx equal", "epoch_ratio_vs_equal", "{:.2f}"),
         ("FLOPs x equal", "FLOPs\nx equal", "flop_ratio_vs_equal", "{:.2f}"),
         ("wall / FLOP ratio", "wall /\nFLOP", "wall_over_flop_ratio", "{:.2f}"),
         ("peak MB", "peak\nMB", "peak_memory_mb", "{:.0f}"),

@@ -1,7 +1,7 @@
 """ConFIG: conflict-free training (Liu, Chen & Thuerey, 2024).
 
 *ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks*, Q. Liu, M. Chu,
-N. Thuerey, 2024, arXiv:2408.11104 (eq. 2; the authors' code: github.com/tum-pbs/ConFIG,
+N. Thuerey, ICLR 2025, arXiv:2408.11104 (eq. 2; the authors' code: github.com/tum-pbs/ConFIG,
 ``conflictfree``). Reference implementation used for the tests: ``torchjd.aggregation.ConFIG``
 (torchjd 0.18.0, default preference vector: ones).
 
@@ -85,7 +85,7 @@ class ConFIG(GradientAggregator):
 
     name = "config"
     summary = "Update along the direction with equal cosine to every task gradient (Liu 2024)."
-    reference = "Q. Liu, M. Chu, N. Thuerey, 2024, arXiv:2408.11104; code: torchjd 0.18 ConFIG"
+    reference = "Q. Liu, M. Chu, N. Thuerey, ICLR 2025, arXiv:2408.11104; code: torchjd 0.18 ConFIG"
 
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         eps = torch.finfo(jacobian.dtype).eps

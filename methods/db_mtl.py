@@ -1,7 +1,7 @@
 """DB-MTL: dual balancing of loss scales and gradient magnitudes (Lin et al., 2023).
 
 *Dual-Balancing for Multi-Task Learning*, B. Lin, W. Jiang, F. Ye, Y. Zhang, P. Chen, Y.-C. Chen,
-S. Liu, J. T. Kwok, 2023, arXiv:2308.12029 (Algorithm 1). Reference code: the authors' LibMTL,
+S. Liu, J. T. Kwok, 2023, arXiv:2308.12029. Reference code: the authors' LibMTL,
 ``LibMTL/weighting/DB_MTL.py`` (github.com/median-research-group/LibMTL), whose hyperparameter
 names ``DB_beta``, ``DB_beta_sigma`` (defaults 0.9, 0) are kept without the prefix. Not in
 torchjd: tested against hand-derived values and a transcription of LibMTL's update.
@@ -67,13 +67,11 @@ class DBMTL(GradientAggregator):
     no averaging). The direction is NOT ``weights @ J`` (it is a combination of the EMAs,
     ``direction_is_weighted_jacobian = False``); the reported weights are
     ``w_t = alpha_t / (L_t + 1e-8)``, the weights of this step's gradients without the EMA
-    (``d = w^T J`` exactly when ``beta = 0``), which the heads get with ``heads: weighted``
-    (``alpha_t grad log L_t``; LibMTL's heads get ``grad log L_t``). So ``ema > 0`` (CR-MOGM,
-    which recombines ``J``) is refused, and the level is ``parameters`` only (at the
-    representation the engine back-propagates ``w^T J``, and the coordinates of ``m`` would be
-    the samples of a different batch every step; LibMTL refuses ``rep_grad`` too). With
-    ``update_every = k``, the steps in between back-propagate ``sum_t w_t L_t`` with the last
-    ``w`` (no EMA).
+    (``d = w^T J`` exactly when ``beta = 0``). Heads: their own ``grad L_t`` by default
+    (LibMTL's get ``grad log L_t``), ``alpha_t grad log L_t`` with ``heads: weighted``. So
+    ``ema`` and ``update_every`` (which replace the update by ``w^T J``) are refused by the
+    base class. Level ``parameters`` only: the coordinates of ``m`` at the representation would
+    be the samples of a different batch every step (LibMTL refuses ``rep_grad`` too).
 
     State (the memory cost): the averaged gradients ``m`` [T, n], as large as ``J`` (on ``J``'s
     device, in its dtype, at least float32), and the step count ``k``. Masked tasks: an absent
@@ -93,8 +91,6 @@ class DBMTL(GradientAggregator):
 
     def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
-        if self.ema > 0:
-            raise self._error(f"ema must be 0 (its direction is not weights @ J), got {self.ema!r}")
         self.averages: Tensor | None = None  # m [T, n], created by the first step
         self.steps = 0
 

@@ -31,6 +31,7 @@ class Synchronizer(Protocol):
     """Collectives across data-parallel workers (``harness.trainloop.Collective`` fits)."""
 
     world_size: int
+    rank: int
 
     def all_reduce_mean(self, tensor: Tensor) -> Tensor: ...
 
@@ -387,8 +388,16 @@ def _representation_backward(
     jacobian = local
     if sync is not None:
         jacobian = sync.all_gather_cat(local.T.contiguous()).T / sync.world_size
-    _, weights = method.aggregate(jacobian, reduced, present=present)
-    direction = weights.to(local.dtype) @ local
+    union_direction, weights = method.aggregate(jacobian, reduced, present=present)
+    if getattr(method, "direction_is_weighted_jacobian", True):
+        direction = weights.to(local.dtype) @ local
+    elif sync is None:  # a method's own direction (GradDrop's masks)
+        direction = union_direction.to(local.dtype)
+    else:  # this worker's columns of the union's direction (J was divided by the workers)
+        columns = local.shape[1]
+        rank = sync.rank
+        part = union_direction[rank * columns : (rank + 1) * columns]
+        direction = (part * sync.world_size).to(local.dtype)
     if factor is not None:
         direction = direction * factor
     # one backward of sum_t c_t L_t (c: the heads' coefficients) in which the gradient that

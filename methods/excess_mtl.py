@@ -95,6 +95,8 @@ class ExcessMTL(GradientAggregator):
     )
     Hyperparameters = ExcessMTLHyperparameters
     AGGREGATION_LEVELS: ClassVar[tuple[str, ...]] = ("parameters",)
+    #: the official code back-propagates ``sum_t w_t L_t``: heads get ``w_t grad L_t``
+    default_heads = "weighted"
 
     def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)

@@ -21,12 +21,11 @@ only the Gramian.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from methods.base import HyperparameterError, check_number, set_field
+from methods.base import check_number, set_field
 from methods.gradient import GradientAggregator
 
 
@@ -92,12 +91,12 @@ class GradDrop(GradientAggregator):
     NOT the update's coefficients: ``d`` is not ``w^T J`` (per-coordinate masks). With
     ``heads: weighted`` each head gets ``w_t`` times its gradient. Consequences:
 
-    * ``level: representation`` (accepted, as by every gradient-level method) runs through an
-      engine path that applies ``w^T J`` at the representation, so the update there is that
-      linear surrogate, not GradDrop (the paper's GradDrop layer sits on the activations, with
-      the sign purity summed over the batch); ``level: parameters`` (default) is GradDrop.
-    * ``ema`` and ``update_every`` would also replace ``d`` by a combination of the weights, so
-      they are refused.
+    * ``level: representation`` applies GradDrop to the representation's Jacobian (every
+      sample's coordinates; the paper's GradDrop layer sits on the activations, with the sign
+      purity summed over the batch, so this is close to, not the same as, the paper's layer);
+      ``level: parameters`` (default) is torchjd's GradDrop.
+    * ``ema`` and ``update_every`` would replace ``d`` by a combination of the weights, so
+      they are refused (``direction_is_weighted_jacobian = False``).
     """
 
     name = "graddrop"
@@ -107,23 +106,7 @@ class GradDrop(GradientAggregator):
         "2020, arXiv:2010.06808; code: torchjd 0.18 GradDrop"
     )
     Hyperparameters = GradDropHyperparameters
-
-    def _resolve(self, given: dict[str, Any]) -> Any:
-        hp = super()._resolve(given)
-        try:
-            if self.ema != 0.0:
-                raise HyperparameterError(
-                    f"ema must be 0 (GradDrop's update is not a weighted sum of the task "
-                    f"gradients), got {self.ema!r}"
-                )
-            if self.update_every != 1:
-                raise HyperparameterError(
-                    f"update_every must be 1 (GradDrop's update is not a weighted sum of the "
-                    f"task gradients), got {self.update_every!r}"
-                )
-        except HyperparameterError as exc:
-            raise self._error(str(exc)) from None
-        return hp
+    direction_is_weighted_jacobian = False
 
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         return graddrop(jacobian, leak=self.hp.leak)

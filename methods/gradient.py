@@ -175,8 +175,9 @@ class GradientAggregator(Method):
     #: estimates (SDMGrad, MoDo: ``pair_weights``); the loop then draws two batches per step
     batches_per_step: ClassVar[int] = 1
     #: False for methods whose direction is not ``weights @ J`` (MoCo: ``Y^T lambda`` of a
-    #: tracked Jacobian; DB-MTL: a combination of gradient EMAs): they report weights for
-    #: logging and the heads, and work at the ``parameters`` level only
+    #: tracked Jacobian; DB-MTL: a combination of gradient EMAs; GradDrop: per-coordinate
+    #: masks): they report weights for logging and the heads, the engine applies their own
+    #: direction, and ``ema`` / ``update_every`` are refused
     direction_is_weighted_jacobian: ClassVar[bool] = True
     #: the hyperparameters every gradient-level method takes, with their defaults
     COMMON: ClassVar[dict[str, Any]] = {"update_every": 1, "ema": 0.0}
@@ -194,6 +195,15 @@ class GradientAggregator(Method):
             self.level = check_choice("level", level, self.AGGREGATION_LEVELS)
             self.update_every = check_positive_int("update_every", common["update_every"])
             self.ema = check_number("ema", common["ema"], ge=0, le=1)
+            if not self.direction_is_weighted_jacobian:
+                # both replace the update by a combination of the weights, which for these
+                # methods is not their update
+                for key, off in (("ema", 0.0), ("update_every", 1)):
+                    if getattr(self, key) != off:
+                        raise HyperparameterError(
+                            f"{key} must be {off:g} ({self.name}'s update is not a weighted "
+                            f"sum of the task gradients), got {common[key]!r}"
+                        )
         except HyperparameterError as exc:
             raise self._error(str(exc)) from None
         # CR-MOGM's average (NaN: the task has not been present yet) and update_every's cache

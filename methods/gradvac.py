@@ -54,7 +54,7 @@ def gradvac_weights(
                        / (||g_j|| sqrt(1 - phi_hat_ij^2) + eps) * g_j
         phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi
 
-    (the correction makes the pair's cosine ``phi_hat_ij``, up to ``eps``: paper, eq. 3). The
+    (the paper's closed form: the pair's cosine becomes ``phi_hat_ij``, up to ``eps``). The
     update is ``sum_i g_i^VAC``. Each ``g_i^VAC = c_i^T J``, so every product is read off the
     Gramian (``g_i^VAC . g_j = (c_i^T G)_j``, ``||g_i^VAC||^2 = c_i^T G c_i``) and
     ``w = sum_i c_i``. A zero ``g_j`` has ``phi = 0``; every ``w_t >= 1``. ``phi`` is clamped
@@ -62,7 +62,7 @@ def gradvac_weights(
     vanishes (rank-deficient ``J``, float32 Gramian), round-off gave ``|phi| >> 1``, targets far
     outside ``[-1, 1]`` and infinite weights.
     """
-    # Python floats (IEEE double, as float64 tensors): T^3 scalar steps, ~20x faster than
+    # Python floats (IEEE double, as float64 tensors): T^3 scalar steps, ~10x faster than
     # tensor ops at T = 14
     num_tasks = g.shape[0]
     gram = g.tolist()

@@ -112,12 +112,11 @@ class MoCo(GradientAggregator):
     starts at 0 and ``lambda`` at ``1/T``; ``k`` counts the steps from 1.
 
     The direction is NOT ``weights @ J``: it is ``Y^T lambda`` (``direction_is_weighted_jacobian
-    = False``); the reported weights are ``lambda``, which the heads get with ``heads:
-    weighted`` (LibMTL's heads get their own gradients, ``heads: own``). So ``ema > 0``
-    (CR-MOGM, which recombines ``J``) is refused, and the level is ``parameters`` only (at the
-    representation the engine back-propagates ``lambda^T J``, and ``Y`` would average the
-    samples of different batches; LibMTL refuses ``rep_grad`` too). With ``update_every = k``,
-    the steps in between back-propagate ``sum_t lambda_t L_t`` (``Y`` is not updated).
+    = False``); the reported weights are ``lambda``. Heads: their own gradients by default (as
+    LibMTL and the authors' code), ``lambda_t grad L_t`` with ``heads: weighted``. So ``ema``
+    and ``update_every`` (which replace the update by ``lambda^T J``) are refused by the base
+    class. Level ``parameters`` only: at the representation ``Y`` would average the samples of
+    a different batch every step (LibMTL refuses ``rep_grad`` too).
 
     State (the memory cost): ``Y`` [T, n], as large as ``J`` (on ``J``'s device, in its
     dtype, at least float32), ``lambda`` [T] (float64) and ``k``. Masked tasks: an absent
@@ -140,8 +139,6 @@ class MoCo(GradientAggregator):
 
     def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
-        if self.ema > 0:
-            raise self._error(f"ema must be 0 (its direction is not weights @ J), got {self.ema!r}")
         self.lam = torch.full((num_tasks,), torch.nan, dtype=_SOLVER_DTYPE)
         self.tracked: Tensor | None = None  # Y [T, n], created by the first step
         self.steps = 0

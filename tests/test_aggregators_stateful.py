@@ -24,7 +24,7 @@ torchjd_aggregation = pytest.importorskip("torchjd.aggregation")
 
 CLASSES: tuple[type[GradientAggregator], ...] = (GradVac, ExcessMTL, DBMTL, MoCo)
 NAMES = ("gradvac", "excess_mtl", "db_mtl", "moco")
-SIZES = (1, 2, 3, 5, 8, 14)
+SIZES = (1, 2, 3, 5, 14)
 STEPS = 4
 
 
@@ -87,7 +87,8 @@ def test_registered_with_attributes_and_defaults() -> None:
         ("excess_mtl", {"level": "representation"}, "level must be one of parameters, got"),
         ("db_mtl", {"beta": -0.1}, "beta must be a finite number >= 0 and <= 1"),
         ("db_mtl", {"beta_sigma": math.nan}, "beta_sigma must be a finite number >= 0"),
-        ("db_mtl", {"ema": 0.5}, r"ema must be 0 \(its direction is not weights @ J\), got 0.5"),
+        ("db_mtl", {"ema": 0.5}, r"ema must be 0 \(db_mtl's update is not a weighted sum"),
+        ("db_mtl", {"update_every": 2}, "update_every must be 1 .*, got 2"),
         ("db_mtl", {"level": "representation"}, "level must be one of parameters, got"),
         ("moco", {"beta": 0.0}, "beta must be a finite number > 0 and <= 1"),
         ("moco", {"gamma": -1}, "gamma must be a finite number > 0"),
@@ -95,7 +96,8 @@ def test_registered_with_attributes_and_defaults() -> None:
         ("moco", {"gamma_sigma": "0.5"}, "gamma_sigma must be a finite number >= 0, got '0.5'"),
         ("moco", {"normalization": "l2"}, "normalization must be one of l2_loss, none"),
         ("moco", {"simplex": "exp"}, "simplex must be one of projection, softmax"),
-        ("moco", {"ema": 0.1}, "ema must be 0"),
+        ("moco", {"ema": 0.1}, r"ema must be 0 \(moco's update is not a weighted sum"),
+        ("moco", {"update_every": 3}, "update_every must be 1 .*, got 3"),
         ("moco", {"MoCo_beta": 0.5}, "unknown hyperparameter 'MoCo_beta'"),
     ],
 )
@@ -110,7 +112,7 @@ def test_bad_hyperparameters(name: str, kwargs: dict, match: str) -> None:
 def test_finite_on_every_kind_over_steps(name: str, kind: str) -> None:
     """Finite direction and weights for every kind of test Jacobian, ``T`` 1 to 14, over
     several steps (the state carries the earlier steps' Jacobians), in float64 and float32."""
-    for t in (1, 2, 5, 14):
+    for t in (1, 3, 14):
         for dtype in (F64, torch.float32):
             method = methods.create(name, t)
             for s, j in enumerate(sequence(kind, t, steps=3)):
@@ -152,7 +154,7 @@ def save_and_load(method: GradientAggregator, **hp) -> GradientAggregator:
         ("db_mtl", {"beta_sigma": 0.5}),
         ("moco", {}),
         ("moco", {"simplex": "softmax", "rho": 0.2}),
-        ("moco", {"update_every": 2}),
+        ("excess_mtl", {"update_every": 2, "ema": 0.5}),
     ],
 )
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -177,7 +179,10 @@ def test_checkpoint_round_trip_continues_bit_identically(name: str, hp: dict, dt
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), s
     for key, value in original.state_dict()["state"].items():
         other = twin.state_dict()["state"][key]
-        assert torch.equal(value, other) if isinstance(value, Tensor) else value == other, key
+        if isinstance(value, Tensor):
+            torch.testing.assert_close(other, value, rtol=0, atol=0, equal_nan=True, msg=key)
+        else:
+            assert value == other, key
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -366,7 +371,7 @@ def test_excess_mtl_matches_torchjd_over_steps(kind: str, t: int, hp: dict) -> N
     (ours start at 1 instead of ``1/T``: the softmax removes the difference, up to round-off)."""
     weighting = torchjd_aggregation.ExcessMTLWeighting(**hp)
     method = ExcessMTL(t, **hp)
-    for j in sequence(kind, t, steps=5):
+    for j in sequence(kind, t):
         expected = weighting(j)
         direction, weights = method.aggregate(j, ones(t))
         torch.testing.assert_close(weights, expected, atol=1e-12, rtol=1e-10)

@@ -88,7 +88,8 @@ def test_registered_with_attributes_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("name", "kwargs", "match"),
     [
-        ("fairgrad", {"alpha": -0.5}, "alpha must be a finite number >= 0, got -0.5"),
+        ("fairgrad", {"alpha": -0.5}, "alpha must be a finite number >= 0 and <= 100, got -0.5"),
+        ("fairgrad", {"alpha": 101}, "alpha must be"),
         ("fairgrad", {"alpha": math.inf}, "alpha must be"),
         ("fairgrad", {"alpha": "1"}, "alpha must be"),
         ("fairgrad", {"reg_eps": 0.0}, "reg_eps must be"),
@@ -96,7 +97,7 @@ def test_registered_with_attributes_and_defaults() -> None:
         ("config", {"pref_vector": [1.0, 2.0]}, "unknown hyperparameter 'pref_vector'"),
         ("graddrop", {"leak": 1.5}, "leak must be a finite number >= 0 and <= 1, got 1.5"),
         ("graddrop", {"leak": -0.1}, "leak must be"),
-        ("graddrop", {"ema": 0.5}, "ema must be 0 \\(GradDrop's update is not a weighted sum"),
+        ("graddrop", {"ema": 0.5}, "ema must be 0 \\(graddrop's update is not a weighted sum"),
         ("graddrop", {"update_every": 2}, "update_every must be 1"),
         ("graddrop", {"f": "identity"}, "unknown hyperparameter 'f'"),
         ("dualproj", {"norm_eps": -1.0}, "norm_eps must be"),
@@ -297,6 +298,22 @@ def test_fairgrad_solves_its_system(alpha: float, kind: str) -> None:
             assert ridged <= 1e-4 and plain > 0.1, (t, ridged, plain)  # the system: no solution
         else:
             assert ridged <= 1e-9 and plain <= (1e-4 if kind == "scaled" else 1e-9), (t, plain)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 100.0])
+def test_fairgrad_extreme_alpha(alpha: float) -> None:
+    """Far from 1: finite everywhere (float64 and float32), solved on the benign kinds (on
+    ``scaled`` the smallest tasks' targets fall below the round-off of ``G x``)."""
+    for kind in KINDS:
+        for t in TS:
+            j = make_jacobian(kind, t)
+            for jj in (j.float(), j):
+                ones_ = torch.ones(t, dtype=jj.dtype)
+                direction, x = FairGrad(t, alpha=alpha).aggregate(jj, ones_)
+                assert torch.isfinite(x).all() and torch.isfinite(direction).all(), (kind, t)
+            if kind in ("random", "duplicate", "one_zero_row"):
+                residual = fairgrad_residual(solver_gramian(j), x, alpha, 1e-10)
+                assert residual <= 1e-9, (kind, t, residual)
 
 
 def _torchjd_fairgrad(g: Tensor, alpha: float) -> Tensor:

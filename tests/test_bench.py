@@ -96,3 +96,32 @@ def test_jacobian_size_per_level():
     assert bench.jacobian_bytes("parameters", net, settings) == 4 * 3 * shared
     assert bench.jacobian_bytes("representation", net, settings) == 4 * 3 * 4 * 128
     assert bench.jacobian_bytes("loss", net, settings) == 0
+
+
+def test_two_batch_and_update_every_rows_count_honestly(monkeypatch):
+    """SDMGrad's step takes two batches (every image counted, the epoch ratio is per image);
+    update_every's time is a whole cycle's mean, not the median's cheap step; its FLOPs too."""
+    monkeypatch.setattr(bench, "peak_memory_bytes", lambda *a, **k: 0)  # no child processes
+    settings = bench.BenchSettings(
+        backbone="simple_cnn", tasks=3, batch_size=4, image_size=16, steps=4, warmup=0
+    )
+    specs = [bench.MethodSpec.parse(t, 3) for t in ("equal", "sdmgrad", "mgda:update_every=4")]
+    rows = {r["method"]: r for r in bench.run_bench(specs, settings)}
+    pair, every, base = rows["sdmgrad"], rows["mgda:update_every=4"], rows["equal"]
+    assert pair["batches_per_step"] == 2 and base["batches_per_step"] == 1
+    assert pair["images_per_second"] == pytest.approx(8 / (pair["step_time_ms"] / 1000))
+    assert pair["epoch_ratio_vs_equal"] == pytest.approx(pair["ratio_vs_equal"] / 2)
+    assert every["update_every"] == 4
+    # one Jacobian step in four: the FLOPs per step lie between equal's and MGDA's every step
+    full = bench.run_bench(
+        [specs[0], bench.MethodSpec.parse("mgda", 3)], dataclass_replace(settings, steps=1)
+    )[1]
+    assert 1.0 < every["flop_ratio_vs_equal"] < full["flop_ratio_vs_equal"]
+    with pytest.raises(bench.BenchError, match="at least its update_every"):
+        bench.run_bench([specs[0], bench.MethodSpec.parse("mgda:update_every=9", 3)], settings)
+
+
+def dataclass_replace(settings, **changes):
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)

@@ -339,3 +339,58 @@ def test_engine_gives_the_heads_what_the_method_defaults_to(name, weighted):
         for p, g in zip(net.heads[t].parameters(), own, strict=True):
             # (the returned weights are float32: compare at its precision)
             torch.testing.assert_close(p.grad, coeff * g, rtol=1e-6, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# A method whose update is not weights @ J, at the representation
+# --------------------------------------------------------------------------------------------
+
+
+class _Twin:
+    """Two workers holding the same batch, seen from rank 0."""
+
+    world_size, rank = 2, 0
+
+    def all_reduce_mean(self, tensor):
+        return tensor
+
+    def all_gather_cat(self, tensor):
+        return torch.cat([tensor, tensor])
+
+
+@pytest.mark.parametrize("sync", [None, _Twin()], ids=["one worker", "two workers"])
+def test_graddrop_at_the_representation_applies_its_own_direction(sync):
+    """The trunk gets the back-propagation of GradDrop's masked sum at z (the engine must not
+    replace it by weights @ J)."""
+    from methods.graddrop import graddrop
+
+    net, ref = toy(), toy()
+    x, y = batch(4)
+    rep, losses = task_losses(net, x, y)
+    torch.manual_seed(11)
+    engine.backward(
+        methods.create("graddrop", 3, level="representation"),
+        losses,
+        model=net,
+        representation=rep,
+        sync=sync,
+    )
+    rep_ref, ref_losses = task_losses(ref, x, y)
+    local = engine.shared_jacobian(ref_losses, [rep_ref])
+    union = local if sync is None else torch.cat([local, local], 1) / 2
+    torch.manual_seed(11)
+    direction, _ = graddrop(union, leak=0.0)
+    if sync is not None:
+        direction = direction[: local.shape[1]] * 2
+    expected = torch.autograd.grad(
+        rep_ref, list(ref.trunk.parameters()), grad_outputs=direction.view_as(rep_ref)
+    )
+    for p, g in zip(net.trunk.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["graddrop", "moco", "db_mtl"])
+@pytest.mark.parametrize("key", ["ema", "update_every"])
+def test_methods_whose_update_is_not_a_weighted_sum_refuse_ema_and_update_every(name, key):
+    with pytest.raises(ValueError, match=rf"^method '{name}': {key} must be .* not a weighted sum"):
+        methods.create(name, 3, **{key: 0.5 if key == "ema" else 3})
