@@ -137,6 +137,63 @@ def set_field(hp: Any, name: str, value: Any) -> None:
     object.__setattr__(hp, name, value)
 
 
+def check_task_values(
+    name: str, value: Any, *, positive: bool, item: str = "number"
+) -> list[float] | dict[str, float] | None:
+    """Check a per-task hyperparameter given as a list (one ``item`` per task, in task order) or
+    a mapping task name -> ``item``; None passes. Returns it with its values as floats (and the
+    keys as str). Raises ``HyperparameterError`` for a value that is not finite and ``> 0``
+    (``positive``) or ``>= 0``, for another type, or for an empty list or mapping. The number
+    of tasks and the names are checked when the method is built (``task_values``)."""
+    if value is None:
+        return None
+    gt, ge = (0.0, None) if positive else (None, 0.0)
+    if isinstance(value, dict):
+        checked: list[float] | dict[str, float] = {
+            str(k): check_number(f"{name}[{k!r}]", v, gt=gt, ge=ge) for k, v in value.items()
+        }
+    elif isinstance(value, list | tuple):
+        checked = [check_number(f"{name}[{i}]", v, gt=gt, ge=ge) for i, v in enumerate(value)]
+    else:
+        raise HyperparameterError(
+            f"{name} must be a list (one per task) or a mapping task -> {item}, got {value!r}"
+        )
+    if not checked:
+        raise HyperparameterError(f"{name} must not be empty")
+    return checked
+
+
+def task_values(
+    name: str,
+    num_tasks: int,
+    value: list[float] | dict[str, float] | None,
+    task_names: Sequence[str] | None,
+    *,
+    item: str = "number",
+) -> list[float]:
+    """The ``num_tasks`` values of a per-task hyperparameter checked by ``check_task_values``, in
+    task order: the list itself, or the mapping over ones (tasks it does not name keep 1.0), or
+    all ones for None. Raises ``HyperparameterError`` for a list of the wrong length, a mapping
+    without ``task_names`` or one naming an unknown task."""
+    if value is None:
+        return [1.0] * num_tasks
+    if isinstance(value, dict):
+        if task_names is None:
+            raise HyperparameterError(f"{name}: a mapping by task name needs the task names")
+        unknown = [k for k in value if k not in task_names]
+        if unknown:
+            raise HyperparameterError(
+                f"{name}: unknown task {unknown[0]!r}; tasks: {', '.join(task_names)}"
+            )
+        return [float(value.get(task, 1.0)) for task in task_names]
+    if len(value) != num_tasks:
+        raise HyperparameterError(
+            f"{name} has {len(value)} values for {num_tasks} tasks (give one per task, or a "
+            f"mapping task -> {item})"
+        )
+    return [float(v) for v in value]
+
+
 def resolve_present(losses: Tensor, present: Tensor | None = None) -> Tensor:
     """The tasks present in this step: ``present`` (Tensor[T] of bool) when given, else
     ``losses > 0``; on ``losses``' device.

@@ -46,9 +46,9 @@ def exponentiated_step(weights: Tensor, exponent: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ExcessMTLHyperparameters:
-    robust_step_size: float = 1.0
+    robust_step_size: float = 0.01
     n_warmup_steps: int = 0
-    baseline_step: str = "update"
+    baseline_step: str = "skip"
 
     def __post_init__(self) -> None:
         step = check_number("robust_step_size", self.robust_step_size, gt=0)
@@ -66,13 +66,15 @@ class ExcessMTL(GradientAggregator):
     AdaGrad estimate of task ``t``'s excess risk (``excess_risks``) and ``E_t^0`` its baseline;
     ``direction = w^T J`` (on the scale of the mean gradient: the weights sum to 1).
 
-    Defaults as torchjd: ``robust_step_size`` (``eta``) ``= 1.0`` (LibMTL's default is 0.01),
-    ``n_warmup_steps = 0``. The baseline ``E_t^0`` is the mean ``E_t`` over the warm-up steps
-    (during which the weights stay uniform), or, without warm-up, ``E_t`` of the first step; on
-    that first step ``baseline_step = "update"`` (default, torchjd) takes the exponentiated step
-    with the raw ``E_t`` (not divided by a baseline), ``"skip"`` leaves the weights as they are
-    (the official code and LibMTL). Note that the raw ``E_t`` is about ``||g_t||_1``: with
-    ``eta = 1`` that first step can put nearly all the weight on one task for good.
+    Defaults as the authors' code (yifei-he/ExcessMTL, also LibMTL's): ``robust_step_size``
+    (``eta``) ``= 0.01``, ``baseline_step = "skip"``, ``n_warmup_steps = 0``. The baseline
+    ``E_t^0`` is the mean ``E_t`` over the warm-up steps (during which the weights stay
+    uniform), or, without warm-up, ``E_t`` of the first step; on that first step ``"skip"``
+    leaves the weights as they are, ``"update"`` takes the exponentiated step with the raw
+    ``E_t`` (not divided by a baseline), as torchjd 0.18 does (torchjd's ``eta`` is 1.0:
+    ``robust_step_size: 1.0, baseline_step: update`` is torchjd's ``ExcessMTLWeighting()``).
+    The raw ``E_t`` is about ``||g_t||_1``: with ``eta = 1`` that first step can put nearly
+    all the weight on one task for good, which is why the defaults are the authors'.
 
     State (the memory cost): the sum of squared gradients ``S`` [T, n], as large as ``J``
     (kept on ``J``'s device, in its dtype, at least float32), plus per task the weights, the

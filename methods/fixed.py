@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from methods.base import HyperparameterError, LossWeighting, check_number, set_field
+from methods.base import (
+    HyperparameterError,
+    LossWeighting,
+    check_task_values,
+    set_field,
+    task_values,
+)
 
 
 @dataclass(frozen=True)
@@ -26,50 +32,18 @@ class FixedHyperparameters:
     weights: list[float] | dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        w = self.weights
-        if w is None:
-            return
-        if isinstance(w, dict):
-            checked: list[float] | dict[str, float] = {
-                str(k): check_number(f"weights[{k!r}]", v, ge=0) for k, v in w.items()
-            }
-            values = list(checked.values())
-        elif isinstance(w, list | tuple):
-            checked = [check_number(f"weights[{i}]", v, ge=0) for i, v in enumerate(w)]
-            values = checked
-        else:
-            raise HyperparameterError(
-                f"weights must be a list (one per task) or a mapping task -> weight, got {w!r}"
-            )
-        if not values:
-            raise HyperparameterError("weights must not be empty")
+        checked = check_task_values("weights", self.weights, positive=False, item="weight")
         set_field(self, "weights", checked)
-        if isinstance(checked, list) and not any(values):
+        if isinstance(checked, list) and not any(checked):
             raise HyperparameterError("weights are all 0: no task would be trained")
 
 
 def fixed_weights(num_tasks: int, weights: Any, task_names: Sequence[str] | None) -> Tensor:
     """The ``[T]`` float32 weights: ``weights`` in task order, or a mapping by task name over
-    ones (tasks it does not name keep 1.0), or all ones for None. Raises ``HyperparameterError``
-    for a list of the wrong length, an unknown task name or all weights 0."""
-    if weights is None:
-        return torch.ones(num_tasks, dtype=torch.float32)
-    if isinstance(weights, dict):
-        if task_names is None:
-            raise HyperparameterError("weights by task name need the task names")
-        unknown = [k for k in weights if k not in task_names]
-        if unknown:
-            raise HyperparameterError(
-                f"weights: unknown task {unknown[0]!r}; tasks: {', '.join(task_names)}"
-            )
-        values = [float(weights.get(name, 1.0)) for name in task_names]
-    else:
-        if len(weights) != num_tasks:
-            raise HyperparameterError(
-                f"weights has {len(weights)} values for {num_tasks} tasks (give one per task, "
-                "or a mapping task -> weight)"
-            )
-        values = [float(v) for v in weights]
+    ones (tasks it does not name keep 1.0), or all ones for None (``task_values``). Raises
+    ``HyperparameterError`` for a list of the wrong length, an unknown task name or all weights
+    0."""
+    values = task_values("weights", num_tasks, weights, task_names, item="weight")
     if not any(values):
         raise HyperparameterError("weights are all 0: no task would be trained")
     return torch.tensor(values, dtype=torch.float32)

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from methods.base import HyperparameterError, LossWeighting, check_number, set_field
+from methods.base import (
+    HyperparameterError,
+    LossWeighting,
+    check_number,
+    check_task_values,
+    set_field,
+    task_values,
+)
 
 
 @dataclass(frozen=True)
@@ -29,46 +36,17 @@ class STCHHyperparameters:
 
     def __post_init__(self) -> None:
         set_field(self, "mu", check_number("mu", self.mu, gt=0))
-        p = self.preference
-        if p is None:
-            return
-        if isinstance(p, dict):
-            checked: list[float] | dict[str, float] = {
-                str(k): check_number(f"preference[{k!r}]", v, gt=0) for k, v in p.items()
-            }
-        elif isinstance(p, list | tuple):
-            checked = [check_number(f"preference[{i}]", v, gt=0) for i, v in enumerate(p)]
-        else:
-            raise HyperparameterError(
-                f"preference must be a list (one per task) or a mapping task -> number, got {p!r}"
-            )
-        if not checked:
-            raise HyperparameterError("preference must not be empty")
-        set_field(self, "preference", checked)
+        set_field(
+            self, "preference", check_task_values("preference", self.preference, positive=True)
+        )
 
 
 def preference_vector(num_tasks: int, preference: Any, task_names: Sequence[str] | None) -> Tensor:
     """The ``[T]`` float32 preference: ``preference`` in task order, or a mapping by task name over
-    ones, or all ones for None. Raises ``HyperparameterError`` for a list of the wrong length or
-    an unknown task name (the values were checked positive by the hyperparameters)."""
-    if preference is None:
-        return torch.ones(num_tasks, dtype=torch.float32)
-    if isinstance(preference, dict):
-        if task_names is None:
-            raise HyperparameterError("preference by task name needs the task names")
-        unknown = [k for k in preference if k not in task_names]
-        if unknown:
-            raise HyperparameterError(
-                f"preference: unknown task {unknown[0]!r}; tasks: {', '.join(task_names)}"
-            )
-        values = [float(preference.get(name, 1.0)) for name in task_names]
-    else:
-        if len(preference) != num_tasks:
-            raise HyperparameterError(
-                f"preference has {len(preference)} values for {num_tasks} tasks (give one per "
-                "task, or a mapping task -> number)"
-            )
-        values = [float(v) for v in preference]
+    ones, or all ones for None (``task_values``). Raises ``HyperparameterError`` for a list of the
+    wrong length or an unknown task name (the values were checked positive by the
+    hyperparameters)."""
+    values = task_values("preference", num_tasks, preference, task_names)
     return torch.tensor(values, dtype=torch.float32)
 
 

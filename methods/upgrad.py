@@ -39,6 +39,15 @@ def dual_cone_projection_weights(
     return u + x
 
 
+def regularized_gramian(g: Tensor, norm_eps: float, reg_eps: float) -> Tensor:
+    """``G / tr G + reg_eps * I``, the Gramian of the dual-cone projections (UPGrad, DualProj).
+
+    As torchjd's ``QuadprogProjector``: ``G`` is divided by its trace (the zero matrix when
+    ``tr G <= norm_eps``), which makes the weights scale-invariant, and ``reg_eps * I`` is added
+    so that the QPs are strictly convex, with a unique solution. ``g``: Tensor[T, T]."""
+    return trace_normalized(g, norm_eps) + reg_eps * torch.eye(g.shape[0], dtype=g.dtype)
+
+
 def upgrad_weights(
     g: Tensor, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iters: int = 1000
 ) -> Tensor:
@@ -46,11 +55,10 @@ def upgrad_weights(
 
     The update ``d = w^T J = 1/T sum_i pi(g_i)`` is the mean of the task gradients each projected
     onto the dual cone ``{d : J d >= 0}``, so it conflicts with no task (``J d >= 0``).
-    As torchjd: ``G`` is divided by its trace (the zero matrix when ``tr G <= norm_eps``) and
-    ``reg_eps * I`` is added (so that the QPs are strictly convex, with a unique solution).
+    The projections use ``regularized_gramian(g, norm_eps, reg_eps)``, as torchjd.
     """
     num_tasks = g.shape[0]
-    g = trace_normalized(g, norm_eps) + reg_eps * torch.eye(num_tasks, dtype=g.dtype)
+    g = regularized_gramian(g, norm_eps, reg_eps)
     weights = torch.zeros(num_tasks, dtype=g.dtype)
     for i in range(num_tasks):
         u = torch.zeros(num_tasks, dtype=g.dtype)
@@ -60,7 +68,12 @@ def upgrad_weights(
 
 
 @dataclass(frozen=True)
-class UPGradHyperparameters:
+class DualConeHyperparameters:
+    """The hyperparameters of UPGrad and DualProj (torchjd's defaults). ``norm_eps``: a Gramian
+    with trace ``<= norm_eps`` is treated as zero (the update is then the mean gradient);
+    ``reg_eps``: ridge added to the trace-normalised Gramian (``> 0`` required here);
+    ``max_iters``: cap on the active-set solves of each projection."""
+
     norm_eps: float = 1e-4
     reg_eps: float = 1e-4
     max_iters: int = 1000
@@ -75,10 +88,8 @@ class UPGrad(GradientAggregator):
     """UPGrad: project every task gradient onto the dual cone of all task gradients (the
     directions conflicting with none) and average, ``d = 1/T sum_i pi(g_i) = w^T J``.
 
-    ``norm_eps``: a Gramian with trace ``<= norm_eps`` is treated as zero (the update is then the
-    mean gradient); ``reg_eps``: ridge added to the trace-normalised Gramian (torchjd's defaults,
-    ``> 0`` required here); ``max_iters``: cap on the active-set solves per task.
-    Reported weights: ``w``.
+    Hyperparameters ``norm_eps``, ``reg_eps``, ``max_iters``: ``DualConeHyperparameters``
+    (``max_iters`` per task). Reported weights: ``w``.
     """
 
     name = "upgrad"
@@ -86,7 +97,7 @@ class UPGrad(GradientAggregator):
     summary = (
         "Mean of the task gradients projected onto the dual cone of all of them (Quinton 2024)."
     )
-    Hyperparameters = UPGradHyperparameters
+    Hyperparameters = DualConeHyperparameters
 
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp

@@ -59,7 +59,7 @@ def test_registered_with_attributes_and_defaults() -> None:
     defaults = {c.name: vars(c.Hyperparameters()) for c in CLASSES}
     assert defaults == {
         "gradvac": {"beta": 0.5, "eps": 1e-8, "seed": None},
-        "excess_mtl": {"robust_step_size": 1.0, "n_warmup_steps": 0, "baseline_step": "update"},
+        "excess_mtl": {"robust_step_size": 0.01, "n_warmup_steps": 0, "baseline_step": "skip"},
         "db_mtl": {"beta": 0.9, "beta_sigma": 0.0},
         "moco": {
             "beta": 0.5,
@@ -364,13 +364,15 @@ def test_gradvac_absent_task_keeps_its_row_and_column() -> None:
 @pytest.mark.parametrize("kind", [*KINDS, "correlated"])
 @pytest.mark.parametrize("t", SIZES)
 @pytest.mark.parametrize(
-    "hp", [{}, {"robust_step_size": 0.05, "n_warmup_steps": 2}], ids=["default", "warmup"]
+    "hp",
+    [{"robust_step_size": 1.0}, {"robust_step_size": 0.05, "n_warmup_steps": 2}],
+    ids=["torchjd-default", "warmup"],
 )
 def test_excess_mtl_matches_torchjd_over_steps(kind: str, t: int, hp: dict) -> None:
     """Weights, accumulated squared gradients and baselines equal to torchjd's at every step
     (ours start at 1 instead of ``1/T``: the softmax removes the difference, up to round-off)."""
     weighting = torchjd_aggregation.ExcessMTLWeighting(**hp)
-    method = ExcessMTL(t, **hp)
+    method = ExcessMTL(t, baseline_step="update", **hp)  # torchjd's first step
     for j in sequence(kind, t):
         expected = weighting(j)
         direction, weights = method.aggregate(j, ones(t))
@@ -397,7 +399,7 @@ def test_excess_mtl_hand_derived_two_tasks() -> None:
         e = torch.tensor([math.exp(v) for v in x], dtype=F64)
         return e / e.sum()
 
-    method = ExcessMTL(2)
+    method = ExcessMTL(2, robust_step_size=1.0, baseline_step="update")
     torch.testing.assert_close(method.aggregate(j1, ones(2))[1], softmax([1.0, 2.0]))
     w1 = softmax([1.0, 2.0])
     expected = w1 * torch.tensor([math.exp(r) for r in ratios], dtype=F64)
@@ -406,7 +408,7 @@ def test_excess_mtl_hand_derived_two_tasks() -> None:
         expected / expected.sum(), torch.tensor([0.520426, 0.479574], dtype=F64), atol=1e-6, rtol=0
     )
 
-    method = ExcessMTL(2, baseline_step="skip")
+    method = ExcessMTL(2, robust_step_size=1.0, baseline_step="skip")
     torch.testing.assert_close(
         method.aggregate(j1, ones(2))[1], torch.tensor([0.5, 0.5], dtype=F64)
     )

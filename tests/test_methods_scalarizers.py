@@ -116,7 +116,11 @@ def test_registered_and_described():
             {"preference": "abc"},
             "preference must be a list (one per task) or a mapping task -> number, got 'abc'",
         ),
-        ("stch", {"preference": {"a": 2}}, "preference by task name needs the task names"),
+        (
+            "stch",
+            {"preference": {"a": 2}},
+            "preference: a mapping by task name needs the task names",
+        ),
         ("stch", {"preference": {"a": -2}}, "preference['a'] must be a finite number > 0, got -2"),
         ("geometric_mean", {"mu": 1}, "unknown hyperparameter 'mu'; valid: (none)"),
         ("scale_invariant", {"eps": 1e-8}, "unknown hyperparameter 'eps'; valid: (none)"),
