@@ -127,6 +127,10 @@ def test_methods_table():
     assert result.returncode == 0
     for name in ("equal", "deepchest", "signal=train_accuracy"):
         assert name in result.stdout
+    wide = _methods_listing("220")
+    # the cost class and default heads of each method, and its reference
+    for text in ("T backward passes", "(heads: own)", "(heads: weighted)", "arXiv:2406.16232"):
+        assert text in wide
 
 
 def test_usage_error_exits_2():
