@@ -143,8 +143,9 @@ def check_task_values(
     """Check a per-task hyperparameter given as a list (one ``item`` per task, in task order) or
     a mapping task name -> ``item``; None passes. Returns it with its values as floats (and the
     keys as str). Raises ``HyperparameterError`` for a value that is not finite and ``> 0``
-    (``positive``) or ``>= 0``, for another type, or for an empty list or mapping. The number
-    of tasks and the names are checked when the method is built (``task_values``)."""
+    (``positive``) or ``>= 0``, for another type, for an empty list or mapping, or for a list of
+    zeros (no task would be trained). The number of tasks and the names are checked when the
+    method is built (``task_values``)."""
     if value is None:
         return None
     gt, ge = (0.0, None) if positive else (None, 0.0)
@@ -160,6 +161,8 @@ def check_task_values(
         )
     if not checked:
         raise HyperparameterError(f"{name} must not be empty")
+    if isinstance(checked, list) and not any(checked):
+        raise HyperparameterError(f"{name} are all 0: no task would be trained")
     return checked
 
 
@@ -170,13 +173,13 @@ def task_values(
     task_names: Sequence[str] | None,
     *,
     item: str = "number",
-) -> list[float]:
-    """The ``num_tasks`` values of a per-task hyperparameter checked by ``check_task_values``, in
-    task order: the list itself, or the mapping over ones (tasks it does not name keep 1.0), or
-    all ones for None. Raises ``HyperparameterError`` for a list of the wrong length, a mapping
-    without ``task_names`` or one naming an unknown task."""
+) -> Tensor:
+    """The float32 Tensor[T] of a per-task hyperparameter checked by ``check_task_values``: the
+    list in task order, or the mapping over ones (tasks it does not name keep 1.0), or all ones
+    for None. Raises ``HyperparameterError`` for a list of the wrong length, a mapping without
+    ``task_names`` or naming an unknown task, or all values 0 (no task would be trained)."""
     if value is None:
-        return [1.0] * num_tasks
+        return torch.ones(num_tasks, dtype=torch.float32)
     if isinstance(value, dict):
         if task_names is None:
             raise HyperparameterError(f"{name}: a mapping by task name needs the task names")
@@ -185,13 +188,17 @@ def task_values(
             raise HyperparameterError(
                 f"{name}: unknown task {unknown[0]!r}; tasks: {', '.join(task_names)}"
             )
-        return [float(value.get(task, 1.0)) for task in task_names]
-    if len(value) != num_tasks:
-        raise HyperparameterError(
-            f"{name} has {len(value)} values for {num_tasks} tasks (give one per task, or a "
-            f"mapping task -> {item})"
-        )
-    return [float(v) for v in value]
+        values = [float(value.get(task, 1.0)) for task in task_names]
+    else:
+        if len(value) != num_tasks:
+            raise HyperparameterError(
+                f"{name} has {len(value)} values for {num_tasks} tasks (give one per task, or a "
+                f"mapping task -> {item})"
+            )
+        values = [float(v) for v in value]
+    if not any(values):  # on the floats: 1e-50 counts as given, although float32 rounds it to 0
+        raise HyperparameterError(f"{name} are all 0: no task would be trained")
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def resolve_present(losses: Tensor, present: Tensor | None = None) -> Tensor:
@@ -297,6 +304,13 @@ class Method:
 
     def _error(self, message: str) -> ValueError:
         return ValueError(f"method {self.name!r}: {message}")
+
+    def _task_values(self, name: str, value: Any, *, item: str = "number") -> Tensor:
+        """``task_values`` of a hyperparameter for this method's tasks, its errors prefixed."""
+        try:
+            return task_values(name, self.num_tasks, value, self.task_names, item=item)
+        except HyperparameterError as exc:
+            raise self._error(str(exc)) from None
 
     # ---- hooks ----------------------------------------------------------------------------
 

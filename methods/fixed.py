@@ -13,16 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from methods.base import (
-    HyperparameterError,
-    LossWeighting,
-    check_task_values,
-    set_field,
-    task_values,
-)
+from methods.base import LossWeighting, check_task_values, set_field
 
 
 @dataclass(frozen=True)
@@ -32,21 +25,11 @@ class FixedHyperparameters:
     weights: list[float] | dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        checked = check_task_values("weights", self.weights, positive=False, item="weight")
-        set_field(self, "weights", checked)
-        if isinstance(checked, list) and not any(checked):
-            raise HyperparameterError("weights are all 0: no task would be trained")
-
-
-def fixed_weights(num_tasks: int, weights: Any, task_names: Sequence[str] | None) -> Tensor:
-    """The ``[T]`` float32 weights: ``weights`` in task order, or a mapping by task name over
-    ones (tasks it does not name keep 1.0), or all ones for None (``task_values``). Raises
-    ``HyperparameterError`` for a list of the wrong length, an unknown task name or all weights
-    0."""
-    values = task_values("weights", num_tasks, weights, task_names, item="weight")
-    if not any(values):
-        raise HyperparameterError("weights are all 0: no task would be trained")
-    return torch.tensor(values, dtype=torch.float32)
+        set_field(
+            self,
+            "weights",
+            check_task_values("weights", self.weights, positive=False, item="weight"),
+        )
 
 
 class Fixed(LossWeighting):
@@ -66,10 +49,7 @@ class Fixed(LossWeighting):
         self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
     ) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
-        try:
-            self._weights = fixed_weights(num_tasks, self.hp.weights, self.task_names)
-        except HyperparameterError as exc:
-            raise self._error(str(exc)) from None
+        self._weights = self._task_values("weights", self.hp.weights, item="weight")
 
     def compute_weights(self, losses: Tensor) -> Tensor:
         return self._weights.clone()

@@ -8,12 +8,9 @@ implementation used for the tests: ``torchjd.scalarization.IMTLL`` (torchjd 0.18
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from methods.base import check_number, set_field
 from methods.task_scales import LearnedTaskScales
 
 
@@ -36,14 +33,6 @@ def imtl_l_weights(log_scale: Tensor, present: Tensor) -> Tensor:
     return torch.where(present.to(weights.device), weights, torch.zeros_like(weights))
 
 
-@dataclass(frozen=True)
-class IMTLLHyperparameters:
-    lr: float = 0.025
-
-    def __post_init__(self) -> None:
-        set_field(self, "lr", check_number("lr", self.lr, gt=0))
-
-
 class IMTLL(LearnedTaskScales):
     """IMTL-L: learnable log-scales ``s_t`` (init 0), objective ``sum_t exp(s_t) L_t - s_t``; ``s``
     is optimised with its own ``lr`` (default 0.025, as uncertainty's) and no weight decay.
@@ -64,7 +53,6 @@ class IMTLL(LearnedTaskScales):
 
     name = "imtl_l"
     summary = "Learned per-task log-scales s: sum_t exp(s_t) L_t - s_t (IMTL-L, Liu 2021)."
-    Hyperparameters = IMTLLHyperparameters
     reference = "Liu et al., ICLR 2021; code: torchjd 0.18 IMTLL"
     scale_name = "log_scale"
     log_scale: torch.nn.Parameter

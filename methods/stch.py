@@ -17,14 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from methods.base import (
-    HyperparameterError,
-    LossWeighting,
-    check_number,
-    check_task_values,
-    set_field,
-    task_values,
-)
+from methods.base import LossWeighting, check_number, check_task_values, set_field
 
 
 @dataclass(frozen=True)
@@ -39,15 +32,6 @@ class STCHHyperparameters:
         set_field(
             self, "preference", check_task_values("preference", self.preference, positive=True)
         )
-
-
-def preference_vector(num_tasks: int, preference: Any, task_names: Sequence[str] | None) -> Tensor:
-    """The ``[T]`` float32 preference: ``preference`` in task order, or a mapping by task name over
-    ones, or all ones for None (``task_values``). Raises ``HyperparameterError`` for a list of the
-    wrong length or an unknown task name (the values were checked positive by the
-    hyperparameters)."""
-    values = task_values("preference", num_tasks, preference, task_names)
-    return torch.tensor(values, dtype=torch.float32)
 
 
 def normalised_preference(preference: Tensor, present: Tensor) -> Tensor:
@@ -127,10 +111,7 @@ class STCH(LossWeighting):
         self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
     ) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
-        try:
-            self._preference = preference_vector(num_tasks, self.hp.preference, self.task_names)
-        except HyperparameterError as exc:
-            raise self._error(str(exc)) from None
+        self._preference = self._task_values("preference", self.hp.preference)
 
     def _preference_for(self, losses: Tensor) -> Tensor:
         return self._preference.to(device=losses.device, dtype=losses.dtype)

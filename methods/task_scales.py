@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from methods.base import LossWeighting
+from methods.base import LossWeighting, check_number, set_field
+
+
+@dataclass(frozen=True)
+class TaskScalesHyperparameters:
+    """``lr``: the learning rate of ``s`` in its own optimizer group (``optimizer_group``)."""
+
+    lr: float = 0.025
+
+    def __post_init__(self) -> None:
+        set_field(self, "lr", check_number("lr", self.lr, gt=0))
 
 
 class LearnedTaskScales(LossWeighting):
@@ -22,11 +33,12 @@ class LearnedTaskScales(LossWeighting):
 
     Masked tasks: ``scaled_objective`` sums over the present tasks only, so an absent task's
     ``s_t`` gets gradient 0; ``on_step_end`` still puts back the ``s_t`` of the tasks absent in
-    the step as they were before the optimizer step, because the optimizer's momentum (or weight
-    decay) would otherwise move them with a zero gradient. The tasks do not interact: the present
-    tasks' ``s`` follow exactly the trajectory of the method built for them alone.
+    the step as they were before the optimizer step, because the optimizer's momentum (Adam's
+    moments) would otherwise still move them with a zero gradient. The tasks do not interact: the
+    present tasks' ``s`` follow exactly the trajectory of the method built for them alone.
     """
 
+    Hyperparameters = TaskScalesHyperparameters
     #: The attribute holding ``s`` and its key in the checkpoint (``state_dict()["state"]``).
     scale_name: ClassVar[str]
 

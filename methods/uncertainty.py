@@ -7,12 +7,9 @@ the tests: ``torchjd.scalarization.UW`` (torchjd 0.18.0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from methods.base import check_number, set_field
 from methods.task_scales import LearnedTaskScales
 
 
@@ -28,14 +25,6 @@ def uncertainty_objective(losses: Tensor, log_var: Tensor, present: Tensor | Non
 def uncertainty_weights(log_var: Tensor) -> Tensor:
     """The effective task weights ``0.5 * exp(-s_t)`` (1 / (2 sigma_t^2))."""
     return 0.5 * torch.exp(-log_var)
-
-
-@dataclass(frozen=True)
-class UncertaintyHyperparameters:
-    lr: float = 0.025
-
-    def __post_init__(self) -> None:
-        set_field(self, "lr", check_number("lr", self.lr, gt=0))
 
 
 class Uncertainty(LearnedTaskScales):
@@ -55,7 +44,6 @@ class Uncertainty(LearnedTaskScales):
     name = "uncertainty"
     reference = "Kendall, Gal & Cipolla, CVPR 2018, arXiv:1705.07115; code: torchjd 0.18 UW"
     summary = "Learned per-task log-variances s: sum_t 0.5 exp(-s_t) L_t + 0.5 s_t (Kendall 2018)."
-    Hyperparameters = UncertaintyHyperparameters
     scale_name = "log_var"
     log_var: torch.nn.Parameter
 
