@@ -158,8 +158,9 @@ def backward(
     reused = method.reuse_weights(present) if isinstance(method, GradientAggregator) else None
     if reused is not None:  # update_every: this step reuses the last Jacobian step's weights
         reused = reused.to(device=losses.device, dtype=torch.float32)
-        _, scaled = _scaled_losses(scale, mean)
+        factor, scaled = _scaled_losses(scale, mean)
         _combined_backward(model, scaled, reused, heads, sync)
+        _clip_shared_gradient(method, model, factor)
         return reused
     if pairs:
         return _parameters_backward(
@@ -412,6 +413,7 @@ def _representation_backward(
     if sync is not None:
         params = _trainable(model.shared_parameters())
         _average_gradients(params + _head_parameters(model, losses.shape[0]), sync)
+    _clip_shared_gradient(method, model, factor)
     return weights.detach().float()
 
 
@@ -443,6 +445,18 @@ def _last_shared_layer_backward(
                 p.grad.mul_(factor.to(p.grad.dtype))
     _combined_backward(model, scaled, weights, heads, sync)
     return weights.float()
+
+
+def _clip_shared_gradient(method: Method, model: MultiTaskModel, factor: Tensor | None) -> None:
+    """Clip the shared parameters' ``.grad`` to the method's ``shared_max_norm`` (Nash-MTL),
+    on the paths where the engine does not write the method's clipped direction itself. Under
+    loss scaling the gradients carry the scale, and so does the limit."""
+    limit = getattr(method, "shared_max_norm", None)
+    if limit is None:
+        return
+    shared = [p for p in _trainable(model.shared_parameters()) if p.grad is not None]
+    scale = float(factor) if factor is not None else 1.0
+    torch.nn.utils.clip_grad_norm_(shared, limit * scale)
 
 
 def _combined_backward(

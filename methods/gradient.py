@@ -221,6 +221,25 @@ class GradientAggregator(Method):
             "ema": self.ema,
         }
 
+    # ---- the shared gradient's norm ---------------------------------------------------------
+
+    @property
+    def shared_max_norm(self) -> float | None:
+        """The norm to which the shared parameters' gradient is clipped after the method's
+        update (Nash-MTL's ``max_norm``), or None. ``compute`` clips ``direction``
+        (``clip_shared``); the engine clips the shared ``.grad`` where it does not write
+        ``direction`` itself (the representation level, the ``update_every`` reuse steps)."""
+        return None
+
+    def clip_shared(self, direction: Tensor) -> Tensor:
+        """``direction`` scaled down to norm ``shared_max_norm`` when longer (as
+        ``torch.nn.utils.clip_grad_norm_`` on the shared parameters)."""
+        limit = self.shared_max_norm
+        if limit is None:
+            return direction
+        norm = float(torch.linalg.vector_norm(direction))
+        return direction * (limit / norm) if norm > limit else direction
+
     # ---- update_every ---------------------------------------------------------------------
 
     def reuse_weights(self, present: Tensor) -> Tensor | None:
@@ -343,7 +362,7 @@ class GradientAggregator(Method):
             averaged = torch.where(started, self.ema * old + (1 - self.ema) * new, new)
             self._ema_weights = torch.where(present, averaged, old)
             weights = torch.where(present, self._ema_weights, 0.0)
-            direction = combine(weights, jacobian)
+            direction = self.clip_shared(combine(weights, jacobian))
         self._remember(weights, present)
         return (
             direction.to(device=jacobian.device, dtype=jacobian.dtype),

@@ -126,9 +126,12 @@ class NashMTL(GradientAggregator):
     ``max_norm`` (default 1, the authors'; 0 disables).
 
     ``reg_eps``: ridge on the gradients' correlation matrix (keeps ``alpha`` finite at a
-    Pareto-stationary point); ``max_iters``: cap on the Newton steps. Reported weights: ``alpha``
-    after clipping. The weights are re-solved at every step (the authors'
-    ``update_weights_every = 1``; reusing them only saves a Jacobian if the engine skips it).
+    Pareto-stationary point); ``max_iters``: cap on the Newton steps. Reported weights:
+    ``alpha``, unclipped; the clip applies to the shared gradient only (``shared_max_norm``),
+    as in the authors' ``NashMTL.backward``: they back-propagate ``sum_t alpha_t L_t`` (so the
+    heads get ``alpha_t grad L_t``, unclipped) and then clip the shared parameters' gradient
+    norm, also in the steps that reuse ``alpha`` (``update_every``, their
+    ``update_weights_every``).
     """
 
     name = "nash_mtl"
@@ -138,12 +141,13 @@ class NashMTL(GradientAggregator):
     summary = "Nash bargaining solution G alpha = 1/alpha, norm clipped (Navon 2022)."
     Hyperparameters = NashMTLHyperparameters
 
+    @property
+    def shared_max_norm(self) -> float | None:
+        return self.hp.max_norm or None
+
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hp
         weights = nash_mtl_weights(
-            gramian,
-            max_norm=hp.max_norm,
-            reg_eps=hp.reg_eps,
-            max_iters=hp.max_iters,
+            gramian, max_norm=0.0, reg_eps=hp.reg_eps, max_iters=hp.max_iters
         )
-        return combine(weights, jacobian), weights
+        return self.clip_shared(combine(weights, jacobian)), weights

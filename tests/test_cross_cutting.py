@@ -394,3 +394,36 @@ def test_graddrop_at_the_representation_applies_its_own_direction(sync):
 def test_methods_whose_update_is_not_a_weighted_sum_refuse_ema_and_update_every(name, key):
     with pytest.raises(ValueError, match=rf"^method '{name}': {key} must be .* not a weighted sum"):
         methods.create(name, 3, **{key: 0.5 if key == "ema" else 3})
+
+
+@pytest.mark.parametrize("path", ["parameters", "representation", "reuse"])
+def test_nash_mtl_heads_get_the_unclipped_alpha_and_the_trunk_is_clipped(path):
+    """As the authors' NashMTL.backward: backward of sum_t alpha_t L_t, then the shared
+    gradient clipped to max_norm (also at the representation and in update_every's reuse
+    steps); the heads keep alpha_t grad L_t."""
+    from methods.gradient import solver_gramian
+    from methods.nash_mtl import nash_mtl_weights
+
+    net, ref = toy(), toy()
+    x, y = batch(5)
+    level = "representation" if path == "representation" else "parameters"
+    method = methods.create("nash_mtl", 3, level=level, max_norm=0.01, update_every=2)
+    rep, losses = task_losses(net, x, y)
+    if path == "reuse":  # a first step fills the cache; the second (measured) reuses it
+        engine.backward(method, losses, model=net, representation=rep)
+        net.zero_grad(set_to_none=True)
+        rep, losses = task_losses(net, x, y)
+    w = engine.backward(method, losses, model=net, representation=rep).double()
+    rep_ref, ref_losses = task_losses(ref, x, y)
+    if path != "reuse":
+        at = rep_ref if level == "representation" else list(ref.trunk.parameters())
+        jac = engine.shared_jacobian(ref_losses, at if isinstance(at, list) else [at])
+        alpha = nash_mtl_weights(solver_gramian(jac), max_norm=0.0)
+        torch.testing.assert_close(w, alpha, rtol=1e-6, atol=0)  # unclipped
+    for t in range(3):
+        own = torch.autograd.grad(ref_losses[t], list(ref.heads[t].parameters()), retain_graph=True)
+        for p, g in zip(net.heads[t].parameters(), own, strict=True):
+            torch.testing.assert_close(p.grad, w[t] * g, rtol=1e-6, atol=1e-12)
+    trunk = torch.cat([p.grad.reshape(-1) for p in net.trunk.parameters()])
+    # (clip_grad_norm_ divides by the norm + 1e-6)
+    torch.testing.assert_close(float(trunk.norm()), 0.01, rtol=1e-5, atol=0)
