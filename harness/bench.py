@@ -20,6 +20,7 @@ the absolute times. Per method:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -141,6 +142,10 @@ def build_step(spec: MethodSpec, settings: BenchSettings, device: torch.device) 
     amp_dtype = resolve_amp(settings.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     net.train()
+    validation = None
+    if getattr(method, "needs_validation_batch", False):  # Auto-Lambda's look-ahead batch
+        held_out = synthetic_batch(dataclasses.replace(settings, seed=settings.seed + 1), device)
+        validation = lambda: held_out  # noqa: E731
     return TrainStep(
         net,
         net,
@@ -150,6 +155,7 @@ def build_step(spec: MethodSpec, settings: BenchSettings, device: torch.device) 
         timer=StepTimer(device),
         amp_dtype=amp_dtype,
         scaler=scaler,
+        validation_batch=validation,
     )
 
 

@@ -111,6 +111,7 @@ def _data(
             f"{plural(workers, 'worker')}) is larger than the training split of {where} "
             f"({sizes['train']} images)"
         )
+    lines += _method_batches(cfg, sizes, batch, where)
     why = {
         "val": "the best epoch is picked on the val metrics",
         "test": "the test metrics are computed on it",
@@ -126,6 +127,34 @@ def _data(
             else:
                 lines.append(f"{where}: the {split} split is empty; {why[split]}")
     return sizes
+
+
+def _method_batches(
+    cfg: ExperimentConfig, sizes: dict[str, int], batch: int, where: str
+) -> list[str]:
+    """What some methods draw beyond one training batch per step: two (SDMGrad, MoDo) or a
+    validation batch (Auto-Lambda); the trial refuses to start without them."""
+    import methods
+
+    info = {i.name: i for i in methods.describe()}
+    lines = []
+    for name in cfg.grid.methods:
+        method = info[cfg.weighting_method(name)[0]]
+        if (
+            method.batches_per_step > 1
+            and batch <= sizes["train"] < batch * method.batches_per_step
+        ):
+            lines.append(
+                f"grid.methods: {name} takes {method.batches_per_step} batches per step "
+                f"({method.batches_per_step} x {batch} images), more than the training split "
+                f"of {where} ({sizes['train']} images)"
+            )
+        if method.needs_validation_batch and 0 < sizes["val"] < batch:
+            lines.append(
+                f"grid.methods: {name} draws a validation batch each step ({batch} images), "
+                f"more than the validation split of {where} ({sizes['val']} images)"
+            )
+    return lines
 
 
 # ---- files the trials load ---------------------------------------------------------------

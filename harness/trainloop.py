@@ -331,7 +331,7 @@ class TrainStep:
             if not bool(torch.isfinite(shared).all()):
                 raise NonFiniteLoss(torch.nonzero(~torch.isfinite(shared)).flatten().tolist())
             with timer.phase("backward"):
-                if self.validation_batch is not None:
+                if getattr(self.method, "needs_validation_batch", False):
                     self._lookahead(x, y, m, losses, shared, present)
                 weights = engine.backward(
                     self.method,

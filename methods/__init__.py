@@ -144,6 +144,10 @@ class MethodInfo:
     cost: str = ""
     #: what the task heads get at the gradient levels by default ("own" or "weighted")
     default_heads: str = "weighted"
+    #: mini-batches per optimisation step (2: SDMGrad, MoDo)
+    batches_per_step: int = 1
+    #: whether each step also draws a validation batch (Auto-Lambda)
+    needs_validation_batch: bool = False
 
 
 def cost_class(cls: type[Method]) -> str:
@@ -201,6 +205,8 @@ def describe() -> list[MethodInfo]:
             reference=cls.reference,
             cost=cost_class(cls),
             default_heads=cls.default_heads,
+            batches_per_step=getattr(cls, "batches_per_step", 1),
+            needs_validation_batch=getattr(cls, "needs_validation_batch", False),
         )
         for cls in (_REGISTRY[n] for n in available())
     ]

@@ -502,7 +502,8 @@ def lookahead_hypergradient(
     ``d = grad L_val(theta')`` (``L_val = sum_t`` of ``val_losses(theta')``), and the product
     is taken by central differences as in the reference code (lorenmt/auto-lambda,
     ``compute_hessian``): ``h_t = -lr (L_t(theta + e d) - L_t(theta - e d)) / (2 e)`` with
-    ``e = 0.01 / ||d||`` (0 when ``d`` is 0 or not finite).
+    ``e = 0.01 / ||d||``; 0 when ``d`` is 0, NaN when it is not finite (a diverged or
+    overflowed look-ahead: ``AutoLambda.meta_step`` then skips the step).
 
     ``train_losses(params)`` / ``val_losses(params)``: the per-task losses of the training /
     validation batch with the network's parameters replaced by ``params`` (a name -> tensor
@@ -529,7 +530,9 @@ def lookahead_hypergradient(
     )
     direction = _filled(direction, params, sync)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in direction]))
-    if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
+    if not bool(torch.isfinite(norm)):
+        return torch.full(losses.shape, torch.nan, dtype=torch.float32, device=losses.device)
+    if float(norm) == 0.0:
         return torch.zeros(losses.shape, dtype=torch.float32, device=losses.device)
     eps = 0.01 / float(norm)
     with torch.no_grad():

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from methods.base import check_choice, check_number, set_field
-from methods.gradient import GradientAggregator
+from methods.gradient import GradientAggregator, project_onto_simplex
 
 _SOLVER_DTYPE = torch.float64
 #: added to the gradient norms (``normalization: l2_loss``), as in the reference code
@@ -37,19 +37,6 @@ EPSILON = 1e-8
 NORMALIZATIONS: tuple[str, ...] = ("l2_loss", "none")
 #: ``simplex`` choices: how ``lambda`` is brought back to the simplex after its gradient step
 SIMPLEX_MAPS: tuple[str, ...] = ("projection", "softmax")
-
-
-def project_to_simplex(v: Tensor) -> Tensor:
-    """The Euclidean projection of ``v`` [T] onto ``{x >= 0, sum x = 1}``:
-    ``x = max(v - tau, 0)`` with ``tau`` such that ``sum x = 1`` (sort ``v`` decreasingly,
-    ``rho = max {j : u_j - (sum_{i<=j} u_i - 1) / j > 0}``, ``tau = (sum_{i<=rho} u_i - 1) / rho``;
-    Held, Wolfe & Crowder 1974, Duchi et al. 2008)."""
-    u, _ = torch.sort(v, descending=True)
-    cumulative = torch.cumsum(u, dim=0) - 1.0
-    j = torch.arange(1, v.shape[0] + 1, dtype=v.dtype)
-    rho = int((u - cumulative / j > 0).nonzero().max()) + 1
-    tau = cumulative[rho - 1] / rho
-    return (v - tau).clamp(min=0.0)
 
 
 def tracked_gradients(jacobian: Tensor, losses: Tensor, normalization: str) -> Tensor:
@@ -72,7 +59,7 @@ def moco_lambda_step(
     moved = lam - gamma * (y_gramian + rho * eye) @ lam
     if simplex == "softmax":
         return torch.softmax(moved, dim=0)
-    return project_to_simplex(moved)
+    return project_onto_simplex(moved)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ reference implementation used for the tests: ``torchjd.aggregation.MoDoWeighting
 0.18.0).
 
 Also the shared machinery of the two-batch simplex methods (MoDo and SDMGrad,
-``methods.sdmgrad``): ``project_onto_simplex`` and ``SimplexPairAggregator``, which keeps the
-simplex state across steps and applies the masked-task rule to it.
+``methods.sdmgrad``): ``SimplexPairAggregator``, which keeps the simplex state across steps
+and applies the masked-task rule to it (the projection, ``project_onto_simplex``, is in
+``methods.gradient``: MoCo uses it too).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from methods.base import check_number, set_field
-from methods.gradient import GradientAggregator
+from methods.gradient import GradientAggregator, project_onto_simplex
 
 _F64 = torch.float64
 
@@ -28,26 +29,6 @@ _F64 = torch.float64
 # --------------------------------------------------------------------------------------------
 # Pure functions
 # --------------------------------------------------------------------------------------------
-
-
-def project_onto_simplex(y: Tensor) -> Tensor:
-    """The Euclidean projection of ``y`` (Tensor[T], finite) onto ``{x : x >= 0, sum x = 1}``.
-
-    ``x = max(y - theta, 0)`` with ``theta = (sum_{j <= k} u_j - 1) / k``, ``u`` = ``y`` sorted
-    in decreasing order and ``k`` the largest index with ``u_k > theta_k`` (Held, Wolfe &
-    Crowder 1974; Duchi et al., ICML 2008); ``k = 1`` always qualifies. ``y`` is first shifted
-    by its maximum (the projection does not change when a constant is added to every entry):
-    with entries far above 1 (e.g. 1e16, SDMGrad's steps on a near-zero scale) the unshifted
-    ``u_1 - theta_1 = 1`` rounds to 0 and the result leaves the simplex (torchjd's returns 0).
-    """
-    y = y - y.max()
-    u = torch.sort(y, descending=True).values
-    excess = torch.cumsum(u, dim=0) - 1.0
-    count = torch.arange(1, y.shape[0] + 1, dtype=y.dtype)
-    qualifies = u * count > excess
-    qualifies[0] = True  # u_1 = 0 > -1 = excess_1: exact after the shift, kept for clarity
-    k = int(qualifies.nonzero().max())
-    return (y - excess[k] / (k + 1)).clamp(min=0.0)
 
 
 def modo_step(cross: Tensor, lam: Tensor, *, gamma: float, rho: float) -> Tensor:

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from methods.base import HyperparameterError, check_number, set_field
-from methods.gradient import check_positive_int
-from methods.modo import SimplexPairAggregator, project_onto_simplex
+from methods.gradient import check_positive_int, project_onto_simplex
+from methods.modo import SimplexPairAggregator
 
 #: Added to the squared scale before dividing ``A`` by it, as the reference code.
 SCALE_EPS = 1e-8

@@ -15,9 +15,9 @@ from torch import Tensor
 import methods
 from methods.db_mtl import DBMTL
 from methods.excess_mtl import ExcessMTL
-from methods.gradient import GradientAggregator
+from methods.gradient import GradientAggregator, project_onto_simplex
 from methods.gradvac import GradVac
-from methods.moco import MoCo, project_to_simplex
+from methods.moco import MoCo, moco_lambda_step
 from tests.jacobians import F64, J_FIXED, KINDS, make_jacobian, ones
 
 torchjd_aggregation = pytest.importorskip("torchjd.aggregation")
@@ -603,21 +603,35 @@ def test_moco_projection_stays_on_the_simplex_and_tracks_raw_gradients() -> None
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_project_to_simplex_kkt(seed: int) -> None:
+def test_project_onto_simplex_kkt(seed: int) -> None:
     """``x = argmin ||x - v||`` on the simplex iff ``x >= 0``, ``sum x = 1`` and ``v - x`` is
     one constant ``tau`` on the support of ``x`` and ``<= tau`` off it."""
     v = 3 * torch.randn(7, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    x = project_to_simplex(v)
+    x = project_onto_simplex(v)
     assert float(x.min()) >= 0.0 and float(x.sum()) == pytest.approx(1.0, abs=1e-14)
     gap = v - x
     support = x > 0
     tau = gap[support]
     torch.testing.assert_close(tau, tau[:1].expand_as(tau), atol=1e-14, rtol=0)
     assert bool((gap[~support] <= tau[0] + 1e-14).all())
-    assert project_to_simplex(torch.tensor([0.2, 0.5, 0.3], dtype=F64)).tolist() == [0.2, 0.5, 0.3]
+    assert project_onto_simplex(torch.tensor([0.2, 0.5, 0.3], dtype=F64)).tolist() == [
+        0.2,
+        0.5,
+        0.3,
+    ]
     torch.testing.assert_close(
-        project_to_simplex(torch.tensor([2.0, 0.0], dtype=F64)), torch.tensor([1.0, 0.0], dtype=F64)
+        project_onto_simplex(torch.tensor([2.0, 0.0], dtype=F64)),
+        torch.tensor([1.0, 0.0], dtype=F64),
     )
+    # MoCo's step with entries far above 1 (round-off leaves the simplex without the shift)
+    moved = moco_lambda_step(
+        torch.tensor([0.5, 0.5], dtype=F64),
+        torch.diag(torch.tensor([1e18, 2e18], dtype=F64)),
+        gamma=0.1,
+        rho=0.0,
+        simplex="projection",
+    )
+    assert moved.tolist() == [1.0, 0.0]
 
 
 def test_moco_task_first_present_later_starts_at_one_over_present() -> None:

@@ -109,6 +109,82 @@ def test_hypergradient_matches_the_exact_derivative_through_the_lookahead(
     assert bool((exact.abs() > 1e-5).all())  # a real signal, not zeros on both sides
 
 
+def test_a_non_finite_lookahead_skips_the_meta_step():
+    """A validation loss that overflows gives a NaN hypergradient, and the meta step leaves
+    lambda, its moments and counts as they were (a zero hypergradient would still move them
+    on Adam's momentum)."""
+    torch.manual_seed(0)
+    net = tanh_net().double()
+    x, y = torch.randn(6, 5, dtype=F64), torch.randn(6, 3, dtype=F64)
+    _, logits = net(x)
+    losses = ((logits - y) ** 2).mean(0)
+    hyper = engine.lookahead_hypergradient(
+        net,
+        losses,
+        torch.ones(3),
+        train_losses=lambda p: losses_at(net, p, x, y),
+        val_losses=lambda p: losses_at(net, p, x, y) * torch.inf,
+        lr=0.1,
+    )
+    assert torch.isnan(hyper).all()
+    method = methods.create("auto_lambda", 3, lr=0.01)
+    method.meta_step(torch.tensor([1.0, -1.0, 0.5]))
+    before = method.state_dict()["state"]
+    method.meta_step(hyper)
+    after = method.state_dict()["state"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_step_hands_sgd_momentum_to_the_lookahead_by_parameter_name(monkeypatch):
+    """theta' = theta - lr (m + g + wd theta) with m = momentum x SGD's buffer of that very
+    parameter; Adam gives no m (the reference code's virtual step)."""
+    from harness import trainloop
+    from harness.measure import StepTimer
+    from harness.trainloop import Collective, TrainStep
+
+    seen = []
+    real = trainloop.engine.lookahead_hypergradient
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["momentum"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainloop.engine, "lookahead_hypergradient", spy)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 5, generator=g), (torch.rand(8, 3, generator=g) < 0.5).float()
+    m = torch.ones(8, 3, dtype=torch.bool)
+    for optimizer in ("sgd", "adam"):
+        torch.manual_seed(0)
+        net = tanh_net()
+        opt = (
+            torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+            if optimizer == "sgd"
+            else torch.optim.Adam(net.parameters(), lr=0.1)
+        )
+        step = TrainStep(
+            net,
+            net,
+            methods.create("auto_lambda", 3),
+            opt,
+            collective=Collective(),
+            timer=StepTimer(torch.device("cpu")),
+            validation_batch=lambda: (x, y, m),
+        )
+        step(x, y, m)
+        names = dict(net.named_parameters())
+        buffers = {
+            n: opt.state[p].get("momentum_buffer", torch.zeros(0)).clone() for n, p in names.items()
+        }
+        step(x, y, m)
+        if optimizer == "sgd":
+            assert seen[0] == {}  # no buffer before the first step
+            assert seen[1].keys() == names.keys()
+            for name, term in seen[1].items():  # the buffer as it was before this step
+                torch.testing.assert_close(term, 0.9 * buffers[name], rtol=0, atol=0)
+        else:
+            assert seen[2] == {} and seen[3] == {}
+
+
 def test_meta_step_moves_present_tasks_only():
     m = methods.create("auto_lambda", 3, lr=0.01)
     m.meta_step(torch.tensor([1.0, -1.0, 2.0]), torch.tensor([True, False, True]))

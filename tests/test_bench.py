@@ -105,13 +105,16 @@ def test_two_batch_and_update_every_rows_count_honestly(monkeypatch):
     settings = bench.BenchSettings(
         backbone="simple_cnn", tasks=3, batch_size=4, image_size=16, steps=4, warmup=0
     )
-    specs = [bench.MethodSpec.parse(t, 3) for t in ("equal", "sdmgrad", "mgda:update_every=4")]
+    names = ("equal", "sdmgrad", "mgda:update_every=4", "auto_lambda")
+    specs = [bench.MethodSpec.parse(t, 3) for t in names]
     rows = {r["method"]: r for r in bench.run_bench(specs, settings)}
     pair, every, base = rows["sdmgrad"], rows["mgda:update_every=4"], rows["equal"]
     assert pair["batches_per_step"] == 2 and base["batches_per_step"] == 1
     assert pair["images_per_second"] == pytest.approx(8 / (pair["step_time_ms"] / 1000))
     assert pair["epoch_ratio_vs_equal"] == pytest.approx(pair["ratio_vs_equal"] / 2)
     assert every["update_every"] == 4
+    # Auto-Lambda's look-ahead (a held-out synthetic batch) costs more than equal's step
+    assert rows["auto_lambda"]["flop_ratio_vs_equal"] > 2
     # one Jacobian step in four: the FLOPs per step lie between equal's and MGDA's every step
     full = bench.run_bench(
         [specs[0], bench.MethodSpec.parse("mgda", 3)], dataclass_replace(settings, steps=1)

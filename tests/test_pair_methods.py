@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 import methods
-from methods.modo import MoDo, SimplexPairAggregator, project_onto_simplex
+from methods.gradient import project_onto_simplex
+from methods.modo import MoDo, SimplexPairAggregator
 from methods.sdmgrad import SDMGrad
 from tests.jacobians import F64, KINDS, make_jacobian
 

@@ -421,3 +421,18 @@ def test_a_trial_refuses_unfit_weights_with_the_same_line(tmp_path, monkeypatch)
         f"train.pretrained: {tmp_path / 'weights.pt'} does not fit backbone 'simple_cnn' "
         "(1 unexpected key, first 'extra.bias')"
     )
+
+
+def test_methods_that_draw_more_than_one_training_batch_per_step(capsys, tmp_path):
+    """SDMGrad takes two training batches per step and Auto-Lambda a validation batch: a
+    split that holds one batch but not what such a method draws is refused before Ray (every
+    such trial would fail at its start)."""
+    cfg = tiny_config(
+        tmp_path, grid={"methods": ["equal", "sdmgrad", "auto_lambda"]}, train={"batch_size": 100}
+    )
+    assert refused_by_both(capsys, tmp_path, cfg) == [
+        "grid.methods: sdmgrad takes 2 batches per step (2 x 100 images), more than the "
+        "training split of the synthetic data set (data.num_samples 240) (168 images)",
+        "grid.methods: auto_lambda draws a validation batch each step (100 images), more than "
+        "the validation split of the synthetic data set (data.num_samples 240) (36 images)",
+    ]
