@@ -131,19 +131,36 @@ DDP_CASES = [
     ("upgrad", {}),
     ("imtl_g", {"level": "representation"}),
     ("gradnorm", {}),
+    # the paths added with the newer methods: two batches per step (each worker's halves),
+    # a method's own direction at the representation, Auto-Lambda's look-ahead, CR-MOGM's
+    # average, update_every's reuse steps, and state kept per coordinate of J
+    ("sdmgrad", {}),
+    ("modo", {}),
+    ("graddrop", {"level": "representation"}),
+    ("auto_lambda", {"lr": 0.05}),
+    ("mgda", {"ema": 0.5}),
+    ("upgrad", {"update_every": 2}),
+    ("moco", {}),
+    ("db_mtl", {}),
+    ("excess_mtl", {}),
+    ("gradvac", {}),
+    ("pcd", {}),
 ]
 STEPS = 3
 
 
-def _train(method_name, params, collective, model_of, x, y, heads):
-    """``STEPS`` TrainSteps; returns the final parameters and the weights of each step."""
+def _train(method_name, params, collective, model_of, x, y, heads, validation):
+    """``STEPS`` TrainSteps; returns the final parameters and the weights of each step.
+    ``validation``: the (x, y) of Auto-Lambda's look-ahead batch."""
     net = make_net()
     model = model_of(net)
     method = methods.create(method_name, 3, **params)
     groups = [{"params": list(net.parameters())}]
     if (group := method.optimizer_group()) is not None:
         groups.append(group)
-    opt = torch.optim.SGD(groups, lr=0.3)
+    # momentum: the look-ahead reads SGD's buffers
+    opt = torch.optim.SGD(groups, lr=0.3, momentum=0.5)
+    xv, yv = validation
     step = TrainStep(
         net,
         model,
@@ -152,6 +169,7 @@ def _train(method_name, params, collective, model_of, x, y, heads):
         collective=collective,
         timer=StepTimer(torch.device("cpu")),
         heads=heads,
+        validation_batch=lambda: (xv, yv, torch.ones_like(yv, dtype=torch.bool)),
     )
     torch.manual_seed(11)  # the same random draws (PCGrad's orders) on every worker
     mask = torch.ones_like(y, dtype=torch.bool)
@@ -165,6 +183,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, results) -> None:
     try:
         coll = TorchCollective()
         x, y = batch()
+        xv, yv = batch(9, n=8)
         half = slice(rank * 8, (rank + 1) * 8)
         out = {}
         for i, (name, params) in enumerate(DDP_CASES):
@@ -177,6 +196,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, results) -> None:
                 x[half],
                 y[half],
                 heads,
+                (xv[rank * 4 : (rank + 1) * 4], yv[rank * 4 : (rank + 1) * 4]),
             )
         results[rank] = out
     finally:
@@ -193,13 +213,22 @@ def ddp_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "case", range(len(DDP_CASES)), ids=[f"{n}-{p.get('level', 'default')}" for n, p in DDP_CASES]
+    "case",
+    range(len(DDP_CASES)),
+    ids=[f"{n}-{','.join(f'{k}={v}' for k, v in p.items()) or 'default'}" for n, p in DDP_CASES],
 )
 def test_two_workers_update_like_one_process_on_the_union(ddp_results, case):
     name, params = DDP_CASES[case]
     heads = "own" if case % 2 else "weighted"
     x, y = batch()
-    expected, expected_weights = _train(name, params, Collective(), lambda n: n, x, y, heads)
+    if {i.name: i for i in methods.describe()}[name].batches_per_step == 2:
+        # each worker splits its 8 images into two batches of 4: the union's first batch is
+        # both workers' first halves, its second both workers' second halves
+        order = [*range(0, 4), *range(8, 12), *range(4, 8), *range(12, 16)]
+        x, y = x[order], y[order]
+    expected, expected_weights = _train(
+        name, params, Collective(), lambda n: n, x, y, heads, batch(9, n=8)
+    )
     for rank in (0, 1):
         got, weights = ddp_results[rank][case]
         torch.testing.assert_close(
