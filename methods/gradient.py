@@ -1,13 +1,15 @@
-"""Shared pieces of the gradient-level methods (PCGrad, MGDA, UPGrad, IMTL-G, CAGrad,
-Aligned-MTL, Nash-MTL).
+"""Shared pieces of the gradient-level methods (``GradientAggregator`` and the pure functions
+several of them use).
 
 A gradient-level method aggregates the per-task gradients of the shared parameters: it receives
 the Jacobian ``J`` (Tensor[T, n], row ``t`` = gradient of task ``t``'s loss) and the detached
 losses, and returns ``(direction, weights)`` with ``direction = weights @ J`` (Tensor[n], written
 into the shared parameters' ``.grad``; the optimizer descends along it) and ``weights``
-(Tensor[T], the task weights the method effectively used).
+(Tensor[T], the task weights the method effectively used). The exceptions set
+``direction_is_weighted_jacobian = False`` (GradDrop, DB-MTL, MoCo: their own direction).
 
-Every method only needs the Gramian ``G = J J^T`` (Tensor[T, T]) to find its weights.
+Most methods need only the Gramian ``G = J J^T`` (Tensor[T, T]) to find their weights
+(GradDrop, GradVac's tracking, ExcessMTL, DB-MTL and MoCo also read ``J``'s entries).
 ``GradientAggregator.aggregate`` computes it once (``solver_gramian``) and hands it to the
 method's ``compute``. The small ``T x T`` problems are solved on the CPU in float64 (a few
 microseconds; it also avoids the round-off of float32 and a device synchronisation per solver
@@ -186,7 +188,8 @@ class GradientAggregator(Method):
 
     level: ClassVar[str] = "parameters"
     #: the authors' code of most gradient-level methods back-propagates each task's own loss
-    #: into its head and overwrites only the shared gradients (MGDA, Nash-MTL, ExcessMTL weight)
+    #: into its head and overwrites only the shared gradients; MGDA, Nash-MTL and ExcessMTL,
+    #: which weight the heads too, override this
     default_heads: ClassVar[str] = "own"
     #: Where ``J`` is taken (hyperparameter ``level``): the shared parameters (``J`` [T, n]) or
     #: the shared representation (``J`` [T, B*d], every sample kept: MGDA-UB for ``mgda``).

@@ -246,9 +246,9 @@ CASES = [
     Case("db_mtl", {"beta_sigma": 0.5}),
     Case("moco"),
     Case("moco", {"simplex": "softmax", "normalization": "none", "rho": 0.1}),
-    # two-batch methods (aggregate_pair): simplex masses, the present tasks keep their total
     Case("pcd"),
     Case("pcd", {"tau": 0.3, "beta": 0.9}),
+    # two-batch methods (aggregate_pair): simplex masses, the present tasks keep their total
     Case("sdmgrad"),
     Case("sdmgrad", {"lam": 0.0, "momentum": 0.9, "ema": 0.5}),
     Case("modo"),
