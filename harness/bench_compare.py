@@ -12,9 +12,9 @@ optimizer step (``--optimizer``'s, Adam by default; included in every route, equ
   (``engine.backward``: T retained backward passes fill ``J`` at the shared parameters, the
   method aggregates it; the heads get what the method's ``default_heads`` says: their own
   loss's gradient, ``own``, or ``w_t`` times it, ``weighted``);
-* ``torchjd mtl_backward``: ``torchjd.autojac.mtl_backward(losses, features=representation,
+* ``torchjd autojac``: ``torchjd.autojac.mtl_backward(losses, features=representation,
   tasks_params=heads, shared_params=trunk)`` (its Jacobian at the trunk in one vmapped pass)
-  then ``jac_to_grad(trunk, aggregator)``; ``+ optimize_gramian`` passes
+  then ``jac_to_grad(trunk, aggregator)``; ``torchjd autojac+gram`` passes
   ``optimize_gramian_computation=True`` (the Gramian summed per parameter, no concatenated
   ``J``; Gramian-based aggregators only). ``retain_graph=True``: the network computes the T
   heads as one fused product, a node every task's backward passes through. TorchJD gives head
@@ -34,11 +34,13 @@ The routes take turns step by step (round-robin), so a change in the machine's l
 all alike; on a shared machine the minimum over rounds is the steadier figure. Per route:
 ``step_time_ms`` (median over rounds) and ``step_time_min_ms`` (minimum), their ratios to
 equal's (``ratio_vs_equal``, ``ratio_min_vs_equal``), ``peak_memory_mb`` (that route alone: the
-CUDA allocator's peak, or on CPU the peak RSS of a fresh process running a few of its steps, as
-``bench.peak_memory_bytes``), and ``update_rel_diff_vs_ours``: ``||u - u_ours|| / ||u_ours||``
-for the parameter update ``u`` of one step from the same initial weights (SGD, learning rate 1,
-so ``u`` is minus the gradient written; the same torch seed before each step, so PCGrad's
-random task orders agree): near 0 shows that the route times the same computation as ours.
+CUDA allocator's peak, or on CPU the peak RSS of a fresh process running ``MEMORY_STEPS`` of its
+steps, as ``bench.peak_memory_bytes``), and ``update_rel_diff_vs_ours``:
+``||u - u_ours|| / ||u_ours||`` for the parameter update ``u`` of one step from the same initial
+weights (SGD, learning rate 1, so ``u`` is minus the gradient written; the same torch seed
+before each step, so PCGrad's random task orders agree): near 0 shows that the route times the
+same computation as ours. A TorchJD or T-pass route that raises a ``RuntimeError`` (e.g. an
+operation without a vmap batching rule on some device) is left out, its row holding the error.
 
 TorchJD counterparts (``COUNTERPARTS``): mgda -> ``MGDA()`` (its Frank-Wolfe solver and
 defaults, epsilon 1e-3 and 100 iterations; ours solves the QP exactly, so the updates agree to
@@ -70,23 +72,30 @@ import methods
 from deepchest.metrics import masked_task_losses
 from deepchest.models import MultiTaskNet
 from harness import bench
-from harness.bench import BASELINE, MEMORY_STEPS, BenchError, BenchSettings, MethodSpec
+from harness.bench import BASELINE, BenchError, BenchSettings, MethodSpec
 from harness.trainloop import build_optimizer, resolve_amp, seed_everything
 
 DEFAULT_METHODS = ("mgda", "upgrad", "pcgrad")
+# steps of a route alone for its peak memory: the first allocates the optimizer's state, the
+# second runs with it (bench uses 3; each step of a TorchJD route costs seconds on a small CPU)
+MEMORY_STEPS = 2
 INSTALL_HINT = (
     "--compare torchjd needs torchjd 0.18, a test-only dependency: pip install -e '.[dev]'"
 )
 
-#: route kind -> label in the table and the JSON
+#: route kind -> label in the table and the JSON (short: the table fits 80 columns)
 ROUTES: dict[str, str] = {
-    "equal": "equal (baseline)",
+    "equal": "equal",
     "ours": "ours (TrainStep)",
-    "autojac": "torchjd mtl_backward",
-    "autojac_gramian": "torchjd mtl_backward + optimize_gramian",
+    "autojac": "torchjd autojac",
+    "autojac_gramian": "torchjd autojac+gram",
     "autogram": "torchjd autogram",
     "naive": "T retained passes",
 }
+LEGEND = (
+    "torchjd autojac: mtl_backward + jac_to_grad; +gram: optimize_gramian_computation=True; "
+    "autogram: Engine(trunk, batch_dim=None), then losses.backward(weights)"
+)
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,12 @@ def check_torchjd() -> str:
         from torchjd.autojac import jac_to_grad, mtl_backward  # noqa: F401
     except ImportError:
         raise BenchError(INSTALL_HINT) from None
-    return str(getattr(torchjd, "__version__", "unknown"))
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchjd")
+    except PackageNotFoundError:  # imported from a source tree
+        return str(getattr(torchjd, "__version__", "unknown"))
 
 
 def parse_compare_methods(items: list[str] | None, num_tasks: int) -> list[MethodSpec]:
@@ -211,7 +225,7 @@ def parse_compare_methods(items: list[str] | None, num_tasks: int) -> list[Metho
                 f"--compare torchjd: {spec.text!r} works at the {method.level} level; the "
                 "comparison is at the shared parameters"
             )
-        bad = [k for k in spec.params if k not in counterpart.keys]
+        bad = [k for k in spec.params if k not in (*counterpart.keys, "level")]
         bad += [k] if (k := counterpart.refuse(method.hp)) and k not in bad else []
         if bad:
             raise BenchError(
@@ -394,30 +408,47 @@ def _sync(device: torch.device) -> None:
 
 def update_differences(
     routes: list[Route], settings: BenchSettings, device: torch.device
-) -> list[float]:
+) -> tuple[list[float], dict[int, str]]:
     """Per route, ``||u - u_ours|| / ||u_ours||`` for the parameter update ``u`` of one SGD step
     (learning rate 1) from the same initial weights, with the torch seed reset before each
-    step; NaN for equal (another method). Each route is built, stepped and dropped in turn."""
+    step; NaN for equal (another method). Each route is built, stepped and dropped in turn.
+
+    Also returns ``{route index: error}`` for the TorchJD and T-pass routes that raised a
+    ``RuntimeError`` (e.g. an operation without a vmap batching rule on some device; out of
+    memory): their difference is NaN and the caller leaves them out. Ours raising is a bug."""
     batch = bench.synthetic_batch(settings, device)
     updates: dict[tuple[str, str], Tensor] = {}
-    for route in routes:
+    errors: dict[int, str] = {}
+    for i, route in enumerate(routes):
         if route.kind == "equal":
             continue
-        step = build_route(route, settings, device, lr=1.0)
-        before = _flat_parameters(step.net)
-        torch.manual_seed(settings.seed + 1)
-        step(*batch)
-        updates[route.kind, route.spec.text] = _flat_parameters(step.net) - before
-        del step
+        try:
+            step = build_route(route, settings, device, lr=1.0)
+            before = _flat_parameters(step.net)
+            torch.manual_seed(settings.seed + 1)
+            step(*batch)
+            updates[route.kind, route.spec.text] = _flat_parameters(step.net) - before
+        except RuntimeError as exc:
+            if route.kind == "ours":
+                raise
+            errors[i] = f"{type(exc).__name__}: {_first_line(exc)}"
+        step = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     out = []
-    for route in routes:
-        if route.kind == "equal":
+    for i, route in enumerate(routes):
+        if route.kind == "equal" or i in errors:
             out.append(math.nan)
             continue
         ours = updates["ours", route.spec.text]
         change = updates[route.kind, route.spec.text] - ours
         out.append(float(change.norm() / ours.norm().clamp(min=1e-300)))
-    return out
+    return out, errors
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _flat_parameters(net: torch.nn.Module) -> Tensor:
@@ -486,14 +517,18 @@ def run_compare(
     say = progress or (lambda text: None)
     routes = routes_for(specs, settings.tasks)
     say("checking every route's update against ours")
-    differences = update_differences(routes, settings, device)
+    differences, errors = update_differences(routes, settings, device)
     batch = bench.synthetic_batch(settings, device)
-    steps = [build_route(route, settings, device) for route in routes]
+    steps = [
+        None if i in errors else build_route(r, settings, device) for i, r in enumerate(routes)
+    ]
     times: list[list[float]] = [[] for _ in routes]
     rounds = settings.warmup + settings.steps
     for i in range(rounds):
         say(f"round {i + 1}/{rounds} (warm-up {settings.warmup}) of {len(routes)} routes")
         for j, step in enumerate(steps):
+            if step is None:
+                continue
             _sync(device)
             start = time.perf_counter()
             step(*batch)
@@ -502,14 +537,14 @@ def run_compare(
                 times[j].append(time.perf_counter() - start)
     del steps, step  # the last loop variable would keep a network on the device
     peaks = []
-    for route in routes:
-        if memory:
+    for i, route in enumerate(routes):
+        if memory and i not in errors:
             say(f"measuring the peak memory of {route.label} / {route.spec.text}")
             peaks.append(peak_memory_bytes(route, settings, device))
         else:
             peaks.append(math.nan)
-    median = [statistics.median(t) * 1000 for t in times]
-    low = [min(t) * 1000 for t in times]
+    median = [statistics.median(t) * 1000 if t else math.nan for t in times]
+    low = [min(t) * 1000 if t else math.nan for t in times]
     rows = []
     for i, route in enumerate(routes):
         counterpart = COUNTERPARTS.get(route.spec.name)
@@ -531,6 +566,7 @@ def run_compare(
                 "extra_memory_mb_vs_equal": (peaks[i] - peaks[0]) / 2**20,
                 "update_rel_diff_vs_ours": differences[i],
                 "images_per_second": settings.batch_size / (median[i] / 1000),
+                "error": errors.get(i),
             }
         )
     return rows
@@ -611,10 +647,19 @@ def command(args, settings: BenchSettings, console) -> int:
     full = table(compact=False)
     natural = Measurement.get(console, console.options.update_width(10_000), full).maximum
     console.print(full if natural <= console.width else table(compact=True))
-    console.print(
+    console.print(LEGEND)
+    note = (
         "update vs ours: ||u - u_ours|| / ||u_ours|| of one SGD step (lr 1) from the same "
-        "weights; MGDA's TorchJD solver is Frank-Wolfe (epsilon 1e-3), ours exact"
+        "initial weights"
     )
+    if any(s.name == "mgda" for s in specs):
+        note += "; TorchJD's MGDA stops its Frank-Wolfe solver at epsilon 1e-3, ours is exact"
+    if any(s.name == "cagrad" for s in specs):
+        note += "; TorchJD's CAGrad does not divide by 1 + c^2"
+    console.print(note)
+    for row in rows:
+        if row["error"]:
+            console.print(f"{row['method']} / {row['label']} failed: {row['error']}")
     if output is not None:
         print(f"wrote {output}")
     return 0

@@ -57,7 +57,7 @@ def test_every_route_is_timed_and_updates_as_ours(tmp_path, capsys, monkeypatch)
         assert by["mgda", kind]["update_rel_diff_vs_ours"] < tolerance, kind
     assert by["upgrad", "autojac"]["aggregator"] == "torchjd.aggregation.UPGrad"
     printed = capsys.readouterr().out
-    for label in ("torchjd mtl_backward", "optimize_gramian", "torchjd autogram", "retained"):
+    for label in ("ours (TrainStep)", "torchjd autojac+gram", "torchjd autogram", "T retained"):
         assert label in printed
     assert f"wrote {out}" in printed
 
@@ -73,7 +73,8 @@ def test_mgda_routes_agree_exactly_once_torchjd_frank_wolfe_converges(monkeypatc
     monkeypatch.setitem(bench_compare.COUNTERPARTS, "mgda", converged)
     settings = BenchSettings(backbone="simple_cnn", image_size=32, batch_size=4, tasks=3)
     routes = bench_compare.routes_for([MethodSpec.parse("mgda", 3)], 3)
-    differences = bench_compare.update_differences(routes, settings, torch.device("cpu"))
+    differences, errors = bench_compare.update_differences(routes, settings, torch.device("cpu"))
+    assert not errors
     assert math.isnan(differences[0])  # equal: another method
     assert max(differences[1:]) < 1e-5
 
@@ -85,7 +86,8 @@ def test_a_route_wrongly_wired_is_caught(monkeypatch):
     routes = [
         bench_compare.Route(kind, MethodSpec.parse("mgda", 3)) for kind in ("ours", "autojac")
     ]
-    differences = bench_compare.update_differences(routes, settings, torch.device("cpu"))
+    differences, errors = bench_compare.update_differences(routes, settings, torch.device("cpu"))
+    assert not errors
     assert differences[1] > 1e-2
 
 
@@ -140,3 +142,63 @@ def test_bench_without_compare_still_needs_methods(capsys):
         main(["bench", *TINY])
     assert exit_.value.code == 2
     assert "the following arguments are required: --methods" in capsys.readouterr().err
+
+
+def test_a_route_that_raises_is_reported_and_left_out(monkeypatch):
+    """E.g. an operation without a vmap batching rule on some device: the others still run."""
+
+    def fails(self, representation, losses):
+        raise RuntimeError("Batching rule not implemented for aten::something\nmore")
+
+    monkeypatch.setattr(bench_compare.TorchStep, "_autojac", fails)
+    settings = BenchSettings(
+        backbone="simple_cnn", image_size=32, batch_size=4, tasks=3, steps=1, warmup=0
+    )
+    rows = bench_compare.run_compare([MethodSpec.parse("pcgrad", 3)], settings, memory=False)
+    by = {r["route"]: r for r in rows}
+    for kind in ("autojac", "autojac_gramian"):
+        assert (
+            by[kind]["error"] == "RuntimeError: Batching rule not implemented for aten::something"
+        )
+        assert math.isnan(by[kind]["step_time_ms"]) and math.isnan(
+            by[kind]["update_rel_diff_vs_ours"]
+        )
+    assert by["autogram"]["error"] is None and by["autogram"]["step_time_ms"] > 0
+    assert by["autogram"]["update_rel_diff_vs_ours"] < 1e-5
+
+
+def test_the_table_fits_80_columns(monkeypatch):
+    """Timings stubbed: no route label nor number is cut on a narrow terminal."""
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from harness import bench
+
+    rows = [
+        {
+            "route": kind,
+            "label": bench_compare.ROUTES[kind],
+            "method": "upgrad",
+            "step_time_ms": 11234.5,
+            "step_time_min_ms": 10234.5,
+            "ratio_vs_equal": 12.34,
+            "ratio_min_vs_equal": 11.11,
+            "peak_memory_mb": 12345.0,
+            "extra_memory_mb_vs_equal": 2345.0,
+            "update_rel_diff_vs_ours": 1.2e-7,
+            "error": None,
+        }
+        for kind in bench_compare.ROUTES
+    ]
+    monkeypatch.setattr(bench_compare, "run_compare", lambda *args, **kwargs: rows)
+    monkeypatch.setattr(bench, "machine_description", lambda device: {"cpu": "x", "threads": 1})
+    console = Console(width=80, record=True, file=io.StringIO())
+    args = argparse.Namespace(methods=["upgrad"], output=None)
+    assert bench_compare.command(args, BenchSettings(), console) == 0
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    for label in bench_compare.ROUTES.values():
+        assert label in text
+    assert text.count("11234.5") == len(rows) and text.count("1.2e-07") == len(rows)

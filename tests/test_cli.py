@@ -229,6 +229,7 @@ def test_bench_table_fits_the_terminal(monkeypatch, width):
             "level": level,
             "step_time_ms": 1123.4,
             "ratio_vs_equal": 1.23,
+            "epoch_ratio_vs_equal": 1.23,
             "flop_ratio_vs_equal": 2.5,
             "wall_over_flop_ratio": 0.49,
             "peak_memory_mb": 12345.0,
