@@ -48,6 +48,10 @@ TRIALS_SCHEMA = pa.schema(
         ("forward_time_ms", pa.float64()),
         ("backward_time_ms", pa.float64()),
         ("optimizer_time_ms", pa.float64()),
+        # wall-clock per step: host work between phases included (on CUDA the phases are
+        # device time from CUDA events, one synchronisation per step)
+        ("wall_step_time_ms", pa.float64()),
+        ("wall_images_per_second", pa.float64()),
         ("peak_memory_mb", pa.float64()),
         ("wall_time_s", pa.float64()),
         ("train_time_s", pa.float64()),
