@@ -15,6 +15,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from deepchest.backbones import BACKBONE_NAMES
+
 __all__ = ["BACKBONES", "MultiTaskNet", "PretrainedWeightsError"]
 
 
@@ -135,6 +137,11 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "mobilenet_v3_small": _features_first(tv.mobilenet_v3_small, keep_classifier=3),
     "convnext_tiny": _features_first(tv.convnext_tiny, keep_classifier=2),
 }
+if tuple(BACKBONES) != BACKBONE_NAMES:  # the names the schema accepts without loading torch
+    raise ImportError(
+        f"deepchest.backbones.BACKBONE_NAMES {BACKBONE_NAMES} differs from the builders "
+        f"{tuple(BACKBONES)}"
+    )
 
 
 def load_pretrained_state(path: str | Path) -> dict[str, Tensor]:

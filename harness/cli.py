@@ -53,10 +53,11 @@ def _wide_console() -> Console:
     return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=180)
 
 
-def _load(path: str, name: str | None = None):
+def _load(args: argparse.Namespace):
+    """The experiment of ``run`` / ``validate``: CONFIG, its KEY=VALUE overrides, ``--name``."""
     from harness.config import load_config
 
-    return load_config(path, overrides={"name": name} if name else None)
+    return load_config(args.config, args.overrides, name=getattr(args, "name", None))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -66,15 +67,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     and listed."""
     from harness.preflight import cluster_address, preflight
 
-    cfg = _load(args.config)
+    cfg = _load(args)
     for line in cfg.warnings:
         _warn(line)
     address = cluster_address(cfg, getattr(args, "address", None))
     checked = preflight(cfg, local=not address)
     sizes = checked.sizes
     split_text = f" ({_split_counts(sizes)} images)" if sizes else ""
+    given = " ".join([args.config, *args.overrides])
     print(
-        f"{args.config}: ok ({plural(cfg.trial_count, 'trial')}: {_grid_shape(cfg)}, "
+        f"{given}: ok ({plural(cfg.trial_count, 'trial')}: {_grid_shape(cfg)}, "
         f"data {cfg.data.dataset}{split_text}, "
         f"{plural(len(cfg.data.task_names()), 'task')}, {plural(cfg.train.epochs, 'epoch')})"
     )
@@ -104,6 +106,25 @@ def _grid_shape(cfg) -> str:
         tasks = len(cfg.data.task_names())
         shape += f", + {plural(tasks, 'single-task reference')} per backbone and seed"
     return shape
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The experiment file's JSON Schema, on stdout or in ``--output``."""
+    from harness.config import json_schema_text
+
+    text = json_schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    output = Path(args.output)
+    if output.is_dir():
+        raise RunRefused(f"--output {output} is a directory; give a file name")
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise RunRefused(f"--output {output}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {output}")
+    return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -187,11 +208,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from harness.launch import run_experiment
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        cfg = _load(args.config, args.name)
+        cfg = _load(args)
         for line in cfg.warnings:
             _warn(line)
         outcome = run_experiment(
-            cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, notify=_note
+            cfg,
+            address=args.address,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            notify=_note,
+            overrides=args.overrides,
         )
     except KeyboardInterrupt as exc:
         from harness.rundir import read_manifest
@@ -719,6 +745,12 @@ def _check_port(host: str, port: int) -> None:
         raise RunError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+_OVERRIDES_HELP = (
+    "set a key of the file, YAML-typed, after reading it: train.epochs=1, train.lr=3e-4, "
+    "grid.seeds=[0,1,2], method_params.upgrad.update_every=10 (new keys are created)"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors (exit 2) instead of usage plus error."""
 
@@ -736,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train the grid of an experiment file on Ray")
     run.add_argument("config", help="experiment YAML file")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     run.add_argument(
         "--address",
         help="Ray cluster address (default: cluster.address, RAY_ADDRESS, else a local Ray)",
@@ -755,12 +788,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check an experiment file without starting Ray")
     validate.add_argument("config")
+    validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     validate.add_argument(
         "--address",
         help="the Ray cluster the run will join (default: cluster.address, RAY_ADDRESS): its "
         "paths are not checked here",
     )
     validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the experiment file's JSON Schema (for editors: yaml-language-server)",
+        description="Print the JSON Schema of experiment files, every key with its "
+        "description and default (experiments/schema.json is this output). Editors that use "
+        "yaml-language-server (VS Code's YAML extension) check and complete a file whose "
+        "first line is `# yaml-language-server: $schema=PATH/schema.json`.",
+    )
+    schema.add_argument("--output", metavar="FILE", help="write it to FILE instead")
+    schema.set_defaults(func=cmd_schema)
 
     methods_ = sub.add_parser("methods", help="list the registered task-weighting methods")
     methods_.set_defaults(func=cmd_methods)
@@ -971,6 +1016,9 @@ def _exit_code(exc: Exception) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if unknown and hasattr(args, "overrides"):  # KEY=VALUE after an option: argparse leaves it
+        args.overrides += [item for item in unknown if not item.startswith("-")]
+        unknown = [item for item in unknown if item.startswith("-")]
     if unknown:
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

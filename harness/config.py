@@ -2,14 +2,23 @@
 
 Unknown keys, methods, backbones, data sets and hyperparameters are refused here, before Ray
 starts, with the YAML path of the bad key in the message (``grid.methods[2]: ...``).
+Command-line overrides (``train.epochs=1``) are set in the file's mapping before validation
+(:func:`load_config`), and an error they cause names them. Every field's description lives
+here (``Field(description=...)``): :func:`json_schema` is the file's JSON Schema
+(``harness schema``, ``experiments/schema.json``).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
+import json
 import math
 import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -100,23 +109,85 @@ def _no_duplicates(values: list, what: str) -> list:
 
 
 class DataConfig(_Strict):
-    dataset: Literal["synthetic", "nih", "chexpert", "chestmnist"] = "synthetic"
-    root: str | None = None
+    """The data set every trial trains on."""
+
+    dataset: Literal["synthetic", "nih", "chexpert", "chestmnist"] = Field(
+        "synthetic",
+        description="`synthetic`, `nih`, `chexpert` or `chestmnist` (README: Real data sets)",
+    )
+    root: str | None = Field(
+        None,
+        description="`chestmnist`: its `.npz` file or folder (required); `nih`, `chexpert`: the "
+        "raw data set, for the record (training reads `data.prepared`)",
+    )
     # a local path, or a URI (s3://, gs://, ...) staged once per node into cache_dir
-    prepared: str | None = None
+    prepared: str | None = Field(
+        None,
+        description="`nih`, `chexpert`: the folder `harness data prepare` wrote (required): a "
+        "local or shared path, or a URI in object storage (`s3://bucket/nih-256`, `gs://`, "
+        "`abfs://`; credentials and endpoint as for `output.storage`), which each node copies "
+        "once into `data.cache_dir` and checks against the manifest's sha256s before training "
+        "from it",
+    )
     # node-local cache of staged data sets (harness.storage); None: ~/.cache/deepchest-harness
-    cache_dir: str | None = None
-    augment: Literal["auto"] | bool = "auto"
-    hflip: bool = False
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
-    num_samples: Annotated[int, Field(ge=30, le=1_000_000)] = 3000
-    tasks: Literal["all"] | list[str] = "all"
-    seed: Annotated[int, Field(ge=0)] = 0
-    val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.15
-    test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.15
-    prevalence_floor: Annotated[float, Field(ge=0, le=0.5)] = 0.05
-    noise_tasks: Annotated[int, Field(ge=0, le=64)] = 0
-    label_noise: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
+    cache_dir: str | None = Field(
+        None,
+        description="node-local folder for data sets staged from object storage and for the "
+        "records of verified copies in read-only folders; absolute or under `~`, resolved on "
+        "each node (`null`: `$XDG_CACHE_HOME/deepchest-harness`, else "
+        "`~/.cache/deepchest-harness`)",
+    )
+    augment: Literal["auto"] | bool = Field(
+        "auto",
+        description="`true`: training batches get a random resized crop (area 0.8-1), rotation "
+        "(±7°), brightness and contrast (±0.1) on the training device; `false`: none; `auto`: "
+        "on for the real data sets, off for `synthetic`. Evaluation never augments",
+    )
+    hflip: bool = Field(
+        False,
+        description="also flip training images left-right with p = 0.5 (off by default: the "
+        "heart is on the left)",
+    )
+    image_size: Annotated[int, Field(ge=16, le=1024)] = Field(
+        64,
+        description="side of the square model input in pixels (16-1024); prepared or "
+        "ChestMNIST images of another size are resized on the training device",
+    )
+    num_samples: Annotated[int, Field(ge=30, le=1_000_000)] = Field(
+        3000, description="synthetic: number of images generated"
+    )
+    tasks: Literal["all"] | list[str] = Field(
+        "all",
+        description="`all` or a list of finding names: the 14 NIH findings (`nih`, "
+        "`chestmnist`, `synthetic`, plus `noise_1..K` there) or CheXpert's 14 observations "
+        "(`chexpert`)",
+    )
+    seed: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="seed of the data set (fixed across trials, so every trial sees the same "
+        "images); 0 .. 2**32 - 1",
+    )
+    val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        0.15, description="synthetic: the validation split's fraction; the rest trains"
+    )
+    test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        0.15, description="synthetic: the test split's fraction; the rest trains"
+    )
+    prevalence_floor: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.05,
+        description="synthetic: each finding's prevalence is at least this (rare findings stay "
+        "learnable in tiny runs); `0` = the real NIH prevalences",
+    )
+    noise_tasks: Annotated[int, Field(ge=0, le=64)] = Field(
+        0,
+        description="synthetic: K extra tasks whose labels are independent of the image; they "
+        "hurt the real tasks under equal weighting",
+    )
+    label_noise: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        0.05,
+        description="synthetic: label noise after the image is drawn: this fraction of "
+        "positives become negative, and negatives flip at the rate that keeps the prevalence",
+    )
 
     @field_validator("seed")
     @classmethod
@@ -195,15 +266,42 @@ class DataConfig(_Strict):
 
 
 class GridConfig(_Strict):
-    methods: Annotated[list[str], Field(min_length=1)] = ["equal", "deepchest"]
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0, 1]
-    backbones: Annotated[list[str], Field(min_length=1)] = ["resnet18"]
+    """The trials: methods x seeds x backbones (x swept settings)."""
+
+    methods: Annotated[list[str], Field(min_length=1)] = Field(
+        ["equal", "deepchest"],
+        description="methods to compare (`harness methods`), or variants that `method_params` "
+        "defines",
+    )
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(
+        [0, 1],
+        description="trial seeds: model initialisation and data order; 0 .. 2**32 - 1 "
+        "(NumPy's and torch's seeding range)",
+    )
+    backbones: Annotated[list[str], Field(min_length=1)] = Field(
+        ["resnet18"],
+        description="`simple_cnn`, `resnet18`, `resnet34`, `resnet50`, `densenet121`, "
+        "`efficientnet_b0`, `mobilenet_v3_small`, `convnext_tiny`",
+    )
     # dotted key (train.*, data.*, method_params.<method>.*) -> the values each trial takes,
     # crossed with methods, backbones and seeds (checked by ExperimentConfig._sweep)
-    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        {},
+        description="dotted keys mapped to the values each trial takes, crossed with methods, "
+        "backbones and seeds: any `train.<key>`, any `data.<key>` but the data source "
+        "(`dataset`, `root`, `prepared`, `cache_dir`), or "
+        "`method_params.<method>.<hyperparameter>` of a method in the grid (varies only that "
+        "method's trials), e.g. `{train.lr: [1.0e-4, 1.0e-3]}`. Each value is checked as if "
+        "written in its place; values are single numbers, strings or booleans",
+    )
     # also train one network per task (the single-task references, shown as method "stl"):
     # backbones x seeds x tasks more trials
-    single_task: bool = False
+    single_task: bool = Field(
+        False,
+        description="also train the single-task references: one network per finding, on that "
+        "finding alone (equal weighting of one loss), for every backbone and seed (method "
+        "`stl` in the report); not combined with `grid.sweep`",
+    )
 
     @field_validator("methods")
     @classmethod
@@ -224,12 +322,13 @@ class GridConfig(_Strict):
     @field_validator("backbones")
     @classmethod
     def _backbones(cls, names: list[str]) -> list[str]:
-        from deepchest.models import BACKBONES
+        from deepchest.backbones import BACKBONE_NAMES  # deepchest.models' names, no torch
 
         for i, name in enumerate(names):
-            if name not in BACKBONES:
+            if name not in BACKBONE_NAMES:
                 raise ValueError(
-                    f"[{i}]: unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}"
+                    f"[{i}]: unknown backbone {name!r}; available: "
+                    f"{', '.join(sorted(BACKBONE_NAMES))}"
                 )
         return _no_duplicates(names, "backbone")
 
@@ -245,23 +344,69 @@ class GridConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 4
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0, le=10)] = 1.0e-3
-    weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    pretrained: Literal[False] | str = False
-    heads: Literal["method", "weighted", "own"] = "method"
-    max_failures: Annotated[int, Field(ge=0, le=1000)] = 1
+    """How each trial trains."""
+
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = Field(4, description="epochs per trial")
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        64,
+        description="images per step per worker (the last incomplete batch of an epoch is dropped)",
+    )
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="`adam`, `adamw` or `sgd`"
+    )
+    lr: Annotated[float, Field(gt=0, le=10)] = Field(1.0e-3, description="learning rate")
+    weight_decay: Annotated[float, Field(ge=0, le=10)] = Field(
+        0.0, description="weight decay (0-10)"
+    )
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="SGD momentum")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto",
+        description="mixed precision on a GPU: `auto` (bf16 where the GPU has it, else fp16 "
+        "with loss scaling), `bf16`, `fp16` (with loss scaling), `off`; always off on CPU",
+    )
+    pretrained: Literal[False] | str = Field(
+        False,
+        description="`false`, or the path of a local torchvision state dict for the backbone "
+        "(3-channel first convolutions are summed to one grey channel); nothing is ever "
+        "downloaded. Checked before Ray starts",
+    )
+    heads: Literal["method", "weighted", "own"] = Field(
+        "method",
+        description="gradient-level methods (and GradNorm): task heads get `w_t * grad L_t` "
+        "(`weighted`) or their own loss's gradient (`own`); `method`: what each method's "
+        "reference code does (`harness methods` shows it); loss-level methods ignore it",
+    )
+    max_failures: Annotated[int, Field(ge=0, le=1000)] = Field(
+        1,
+        description="retries of a trial that crashed (it continues from its last epoch "
+        "checkpoint in the store, RNG states included); 0-1000",
+    )
 
 
 class ResourcesConfig(_Strict):
-    workers_per_trial: Annotated[int, Field(ge=1, le=1024)] = 1
-    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1
-    gpus_per_worker: Literal["auto"] | Annotated[float, Field(ge=0, le=16)] = "auto"
-    max_concurrent_trials: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    """What each trial reserves on the Ray cluster."""
+
+    workers_per_trial: Annotated[int, Field(ge=1, le=1024)] = Field(
+        1,
+        description="more than 1: the trial runs under Ray Train's `TorchTrainer` with DDP "
+        "(gloo on CPU, NCCL on GPU); gradient-level methods all-reduce their Jacobian",
+    )
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = Field(
+        1,
+        description="CPUs reserved per worker (also torch's thread count on CPU); at least "
+        "0.0001, the step in which Ray counts resources",
+    )
+    gpus_per_worker: Literal["auto"] | Annotated[float, Field(ge=0, le=16)] = Field(
+        "auto",
+        description="`auto` = 1 when the cluster has a GPU or its autoscaler can add one, else "
+        "0 (trials then run on CPU); or a number: 0, a fraction of one GPU (at least 0.0001) "
+        "or a whole number of GPUs",
+    )
+    max_concurrent_trials: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None,
+        description="cap on trials at once; by default single-worker trials start as the "
+        "cluster's free resources allow and multi-worker trials as many as the cluster can hold",
+    )
 
     @field_validator("cpus_per_worker")
     @classmethod
@@ -282,15 +427,29 @@ class ResourcesConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    address: str | None = None
+    """The Ray cluster the run joins."""
+
+    address: str | None = Field(
+        None, description="Ray address to join; `null` = `RAY_ADDRESS` if set, else a local Ray"
+    )
     # upload the project's packages to the nodes of a cluster joined by address (Ray's
     # runtime_env py_modules), so that nodes need only its dependencies installed
-    ship_code: bool = True
+    ship_code: bool = Field(
+        True,
+        description="joining a cluster by address: upload the project's packages to the nodes "
+        "(Ray `runtime_env` `py_modules`); `false` when every node has the project installed",
+    )
     # the most of each resource an autoscaler can reach ({CPU: 64, GPU: 8}), for autoscalers
     # that do not report it to Ray (`ray up`, `ray start --autoscaling-config`); what Ray
     # reports (KubeRay) takes precedence. None: the cluster's size now is all there is
     max_resources: dict[str, Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]] | None = (
-        None
+        Field(
+            None,
+            description="the most of each resource the cluster's autoscaler can reach, e.g. "
+            "`{CPU: 64, GPU: 8}`, for autoscalers that do not report it to Ray (`ray up`, "
+            "`ray start --autoscaling-config`); KubeRay's own report takes precedence. `null`: "
+            "what the cluster has now is all there is",
+        )
     )
 
     @field_validator("max_resources")
@@ -303,17 +462,43 @@ class ClusterConfig(_Strict):
 
 
 class TuningConfig(_Strict):
+    """An equal tuning budget for every method (README: A fair comparison)."""
+
     # trials per method and study, drawn quasi-randomly (harness.tuning)
-    budget: Annotated[int, Field(ge=1, le=10_000)]
-    studies: Annotated[int, Field(ge=1, le=100)] = 1
+    budget: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        description="tuning trials per method and study (1-10,000)"
+    )
+    studies: Annotated[int, Field(ge=1, le=100)] = Field(
+        1,
+        description="independent repetitions of the search, each with its own tuning seed; "
+        "each is compared on its own",
+    )
     # study j's seed (its draws and its tuning trials' training seed) is seed + j
-    seed: Annotated[int, Field(ge=0)] = 1000
-    select: Literal["val_mean_auroc"] = "val_mean_auroc"
+    seed: Annotated[int, Field(ge=0)] = Field(
+        1000,
+        description="study `j` draws its points with, and trains its tuning trials on, seed "
+        "`seed + j`; must not be one of `grid.seeds`",
+    )
+    select: Literal["val_mean_auroc"] = Field(
+        "val_mean_auroc",
+        description="the selection score: mean validation AUROC at the trial's best epoch (test "
+        "metrics are never read)",
+    )
     # dotted train.* / data.* key -> {choice: [...]} | {uniform: [a, b]} | {log_uniform: [a, b]}
-    space: dict[str, dict[str, Any]] = {}
+    space: dict[str, dict[str, Any]] = Field(
+        {},
+        description="shared search space: dotted `train.*` / `data.*` keys (as in `grid.sweep`) "
+        "mapped to `{log_uniform: [a, b]}` (0 < a < b), `{uniform: [a, b]}` or "
+        "`{choice: [v, ...]}`; every method gets the same points on these keys",
+    )
     # method in grid.methods -> its hyperparameter -> an entry as above, or {dirichlet: alpha}
     # for fixed weighting's weights (checked by ExperimentConfig._tuning, harness.tuning)
-    method_space: dict[str, dict[str, dict[str, Any]]] = {}
+    method_space: dict[str, dict[str, dict[str, Any]]] = Field(
+        {},
+        description="a method's own search space: `<method>: {<hyperparameter>: <entry>}`, e.g. "
+        "`gradnorm: {alpha: {uniform: [0.5, 2.5]}}`; for fixed weighting also "
+        "`fixed: {weights: {dirichlet: 1.0}}` (Xin et al. 2022's static-weight sweep)",
+    )
 
     @field_validator("seed")
     @classmethod
@@ -322,11 +507,60 @@ class TuningConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: str = "runs"
+    """Where the run's files go."""
+
+    dir: str = Field("runs", description="parent of the run directories")
     # where the trials' checkpoints go (harness.checkpoints): a local or shared path, or a URI
     # that pyarrow's FileSystem.from_uri opens (s3://, gs://, abfs://, file://); None: the run
     # directory. Tables, manifest and report always stay in the run directory.
-    storage: str | None = None
+    storage: str | None = Field(
+        None,
+        description="where the trials' checkpoints go: a local or shared path, or a URI that "
+        "pyarrow's `FileSystem.from_uri` opens (`s3://bucket/prefix`, `gs://`, `abfs://`, "
+        "`file://`); the store is `<storage>/<name>-<run id>/checkpoints/` (`null`: the run "
+        "directory). Tables, manifest and report stay in the run directory",
+    )
+
+
+class MlflowTracking(_Strict):
+    """MLflow tracking: one MLflow run per trial (Ray's ``MLflowLoggerCallback``)."""
+
+    tracking_uri: Annotated[str, Field(min_length=1)] = Field(
+        description="where MLflow keeps the runs: a tracking server (`http://host:5000`) or a "
+        "local database (`sqlite:///path/mlflow.db`); MLflow 3 refuses a file store "
+        "(`file://...`, `./mlruns`) unless `MLFLOW_ALLOW_FILE_STORE=true`. Needs the `mlflow` "
+        "extra"
+    )
+    experiment: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description="the MLflow experiment (made if missing); `null`: the run's `name`",
+    )
+
+
+class WandbTracking(_Strict):
+    """Weights & Biases tracking: one W&B run per trial (Ray's ``WandbLoggerCallback``)."""
+
+    project: Annotated[str, Field(min_length=1)] = Field(
+        description="the W&B project; the run's `name` is each trial's group. Needs the `wandb` "
+        "extra"
+    )
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online",
+        description="`online` (needs `wandb login` or `WANDB_API_KEY`), `offline` (kept in "
+        "`<run dir>/wandb/offline-run-*`, uploaded later with `wandb sync`) or `disabled`",
+    )
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers the trials also log to (opt-in; Ray Tune's TensorBoard files are
+    always written)."""
+
+    mlflow: MlflowTracking | None = Field(
+        None, description="log every trial to MLflow; `null`: no MLflow"
+    )
+    wandb: WandbTracking | None = Field(
+        None, description="log every trial to Weights & Biases; `null`: no W&B"
+    )
 
 
 def _check_plain_value(value: Any, path: str) -> None:
@@ -345,15 +579,42 @@ def _check_plain_value(value: Any, path: str) -> None:
 
 
 class ExperimentConfig(_Strict):
-    name: str
-    data: DataConfig = DataConfig()
-    grid: GridConfig = GridConfig()
-    train: TrainConfig = TrainConfig()
-    method_params: dict[str, dict[str, Any]] = {}
-    resources: ResourcesConfig = ResourcesConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    output: OutputConfig = OutputConfig()
-    tuning: TuningConfig | None = None
+    """A DeepChest harness experiment file (`harness run FILE`; README: Experiment file
+    reference)."""
+
+    name: str = Field(
+        description="run name; the run directory is `output.dir/name` (letters, digits, `.`, "
+        "`_`, `-`)"
+    )
+    data: DataConfig = Field(DataConfig(), description="the data set every trial trains on")
+    grid: GridConfig = Field(
+        GridConfig(), description="the trials: methods x seeds x backbones (x swept settings)"
+    )
+    train: TrainConfig = Field(TrainConfig(), description="how each trial trains")
+    method_params: dict[str, dict[str, Any]] = Field(
+        {},
+        description="`<method>: {<hyperparameter>: value}`: hyperparameters of a method, e.g. "
+        "`deepchest: {signal: val_loss, max_weight: 2.0}` (checked against `harness methods`); "
+        "or `<variant>: {method: <registered method>, ...}`: a method under settings and a name "
+        "of its own, e.g. `mgda_ub: {method: mgda, level: representation}` with "
+        "`grid.methods: [mgda, mgda_ub]`",
+    )
+    resources: ResourcesConfig = Field(
+        ResourcesConfig(), description="what each trial reserves on the Ray cluster"
+    )
+    cluster: ClusterConfig = Field(ClusterConfig(), description="the Ray cluster the run joins")
+    output: OutputConfig = Field(OutputConfig(), description="where the run's files go")
+    tuning: TuningConfig | None = Field(
+        None,
+        description="an equal tuning budget for every method (README: A fair comparison); "
+        "`null`: each method runs one configuration",
+    )
+    tracking: TrackingConfig = Field(
+        TrackingConfig(),
+        description="experiment trackers every trial also logs to: its config (method, "
+        "backbone, seed, swept values, method hyperparameters) and per-epoch metrics; none by "
+        "default",
+    )
 
     @field_validator("name")
     @classmethod
@@ -418,8 +679,8 @@ class ExperimentConfig(_Strict):
                 k: None if k in PATH_HYPERPARAMETERS and isinstance(v, str) else v
                 for k, v in hyperparameters.items()
             }
-            try:
-                methods.create(base_name, num_tasks=len(tasks), task_names=tasks, **hyperparameters)
+            try:  # the constructor's checks, without building it (torch is not loaded)
+                methods.check(base_name, num_tasks=len(tasks), task_names=tasks, **hyperparameters)
             except ValueError as exc:
                 raise ValueError(f"method_params.{name}: {exc}") from None
         return self
@@ -652,6 +913,24 @@ class ExperimentConfig(_Strict):
         return count + per_method * single
 
 
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def json_schema() -> dict[str, Any]:
+    """The experiment file's JSON Schema (draft 2020-12), from the pydantic models: every key
+    with its description and default, unknown keys refused. Editors check and complete a file
+    with it; the harness's own checks (methods, backbones, data, combinations) go further."""
+    schema = ExperimentConfig.model_json_schema()
+    schema.pop("title", None)  # the class name
+    return {"$schema": SCHEMA_DIALECT, "title": "DeepChest harness experiment file", **schema}
+
+
+def json_schema_text() -> str:
+    """:func:`json_schema` as ``harness schema`` prints it and ``experiments/schema.json``
+    holds it."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
 def sweep_label(value: Any) -> str:
     """How a swept value appears in trial ids (``train.lr=0.0003``): short, file-name safe."""
     if isinstance(value, bool):
@@ -773,6 +1052,8 @@ def _known_keys(loc: tuple) -> list[str]:
         if field is None:
             return []
         model = field.annotation
+        # an optional section (tuning: TuningConfig | None): its model
+        model = next((a for a in typing.get_args(model) if hasattr(a, "model_fields")), model)
     return list(getattr(model, "model_fields", {}))
 
 
@@ -790,6 +1071,8 @@ def _message(error: dict) -> str:
         return f"unknown key{_did_you_mean(str(loc[-1]), _known_keys(loc))}"
     if error["type"] == "finite_number":
         return f"must be a finite number, not {error['input']!r}"
+    if error["type"] == "missing":  # pydantic: "Field required"
+        return "missing (required, no default)"
     if error["type"] == "int_type" and isinstance(error.get("input"), float):
         return f"must be a whole number, not {error['input']!r}"
     if error["type"] in ("too_short", "too_long"):  # "List should have at least 1 item ..."
@@ -871,9 +1154,114 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(_format_errors(exc)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate an experiment file; ``overrides`` maps top-level keys to values
-    (e.g. ``{"name": "x"}``) applied before validation."""
+# mappings whose keys are dotted themselves: in an override, all that follows is one key
+# (grid.sweep.train.lr=[1e-4,1e-3] sets the sweep's key "train.lr")
+DOTTED_KEY_MAPPINGS = ("grid.sweep", "tuning.space")
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``key.path=value`` of the command line: ``text`` as given, ``path`` its keys,
+    ``value`` read as YAML (by the harness's reader: ``1e-3`` is a float)."""
+
+    text: str
+    path: tuple[str, ...]
+    value: Any
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+
+def parse_override(text: str) -> Override:
+    """``train.epochs=1`` -> ``Override(path=("train", "epochs"), value=1)``. Raises
+    ``ConfigError`` (one line naming the override) for text without ``=``, an empty key or
+    part of a key, or a value that is not YAML."""
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise ConfigError([f"override {text!r}: no '=': {_OVERRIDE_USAGE}"])
+    path = _override_path(key.strip(), text)
+    try:
+        parsed = _read_yaml(value, "value")
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"override {text}: the value is not valid YAML ({problem})"]) from None
+    except ConfigError as exc:
+        raise ConfigError([f"override {text}: {exc.lines[0]}"]) from None
+    return Override(text, path, parsed)
+
+
+_OVERRIDE_USAGE = "give KEY=VALUE with a dotted key, e.g. train.epochs=1 or grid.seeds=[0,1]"
+
+
+def _override_path(key: str, text: str) -> tuple[str, ...]:
+    """The keys of a dotted ``key`` (of the override ``text``)."""
+    if not key:
+        raise ConfigError([f"override {text!r}: the key is empty: {_OVERRIDE_USAGE}"])
+    parts = key.split(".")
+    for mapping in DOTTED_KEY_MAPPINGS:
+        depth = mapping.count(".") + 1
+        if parts[:depth] == mapping.split(".") and len(parts) > depth + 1:
+            parts = [*parts[:depth], ".".join(parts[depth:])]
+    if any(not part for part in parts):
+        raise ConfigError([f"override {text!r}: {key!r} has an empty part: {_OVERRIDE_USAGE}"])
+    return tuple(parts)
+
+
+def _overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[Override]:
+    """Command-line texts, or (from Python) a mapping of dotted keys to values."""
+    if isinstance(overrides, Mapping):
+        return [
+            Override(f"{key}={value}", _override_path(key, f"{key}={value}"), value)
+            for key, value in overrides.items()
+        ]
+    return [parse_override(text) for text in overrides]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
+    """A copy of the raw experiment mapping with each override set in turn (a later one wins),
+    missing mappings on the way created (``method_params.upgrad.update_every=10``)."""
+    raw = copy.deepcopy(raw)  # YAML aliases share objects: set each place on its own
+    for override in overrides:
+        node = raw
+        for i, part in enumerate(override.path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(override.path[: i + 1])
+                whole = f"; give it whole ({where}=[...])" if isinstance(child, list) else ""
+                raise ConfigError(
+                    [f"override {override.text}: {where} is {_shown(child)}, not a mapping{whole}"]
+                )
+            node = child
+        node[override.path[-1]] = override.value
+    return raw
+
+
+def _override_of(line: str, overrides: Sequence[Override]) -> Override | None:
+    """The override an error line is about: the last one whose key is the line's key, inside
+    it or around it (``method_params.upgrad`` for ``method_params.upgrad.update_evry``)."""
+    path = re.sub(r"\[\d+\]", "", line.partition(": ")[0])
+    for override in reversed(overrides):
+        key = override.key
+        if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+            return override
+    return None
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    name: str | None = None,
+) -> ExperimentConfig:
+    """Read and validate an experiment file. ``overrides`` are ``key.path=value`` strings as on
+    the command line (or a mapping ``{"train.epochs": 1}``), applied in turn to the file's
+    mapping before validation; ``name`` (``--name``) then replaces ``name``. An error an
+    override causes names it: ``override train.epochs=0: train.epochs: must be greater than or
+    equal to 1, not 0``."""
+    parsed = _overrides(overrides)
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: no such experiment file"])
@@ -888,6 +1276,41 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         raise ConfigError([f"{path}: not a text file"]) from None
     if raw is None:
         raise ConfigError([f"{path}: the file is empty"])
-    if isinstance(raw, dict) and overrides:
-        raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    return parse_config(raw, str(path))
+    if not isinstance(raw, dict):
+        return parse_config(raw, str(path))
+    named = {"name": name} if name is not None else {}  # --name: after the overrides
+    given = {**apply_overrides(raw, parsed), **named}
+    try:
+        return parse_config(given, str(path))
+    except ConfigError as exc:
+        if not parsed:
+            raise
+        raise ConfigError(_name_overrides(exc.lines, {**raw, **named}, parsed, str(path))) from None
+
+
+def _name_overrides(
+    lines: list[str], raw: dict[str, Any], overrides: Sequence[Override], source: str
+) -> list[str]:
+    """Each error line with the override it is about (``override train.epochs=0: ...``); a
+    line about another key that the file alone does not give (``data.dataset=nih`` wants
+    ``data.prepared``) with every override (``with overrides ...: ...``)."""
+    own: list[str] | None = None  # the file's own errors, found only when needed
+    named = []
+    for line in lines:
+        override = _override_of(line, overrides)
+        if override is not None:
+            named.append(f"override {override.text}: {line}")
+            continue
+        if own is None:
+            try:
+                parse_config(raw, source)
+                own = []
+            except ConfigError as exc:
+                own = exc.lines
+        if line in own:
+            named.append(line)
+        else:
+            given = " ".join(o.text for o in overrides)
+            several = "s" if len(overrides) > 1 else ""
+            named.append(f"with override{several} {given}: {line}")
+    return named

@@ -271,6 +271,30 @@ def trial_spec(
     }
 
 
+def trial_hparams(identity: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The config Tune gets for a trial (``params.json``, TensorBoard's HParams, MLflow's
+    params, W&B's config): its ``trial_id``, ``method``, ``backbone`` and ``seed``, its other
+    identity keys (swept or tuned values by their dotted names, ``train.lr``; ``phase``,
+    ``study``, ``selected`` with tuning; ``single_task``) and its method's hyperparameters,
+    defaults included, flattened as ``method_params.<method>.<name>``. Plain scalars only: a
+    list is written as JSON, None left out. The trainable reads only ``trial_id``."""
+    import methods
+
+    defaults = {m.name: m.hyperparameters for m in methods.describe()}
+    hparams = {k: v for k, v in identity.items() if k != "tuned_from"}
+    own = {**defaults.get(spec["weighting_method"], {}), **spec["method_params"]}
+    hparams.update({f"method_params.{identity['method']}.{k}": v for k, v in own.items()})
+    return {k: _plain(v) for k, v in hparams.items() if v is not None}
+
+
+def _plain(value: Any) -> bool | int | float | str:
+    if isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item"):  # a NumPy scalar
+        return value.item()
+    return json.dumps(value)
+
+
 # ---- Ray ---------------------------------------------------------------------------------
 
 
@@ -418,6 +442,104 @@ def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storag
     trainer.fit()
 
 
+def _trial_configs(configs: list[dict[str, Any]]):
+    """A Tune searcher that hands out ``configs`` (``trial_hparams``), one trial each, in
+    order. Unlike a ``grid_search`` over trial ids, each trial's whole config is its searched
+    point, so Tune records it as the trial's parameters (TensorBoard's HParams read only
+    those), and each trial carries only its own keys (no other method's hyperparameters)."""
+    from ray.tune.search import Searcher
+
+    class TrialConfigs(Searcher):
+        def __init__(self, configs: list[dict[str, Any]]) -> None:
+            super().__init__()
+            self.configs = list(configs)
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | str:
+            return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id, result=None, error=False) -> None:
+            pass
+
+        # Tune snapshots its searcher with the experiment state
+        def save(self, checkpoint_path: str) -> None:
+            Path(checkpoint_path).write_text(json.dumps(self.configs))
+
+        def restore(self, checkpoint_path: str) -> None:
+            self.configs = json.loads(Path(checkpoint_path).read_text())
+
+    return TrialConfigs(configs)
+
+
+# result keys that carry the harness's own JSON (the collector's), not metrics to track
+JSON_RESULTS = ("rows_json", "node_json", "summary_json")
+
+
+def tracking_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list[Any]:
+    """Ray's own MLflow and W&B logger callbacks for the experiment file's ``tracking`` (none
+    by default): one run per trial, with the trial's config (``trial_hparams``) as its params
+    and every epoch's metrics. They run on the driver (pre-flight checked the packages); a
+    tracker that cannot start (no W&B API key, an MLflow server that refuses) stops the run
+    before any trial, in one line. W&B keeps its local files in ``run_dir/wandb/`` (not in
+    Tune's trial folders, which Tune copies before W&B has finished writing)."""
+    out: list[Any] = []
+    if (mlflow := cfg.tracking.mlflow) is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        class MLflowTracking(MLflowLoggerCallback):
+            def setup(self, *args, **kwargs):
+                with _tracker_errors("tracking.mlflow"):
+                    super().setup(*args, **kwargs)
+
+        out.append(
+            MLflowTracking(
+                tracking_uri=mlflow.tracking_uri,
+                experiment_name=mlflow.experiment or cfg.name,
+                tags={"harness_run": cfg.name},
+            )
+        )
+    if (wandb := cfg.tracking.wandb) is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        class WandbTracking(WandbLoggerCallback):
+            def setup(self, *args, **kwargs):
+                # Ray asks for an API key unless WANDB_MODE says offline or disabled; the
+                # file's mode (passed on to wandb.init) says so only while Ray checks
+                mode = self.kwargs["mode"]
+                saved = os.environ.get("WANDB_MODE")
+                if mode != "online":
+                    os.environ["WANDB_MODE"] = mode
+                try:
+                    with _tracker_errors("tracking.wandb"):
+                        super().setup(*args, **kwargs)
+                finally:
+                    if saved is None:
+                        os.environ.pop("WANDB_MODE", None)
+                    else:
+                        os.environ["WANDB_MODE"] = saved
+
+        out.append(
+            WandbTracking(
+                project=wandb.project,
+                group=cfg.name,
+                excludes=list(JSON_RESULTS),
+                mode=wandb.mode,
+                dir=str(run_dir),
+            )
+        )
+    return out
+
+
+@contextlib.contextmanager
+def _tracker_errors(key: str):
+    try:
+        yield
+    except Exception as exc:
+        line = first_line(exc)
+        if key == "tracking.wandb" and "API key" in line:
+            line = "no W&B API key: run `wandb login` or set WANDB_API_KEY (or use mode: offline)"
+        raise RunError(f"{key}: {line}") from None
+
+
 # ---- provenance --------------------------------------------------------------------------
 
 
@@ -476,6 +598,7 @@ def _manifest(
     gpus: float,
     limits: dict[str, float],
     notes: list[str],
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     manifest = {
         "name": cfg.name,
@@ -483,6 +606,8 @@ def _manifest(
         "started_at": _now(),
         "finished_at": None,
         "command": " ".join(sys.argv),
+        # this attempt's key=value overrides of the file, as given (config.yaml: the result)
+        "overrides": list(overrides or []),
         "git_commit": git_commit(),
         "versions": _versions(),
         "hardware": _hardware(),
@@ -512,14 +637,20 @@ def _manifest(
     return manifest
 
 
+def run_columns(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What every row of the run's tables says of the run (``results.write_tables``)."""
+    return {"run": cfg.name, "dataset": cfg.data.dataset, "image_size": cfg.data.image_size}
+
+
 def _finish(
     run_dir: Path,
     records: dict[str, TrialRecord],
     manifest: dict[str, Any],
     finished_at: str | None = None,
+    columns: dict[str, Any] | None = None,
 ):
     """Tables, then the report, then ``finished_at``: a run killed on the way stays
-    unfinished, and ``--resume`` just writes what is missing."""
+    unfinished, and ``--resume`` just writes what is missing. ``columns``: ``run_columns``."""
     from reports import ReportError, write_report
 
     if current_run_attempt(manifest) is None:  # a resume that only writes tables and report
@@ -528,7 +659,7 @@ def _finish(
             *past_run_attempts(earlier),
             new_run_attempt(" ".join(sys.argv), True, 0),
         ]
-    write_tables(run_dir, list(records.values()))
+    write_tables(run_dir, list(records.values()), **(columns or {}))
     manifest["trials"] = {
         t: {"status": r.status, "error": r.data["error"], "attempts": r.attempts}
         for t, r in records.items()
@@ -569,10 +700,12 @@ def run_experiment(
     overwrite: bool = False,
     progress: Progress | None = None,
     notify=None,
+    overrides: list[str] | None = None,
 ) -> RunOutcome:
     """Train every grid point of ``cfg`` not yet done in ``output.dir/name`` and write the
     tables and the report there. ``notify(line)`` receives what the run is doing while it
-    starts (the CLI prints it at once: starting Ray takes tens of seconds).
+    starts (the CLI prints it at once: starting Ray takes tens of seconds). ``overrides``: the
+    command line's ``key=value`` overrides ``cfg`` was loaded with, for the manifest.
 
     Raises:
         RunRefused: the run directory's state refuses the request (see ``harness.rundir``).
@@ -604,7 +737,7 @@ def run_experiment(
     claimed = RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite)
     succeeded = False
     try:
-        outcome = _run_claimed(cfg, claimed, config, address, progress, notify)
+        outcome = _run_claimed(cfg, claimed, config, address, progress, notify, overrides)
         succeeded = True
         return outcome
     except BaseException as exc:  # the manifest's attempts record how this one ended
@@ -630,7 +763,9 @@ def _load_records(run_dir: Path, cfg: ExperimentConfig) -> dict[str, TrialRecord
     return records
 
 
-def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) -> RunOutcome:
+def _run_claimed(
+    cfg, claimed: RunDirectory, config, address, progress, notify, overrides=None
+) -> RunOutcome:
     run_dir = claimed.path
     if claimed.mode == "resume":
         records = _load_records(run_dir, cfg)
@@ -644,7 +779,9 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
                 _keep_only_best_weights(stored["checkpoints"], _ended(records))
             # the trials ended when the run that trained them did: keep that time if recorded
             manifest = {**stored, "finished_at": None}
-            report = _finish(run_dir, records, manifest, stored.get("finished_at"))
+            report = _finish(
+                run_dir, records, manifest, stored.get("finished_at"), run_columns(cfg)
+            )
             return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
     import ray
@@ -675,7 +812,9 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
             except (OSError, ValueError) as exc:  # unreachable now: the new run needs none
                 _say(notify, f"the replaced run's checkpoints at {redact(old)} stay: {exc}")
         # the manifest first: from now on the folder is recognisably a run directory
-        manifest = _manifest(cfg, claimed, cluster, concurrency, gpus, limits, planned.notes)
+        manifest = _manifest(
+            cfg, claimed, cluster, concurrency, gpus, limits, planned.notes, overrides
+        )
         write_manifest(run_dir, manifest)
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         records = _load_records(run_dir, cfg)
@@ -720,7 +859,7 @@ def _run_claimed(cfg, claimed: RunDirectory, config, address, progress, notify) 
         if started_ray:
             ray.shutdown()
 
-    report = _finish(run_dir, records, manifest)
+    report = _finish(run_dir, records, manifest, columns=run_columns(cfg))
     return RunOutcome(run_dir=run_dir, records=list(records.values()), report=report)
 
 
@@ -747,6 +886,54 @@ def _ended(records: dict[str, TrialRecord]) -> dict[str, int | None]:
         for trial_id, record in records.items()
         if record.status in ENDED
     }
+
+
+def refresh_partial_report(run_dir: Path, progress: Progress | None = None) -> None:
+    """Rewrite ``run_dir/report.html`` and its summary files from what the trials recorded so
+    far (``reports.load_run`` reads ``trials/*.json`` while the run's tables are not written:
+    the report says it is partial and names the trials still missing). A failure never stops
+    the run: it is one warning line."""
+    import reports
+
+    try:
+        reports.write_report(run_dir)
+    except Exception as exc:  # a report is a view of the run, never a reason to stop it
+        line = f"harness: warning: could not refresh the partial report ({first_line(exc)})"
+        if progress is not None:  # above a live table, not through it
+            progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(line, file=sys.stderr)
+
+
+def _partial_report_callback(run_dir: Path, progress: Progress):
+    """A Tune callback that refreshes the partial report after each trial that ends
+    (completed, diverged or failed), once ``ResultsCollector`` has saved its record."""
+    from ray import tune
+
+    class PartialReport(tune.Callback):
+        # no closure over this function's locals: Tune pickles the class with its methods
+        def __init__(self, run_dir: Path, progress: Progress) -> None:
+            self.run_dir: Path | None = run_dir
+            self.progress: Progress | None = progress
+
+        # Tune pickles its callbacks into its experiment state: this driver's state stays here
+        def __getstate__(self):
+            return {}
+
+        def __setstate__(self, state):
+            self.run_dir, self.progress = None, None
+
+        def _refresh(self) -> None:
+            if self.run_dir is not None:
+                refresh_partial_report(self.run_dir, self.progress)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._refresh()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._refresh()
+
+    return PartialReport(run_dir, progress)
 
 
 def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=None) -> None:
@@ -777,9 +964,13 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial_id": tune.grid_search([i["trial_id"] for i in todo])},
+        # each trial's whole config (trial id, method, backbone, seed, swept values, method
+        # hyperparameters), in grid order. Tune wraps the searcher in a ConcurrencyLimiter and
+        # keeps as many trials pending as it allows: all of them unless capped, as a grid would
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=concurrency,
+            search_alg=_trial_configs([trial_hparams(i, specs[i["trial_id"]]) for i in todo]),
+            num_samples=len(todo),
+            max_concurrent_trials=concurrency or len(todo),
             reuse_actors=single,
             trial_name_creator=lambda trial: trial.config["trial_id"],
             trial_dirname_creator=lambda trial: trial.config["trial_id"],
@@ -789,7 +980,12 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
             name=f"tune-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S-%f}",
             storage_path=storage,
             verbose=0,
-            callbacks=[ResultsCollector(records, progress, on_ended=prune)],
+            # in this order: a trial's record is saved before the report reads it
+            callbacks=[
+                ResultsCollector(records, progress, on_ended=prune),
+                _partial_report_callback(run_dir, progress),
+                *tracking_callbacks(cfg, run_dir),  # MLflow, W&B: only when the file asks
+            ],
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )

@@ -20,7 +20,10 @@ experiment file):
   metadata it can read (credentials, endpoint, bucket), also for a run on a cluster (the
   driver reads and prunes the checkpoint store too);
 * files named by method hyperparameters (``config.PATH_HYPERPARAMETERS``, e.g. DeepChest's
-  ``initial_weights``): present and accepted by the method.
+  ``initial_weights``): present and accepted by the method;
+* ``tracking``: the MLflow or W&B client installed (the ``mlflow`` / ``wandb`` extras), and an
+  MLflow store that the installed MLflow opens (a SQL store needs SQLAlchemy; MLflow 3 refuses
+  a file store unless ``MLFLOW_ALLOW_FILE_STORE=true``).
 
 A run that joins a Ray cluster (an address given, ``cluster.address`` or ``RAY_ADDRESS``) reads
 its paths on the cluster's nodes, not here: those checks are skipped and named in
@@ -72,6 +75,7 @@ def preflight(cfg: ExperimentConfig, local: bool = True) -> Preflight:
             unchecked.append(f"train.pretrained ({CLUSTER_SIDE})")
     lines += _hyperparameter_files(cfg, local, unchecked)
     lines += _storage(cfg)
+    lines += tracking_problems(cfg)
     if lines:
         raise ConfigError(lines)
     return Preflight(sizes, unchecked)
@@ -245,3 +249,55 @@ def _storage(cfg: ExperimentConfig) -> list[str]:
 
     problem = storage_problem(cfg.output.storage)
     return [problem] if problem else []
+
+
+# ---- tracking ----------------------------------------------------------------------------
+
+# the extra of this package that installs each tracker's client (pyproject.toml)
+TRACKING_EXTRA = "pip install 'deepchest-harness[{}]'"
+# MLflow stores behind SQLAlchemy (the mlflow extra installs it for sqlite)
+_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def tracking_problems(cfg: ExperimentConfig) -> list[str]:
+    """``tracking``: each tracker's client is installed on this machine (the driver runs Ray's
+    logger callbacks), and an MLflow store the installed MLflow will open."""
+    lines = []
+    mlflow, wandb = cfg.tracking.mlflow, cfg.tracking.wandb
+    if mlflow is not None:
+        scheme = mlflow.tracking_uri.partition(":")[0].split("+")[0].lower()
+        if not _installed("mlflow"):
+            lines.append(
+                f"tracking.mlflow: needs the mlflow package: {TRACKING_EXTRA.format('mlflow')}"
+            )
+        elif scheme in _SQL_SCHEMES and not (_installed("sqlalchemy") and _installed("alembic")):
+            lines.append(
+                f"tracking.mlflow.tracking_uri: a {scheme} store needs sqlalchemy and alembic: "
+                f"{TRACKING_EXTRA.format('mlflow')}"
+            )
+        elif "://" not in mlflow.tracking_uri or scheme == "file":
+            lines += _mlflow_file_store(mlflow.tracking_uri)
+    if wandb is not None and not _installed("wandb"):
+        lines.append(f"tracking.wandb: needs the wandb package: {TRACKING_EXTRA.format('wandb')}")
+    return lines
+
+
+def _mlflow_file_store(uri: str) -> list[str]:
+    """MLflow 3 refuses a file store (``file://``, a plain path) unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``: say so now, not once the run has started."""
+    import mlflow.environment_variables as mlflow_env
+
+    allowed = getattr(mlflow_env, "MLFLOW_ALLOW_FILE_STORE", None)
+    if allowed is None or allowed.get():
+        return []
+    return [
+        f"tracking.mlflow.tracking_uri: {uri!r} is a file store, which this MLflow refuses "
+        "unless MLFLOW_ALLOW_FILE_STORE=true; use a database (sqlite:///path/mlflow.db) or a "
+        "tracking server (http://host:5000)"
+    ]

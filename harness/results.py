@@ -21,8 +21,15 @@ import pyarrow.parquet as pq
 
 TRIAL_KEYS = ("trial_id", "method", "backbone", "seed")
 
+# which run a row belongs to, in both tables, so that the tables of several runs stacked
+# together (``pd.read_parquet`` of ``runs/*/results/trials.parquet``) stay apart: the run's
+# ``name`` (the run directory's name when it was written), ``data.dataset`` and the trial's
+# ``data.image_size`` (a swept one included)
+RUN_FIELDS = [("run", pa.string()), ("dataset", pa.string()), ("image_size", pa.int64())]
+
 TRIALS_SCHEMA = pa.schema(
     [
+        *RUN_FIELDS,
         ("trial_id", pa.string()),
         ("method", pa.string()),
         ("backbone", pa.string()),
@@ -75,6 +82,7 @@ TRIALS_SCHEMA = pa.schema(
 
 EPOCHS_SCHEMA = pa.schema(
     [
+        *RUN_FIELDS,
         ("trial_id", pa.string()),
         ("method", pa.string()),
         ("backbone", pa.string()),
@@ -228,14 +236,28 @@ def _with_swept(schema: pa.Schema, records: list[TrialRecord]) -> pa.Schema:
     return pa.schema([*list(schema)[:at], *fields, *list(schema)[at:]])
 
 
-def write_tables(run_dir: Path, records: list[TrialRecord]) -> tuple[Path, Path]:
+def write_tables(
+    run_dir: Path,
+    records: list[TrialRecord],
+    *,
+    run: str | None = None,
+    dataset: str | None = None,
+    image_size: int | None = None,
+) -> tuple[Path, Path]:
     """``results/trials.parquet`` and ``results/epochs.parquet`` from the trial records, with
-    a column per swept setting in both."""
+    a column per swept setting in both, and in every row ``run``, ``dataset`` and
+    ``image_size`` (a trial's swept ``data.image_size`` over the experiment's)."""
     out = run_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
     trial_rows, epoch_rows = [], []
     for record in records:
-        identity = record.data["identity"]
+        identity = {
+            "run": run,
+            "dataset": dataset,
+            "image_size": image_size,
+            **record.data["identity"],
+        }
+        identity["image_size"] = identity.get("data.image_size", image_size)
         summary = record.data["summary"] or {}
         # a trial without a summary (failed, interrupted) still says where it last ran
         ran = [a for a in record.attempts if a.get("hostname")]

@@ -1,7 +1,11 @@
 """Task-weighting methods for multi-task learning (registry and public API).
 
-``methods`` depends on torch and the standard library only. Adding a method is one new module
-plus one line in ``_CLASSES`` below.
+``methods`` depends on torch, lazy_loader and the standard library only. Adding a method is one
+new module plus one line in ``_CLASSES`` below.
+
+torch is loaded lazily (``lazy_loader.load``; ``Tensor`` is imported for type checkers only):
+``describe``, ``available`` and ``check`` run without loading it, so ``harness methods`` and
+``harness validate`` start quickly and work without torch; building a method loads it.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ __all__ = [
     "ScaleInvariant",
     "Uncertainty",
     "available",
+    "check",
     "cost_class",
     "create",
     "describe",
@@ -190,6 +195,12 @@ def create(name: str, num_tasks: int, task_names: Sequence[str] | None = None, *
     message lists what is allowed.
     """
     return _lookup(name)(num_tasks, task_names, **hp)
+
+
+def check(name: str, num_tasks: int, task_names: Sequence[str] | None = None, **hp: Any) -> None:
+    """Raise the ``ValueError`` that ``create`` raises for these arguments, without building the
+    method (``Method.check_arguments``): pure Python, torch is not loaded."""
+    _lookup(name).check_arguments(num_tasks, task_names, **hp)
 
 
 def describe() -> list[MethodInfo]:

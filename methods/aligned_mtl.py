@@ -12,12 +12,18 @@ takes the MEAN of the aligned gradients: its update is ours divided by ``T``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_choice, check_number, set_field
 from methods.gradient import GradientAggregator, combine
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
 

@@ -16,12 +16,17 @@ steps it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import LossWeighting, check_number, set_field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def adam_step(
@@ -124,7 +129,7 @@ class AutoLambda(LossWeighting):
         """One Adam step on ``lambda`` along ``hypergradient`` (Tensor[T]: ``dL_val/dlambda``)
         for the ``present`` tasks (Tensor[T] of bool: labelled in the training batch; None:
         every task)."""
-        if not isinstance(hypergradient, Tensor) or hypergradient.shape != (self.num_tasks,):
+        if not isinstance(hypergradient, torch.Tensor) or hypergradient.shape != (self.num_tasks,):
             raise self._error(f"hypergradient must be a Tensor of shape ({self.num_tasks},)")
         device = self.meta_weights.device
         if present is None:
@@ -158,6 +163,6 @@ class AutoLambda(LossWeighting):
             ("steps", "_steps"),
         ):
             value = state.get(key)
-            if not isinstance(value, Tensor) or value.shape != (self.num_tasks,):
+            if not isinstance(value, torch.Tensor) or value.shape != (self.num_tasks,):
                 raise self._error(f"state_dict {key} must be a Tensor[{self.num_tasks}]")
             setattr(self, attr, value.to(device, torch.float32).clone())

@@ -29,10 +29,16 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
+
 
 #: Where a method acts; ``methods.engine.backward`` dispatches on it.
 LEVELS: tuple[str, ...] = ("loss", "representation", "parameters", "last_shared_layer")
@@ -64,7 +70,7 @@ class EpochStats:
                 if field.name.startswith("train_"):
                     raise ValueError(f"EpochStats.{field.name} is required, got None")
                 continue
-            if not isinstance(value, Tensor):
+            if not isinstance(value, torch.Tensor):
                 raise TypeError(
                     f"EpochStats.{field.name} must be a torch.Tensor, got {type(value).__name__}"
                 )
@@ -178,8 +184,21 @@ def task_values(
     list in task order, or the mapping over ones (tasks it does not name keep 1.0), or all ones
     for None. Raises ``HyperparameterError`` for a list of the wrong length, a mapping without
     ``task_names`` or naming an unknown task, or all values 0 (no task would be trained)."""
+    values = task_value_list(name, num_tasks, value, task_names, item=item)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def task_value_list(
+    name: str,
+    num_tasks: int,
+    value: list[float] | dict[str, float] | None,
+    task_names: Sequence[str] | None,
+    *,
+    item: str = "number",
+) -> list[float]:
+    """``task_values`` as a list of floats, with its checks: pure Python, no tensor."""
     if value is None:
-        return torch.ones(num_tasks, dtype=torch.float32)
+        return [1.0] * num_tasks
     if isinstance(value, dict):
         if task_names is None:
             raise HyperparameterError(f"{name}: a mapping by task name needs the task names")
@@ -198,7 +217,7 @@ def task_values(
         values = [float(v) for v in value]
     if not any(values):  # on the floats: 1e-50 counts as given, although float32 rounds it to 0
         raise HyperparameterError(f"{name} are all 0: no task would be trained")
-    return torch.tensor(values, dtype=torch.float32)
+    return values
 
 
 def resolve_present(losses: Tensor, present: Tensor | None = None) -> Tensor:
@@ -212,8 +231,8 @@ def resolve_present(losses: Tensor, present: Tensor | None = None) -> Tensor:
     """
     if present is None:
         return losses.detach() > 0
-    if not isinstance(present, Tensor) or present.dtype != torch.bool:
-        kind = present.dtype if isinstance(present, Tensor) else type(present).__name__
+    if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
+        kind = present.dtype if isinstance(present, torch.Tensor) else type(present).__name__
         raise ValueError(f"present must be a bool Tensor (one flag per task), got {kind}")
     if present.shape != losses.shape:
         raise ValueError(
@@ -280,6 +299,23 @@ class Method:
         self.task_names: list[str] | None = task_names
         self.hp = self._resolve(hyperparameters)
 
+    @classmethod
+    def check_arguments(
+        cls, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
+    ) -> None:
+        """Raise the ``ValueError`` that ``cls(num_tasks, task_names, **hyperparameters)`` would
+        raise, without building the method: pure Python, no tensor, so that ``harness validate``
+        checks an experiment file without loading torch. It runs ``Method.__init__`` (with the
+        subclass's ``_resolve``, which only checks) and then ``_check_arguments``, the checks of
+        the subclass's own constructor."""
+        probe = cls.__new__(cls)
+        Method.__init__(probe, num_tasks, task_names, **hyperparameters)
+        probe._check_arguments()
+
+    def _check_arguments(self) -> None:
+        """What this method's constructor checks beyond ``Method.__init__`` (the hyperparameters
+        given per task, a file it reads), in pure Python. Nothing by default."""
+
     # ---- hyperparameters ------------------------------------------------------------------
 
     @classmethod
@@ -307,8 +343,12 @@ class Method:
 
     def _task_values(self, name: str, value: Any, *, item: str = "number") -> Tensor:
         """``task_values`` of a hyperparameter for this method's tasks, its errors prefixed."""
+        return torch.tensor(self._task_value_list(name, value, item=item), dtype=torch.float32)
+
+    def _task_value_list(self, name: str, value: Any, *, item: str = "number") -> list[float]:
+        """``_task_values`` as a list of floats (pure Python: ``_check_arguments``)."""
         try:
-            return task_values(name, self.num_tasks, value, self.task_names, item=item)
+            return task_value_list(name, self.num_tasks, value, self.task_names, item=item)
         except HyperparameterError as exc:
             raise self._error(str(exc)) from None
 
@@ -404,8 +444,10 @@ class LossWeighting(Method):
         """The task weights ``w`` (Tensor[T]) for this step, from the detached per-task losses.
 
         ``present``: the tasks with labels in this step (``resolve_present``)."""
-        if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
-            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        if not isinstance(losses, torch.Tensor) or losses.shape != (self.num_tasks,):
+            shape = (
+                tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            )
             raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},), got {shape}")
         w = self.compute_present_weights(losses.detach(), self._present(losses, present))
         return w.detach().to(device=losses.device, dtype=torch.float32).clone()

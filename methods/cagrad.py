@@ -27,12 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_choice, check_number, set_field
 from methods.gradient import GradientAggregator, combine, nonnegative_qp
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 #: ``rescale`` choices: the update is divided by 1, ``1 + c^2`` (the authors' default) or ``1 + c``.
 RESCALES: tuple[str, ...] = ("none", "1+c^2", "1+c")

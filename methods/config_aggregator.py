@@ -19,10 +19,17 @@ projections of the task gradients on it.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.gradient import GradientAggregator, combine
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def config_weights(g: Tensor, *, rank_rtol: float) -> Tensor:

@@ -15,15 +15,19 @@ torchjd: tested against hand-derived values and a transcription of LibMTL's upda
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_number, set_field
 from methods.gradient import GradientAggregator
 
-_SOLVER_DTYPE = torch.float64
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
+
 #: added to the losses (``log(L + 1e-8)``) and to the norms, as in the reference code
 EPSILON = 1e-8
 
@@ -109,7 +113,7 @@ class DBMTL(GradientAggregator):
     def compute_present(
         self, jacobian: Tensor, losses: Tensor, gramian: Tensor, present: Tensor
     ) -> tuple[Tensor, Tensor]:
-        weights = torch.zeros(self.num_tasks, dtype=_SOLVER_DTYPE)
+        weights = torch.zeros(self.num_tasks, dtype=torch.float64)
         if not bool(present.any()):
             return torch.zeros_like(jacobian[0]), weights
         averages = self._averages(jacobian)
@@ -122,7 +126,7 @@ class DBMTL(GradientAggregator):
         updated = scaled + rate * (averages[rows] - scaled)
         averages[rows] = updated
         alpha = magnitude_scales(updated)
-        weights[idx] = (alpha / (sub_losses + EPSILON)).to("cpu", _SOLVER_DTYPE)
+        weights[idx] = (alpha / (sub_losses + EPSILON)).to("cpu", torch.float64)
         return alpha @ updated, weights
 
     def _state(self) -> dict[str, Any]:

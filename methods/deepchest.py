@@ -12,10 +12,9 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import (
     EpochStats,
@@ -25,6 +24,12 @@ from methods.base import (
     check_number,
     set_field,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 SIGNALS: tuple[str, ...] = ("train_accuracy", "val_accuracy", "val_loss")
 
@@ -214,15 +219,19 @@ class DeepChest(LossWeighting):
         self, num_tasks: int, task_names: Sequence[str] | None = None, **hyperparameters: Any
     ) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
-        if self.hp.initial_weights is None:
-            initial = [1.0] * num_tasks
-        else:
-            try:
-                initial = load_initial_weights(self.hp.initial_weights, num_tasks, self.task_names)
-            except ValueError as exc:
-                raise self._error(str(exc)) from None
-        self._w = torch.tensor(initial, dtype=torch.float64)
+        self._w = torch.tensor(self._initial_weights(), dtype=torch.float64)
         self.epochs_seen = 0
+
+    def _initial_weights(self) -> list[float]:
+        if self.hp.initial_weights is None:
+            return [1.0] * self.num_tasks
+        try:
+            return load_initial_weights(self.hp.initial_weights, self.num_tasks, self.task_names)
+        except ValueError as exc:
+            raise self._error(str(exc)) from None
+
+    def _check_arguments(self) -> None:
+        self._initial_weights()
 
     @property
     def current_weights(self) -> Tensor:
@@ -261,8 +270,8 @@ class DeepChest(LossWeighting):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         w = state.get("weights")
-        if not isinstance(w, Tensor) or w.shape != (self.num_tasks,):
-            shape = tuple(w.shape) if isinstance(w, Tensor) else repr(w)
+        if not isinstance(w, torch.Tensor) or w.shape != (self.num_tasks,):
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else repr(w)
             raise self._error(f"state_dict weights must be a Tensor[{self.num_tasks}], got {shape}")
         self._w = w.detach().to(dtype=torch.float64, device="cpu").clone()
         self.epochs_seen = int(state.get("epochs_seen", 0))

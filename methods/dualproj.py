@@ -10,8 +10,9 @@ the same quadratic program is solved by the active-set method of ``methods.upgra
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.gradient import GradientAggregator, combine
 from methods.upgrad import (
@@ -19,6 +20,12 @@ from methods.upgrad import (
     dual_cone_projection_weights,
     regularized_gramian,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def dualproj_weights(

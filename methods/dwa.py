@@ -10,12 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import EpochStats, LossWeighting, check_number, set_field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def dwa_weights(older: Tensor, newer: Tensor, temperature: float) -> Tensor:
@@ -102,7 +107,9 @@ class DWA(LossWeighting):
         if (
             not isinstance(history, list)
             or len(history) > 2
-            or not all(isinstance(h, Tensor) and h.shape == (self.num_tasks,) for h in history)
+            or not all(
+                isinstance(h, torch.Tensor) and h.shape == (self.num_tasks,) for h in history
+            )
         ):
             raise self._error(
                 f"state_dict history must be a list of at most 2 Tensor[{self.num_tasks}]"

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import LEVELS, Method, resolve_present
 from methods.gradient import GradientAggregator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 class MultiTaskModel(Protocol):
@@ -104,8 +109,8 @@ def backward(
         raise NotImplementedError(
             f"engine.backward: method {method.name!r} works at unknown level {method.level!r}"
         )
-    if not isinstance(losses, Tensor) or losses.shape != (method.num_tasks,):
-        shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+    if not isinstance(losses, torch.Tensor) or losses.shape != (method.num_tasks,):
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise ValueError(
             f"engine.backward: losses must be a Tensor of shape ({method.num_tasks},) "
             f"(one loss per task), got {shape}"
@@ -124,7 +129,7 @@ def backward(
             )
         )
     if pairs:
-        if not isinstance(second, Tensor) or second.shape != losses.shape:
+        if not isinstance(second, torch.Tensor) or second.shape != losses.shape:
             raise ValueError("engine.backward: second must be a Tensor of the losses' shape")
         if not second.requires_grad:
             raise ValueError("engine.backward: second does not require grad")
@@ -139,7 +144,7 @@ def backward(
     if method.level == "loss":
         w = method.weights(detached, present=present)
         objective = method.objective(losses, reduced=detached, weights=w, present=present)
-        if not isinstance(objective, Tensor) or objective.ndim != 0:
+        if not isinstance(objective, torch.Tensor) or objective.ndim != 0:
             raise ValueError(
                 f"engine.backward: method {method.name!r} returned a non-scalar objective"
             )
@@ -169,7 +174,7 @@ def backward(
     if method.level == "parameters":
         return _parameters_backward(method, losses, detached, model, scale, heads, sync, present)
     if method.level == "representation":
-        if not isinstance(representation, Tensor) or not representation.requires_grad:
+        if not isinstance(representation, torch.Tensor) or not representation.requires_grad:
             raise ValueError(
                 f"engine.backward: method {method.name!r} works at the representation level "
                 "and needs the shared representation (with grad) the losses were computed from"

@@ -16,15 +16,19 @@ optimum get more weight and noisy tasks (whose loss cannot be driven to 0) do no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import HyperparameterError, check_choice, check_number, set_field
 from methods.gradient import GradientAggregator, combine
 
-_SOLVER_DTYPE = torch.float64
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
+
 #: added under the square root of the AdaGrad sum and to the baseline, as the reference code
 EPSILON = 1e-7
 #: ``baseline_step`` choices (see ``ExcessMTL``)
@@ -103,9 +107,9 @@ class ExcessMTL(GradientAggregator):
     def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
         t = num_tasks
-        self.loss_weights = torch.ones(t, dtype=_SOLVER_DTYPE)
-        self.baseline = torch.full((t,), torch.nan, dtype=_SOLVER_DTYPE)
-        self.warmup_sum = torch.zeros(t, dtype=_SOLVER_DTYPE)
+        self.loss_weights = torch.ones(t, dtype=torch.float64)
+        self.baseline = torch.full((t,), torch.nan, dtype=torch.float64)
+        self.warmup_sum = torch.zeros(t, dtype=torch.float64)
         self.warmup_count = torch.zeros(t, dtype=torch.int64)
         self.squared_sum: Tensor | None = None  # [T, n], created by the first step
         self.steps = 0
@@ -125,7 +129,7 @@ class ExcessMTL(GradientAggregator):
     def compute_present(
         self, jacobian: Tensor, losses: Tensor, gramian: Tensor, present: Tensor
     ) -> tuple[Tensor, Tensor]:
-        weights = torch.zeros(self.num_tasks, dtype=_SOLVER_DTYPE)
+        weights = torch.zeros(self.num_tasks, dtype=torch.float64)
         if not bool(present.any()):
             return torch.zeros_like(jacobian[0]), weights
         squared_sum = self._squared_sum(jacobian)
@@ -133,7 +137,7 @@ class ExcessMTL(GradientAggregator):
         rows = idx.to(jacobian.device)
         sub = jacobian[rows].to(squared_sum.dtype)
         squared_sum[rows] += sub * sub
-        risks = excess_risks(sub, squared_sum[rows]).to("cpu", _SOLVER_DTYPE)
+        risks = excess_risks(sub, squared_sum[rows]).to("cpu", torch.float64)
         self.steps += 1
         if self.steps <= self.hp.n_warmup_steps:
             self.warmup_sum[idx] += risks
@@ -175,11 +179,11 @@ class ExcessMTL(GradientAggregator):
         t = self.num_tasks
         for key in ("loss_weights", "baseline", "warmup_sum", "warmup_count"):
             value = state.get(key)
-            if not isinstance(value, Tensor) or value.shape != (t,):
+            if not isinstance(value, torch.Tensor) or value.shape != (t,):
                 raise self._error(f"state_dict {key} must be a Tensor[{t}]")
-        self.loss_weights = state["loss_weights"].to("cpu", _SOLVER_DTYPE).clone()
-        self.baseline = state["baseline"].to("cpu", _SOLVER_DTYPE).clone()
-        self.warmup_sum = state["warmup_sum"].to("cpu", _SOLVER_DTYPE).clone()
+        self.loss_weights = state["loss_weights"].to("cpu", torch.float64).clone()
+        self.baseline = state["baseline"].to("cpu", torch.float64).clone()
+        self.warmup_sum = state["warmup_sum"].to("cpu", torch.float64).clone()
         self.warmup_count = state["warmup_count"].to("cpu", torch.int64).clone()
         self.steps = int(state.get("steps", 0))
         squared_sum = state.get("squared_sum")

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import LossWeighting, check_number, set_field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 #: Added to ``L_t - b_t`` before the logarithm, as in the reference code.
 EPSILON = 1e-8
@@ -152,14 +157,17 @@ class FAMO(LossWeighting):
             "logits": self.logits.detach().to("cpu").clone(),
             "adam_state": {
                 # copies: Adam updates its moments in place
-                k: {n: (v.to("cpu").clone() if isinstance(v, Tensor) else v) for n, v in s.items()}
+                k: {
+                    n: (v.to("cpu").clone() if isinstance(v, torch.Tensor) else v)
+                    for n, v in s.items()
+                }
                 for k, s in optimizer["state"].items()
             },
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
         logits = state.get("logits")
-        if not isinstance(logits, Tensor) or logits.shape != (self.num_tasks,):
+        if not isinstance(logits, torch.Tensor) or logits.shape != (self.num_tasks,):
             raise self._error(f"state_dict logits must be a Tensor[{self.num_tasks}]")
         with torch.no_grad():
             self.logits.copy_(logits.to(self.logits.device))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from methods.base import LossWeighting, check_task_values, set_field
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Fixed(LossWeighting):
     ) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
         self._weights = self._task_values("weights", self.hp.weights, item="weight")
+
+    def _check_arguments(self) -> None:
+        self._task_value_list("weights", self.hp.weights, item="weight")
 
     def compute_weights(self, losses: Tensor) -> Tensor:
         return self._weights.clone()

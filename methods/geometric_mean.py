@@ -8,10 +8,17 @@ used for the tests: ``torchjd.scalarization.GeometricMean`` (torchjd 0.18.0).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.base import LossWeighting
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def active_tasks(losses: Tensor, present: Tensor) -> Tensor:

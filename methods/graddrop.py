@@ -21,12 +21,18 @@ only the Gramian.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_number, set_field
 from methods.gradient import GradientAggregator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def sign_purity(jacobian: Tensor) -> Tensor:

@@ -27,14 +27,17 @@ Reference implementations used by the tests: ``torchjd.aggregation`` (torchjd 0.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import HyperparameterError, Method, check_choice, check_number, resolve_present
 
-_SOLVER_DTYPE = torch.float64
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -56,7 +59,7 @@ def gramian(jacobian: Tensor) -> Tensor:
 
 def solver_gramian(jacobian: Tensor) -> Tensor:
     """``G = J J^T`` in the input dtype, then moved to the CPU as float64 for the small solvers."""
-    return gramian(jacobian).to(device="cpu", dtype=_SOLVER_DTYPE)
+    return gramian(jacobian).to(device="cpu", dtype=torch.float64)
 
 
 def gramian_is_finite(g: Tensor) -> bool:
@@ -205,6 +208,14 @@ class GradientAggregator(Method):
     #: the hyperparameters every gradient-level method takes, with their defaults
     COMMON: ClassVar[dict[str, Any]] = {"update_every": 1, "ema": 0.0}
 
+    def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
+        super().__init__(num_tasks, task_names, **hyperparameters)
+        # CR-MOGM's average (NaN: the task has not been present yet) and update_every's cache
+        self._ema_weights = torch.full((self.num_tasks,), math.nan, dtype=torch.float64)
+        self._cached: Tensor | None = None  # the last computed weights [T], float64, CPU
+        self._cached_present: Tensor | None = None  # the tasks present when they were computed
+        self._steps_since = 0  # steps since they were computed
+
     @classmethod
     def hyperparameter_defaults(cls) -> dict[str, Any]:
         return {"level": cls.level, **super().hyperparameter_defaults(), **cls.COMMON}
@@ -229,11 +240,6 @@ class GradientAggregator(Method):
                         )
         except HyperparameterError as exc:
             raise self._error(str(exc)) from None
-        # CR-MOGM's average (NaN: the task has not been present yet) and update_every's cache
-        self._ema_weights = torch.full((self.num_tasks,), math.nan, dtype=_SOLVER_DTYPE)
-        self._cached: Tensor | None = None  # the last computed weights [T], float64, CPU
-        self._cached_present: Tensor | None = None  # the tasks present when they were computed
-        self._steps_since = 0  # steps since they were computed
         return super()._resolve(given)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -281,7 +287,7 @@ class GradientAggregator(Method):
 
     def _remember(self, weights: Tensor, present: Tensor) -> None:
         if self.update_every > 1 and bool(torch.isfinite(weights).all()):
-            self._cached = weights.detach().to("cpu", _SOLVER_DTYPE).clone()
+            self._cached = weights.detach().to("cpu", torch.float64).clone()
             self._cached_present = present.cpu().clone()
             self._steps_since = 0
 
@@ -289,15 +295,21 @@ class GradientAggregator(Method):
 
     def _check_jacobian(self, jacobian: Tensor, what: str = "jacobian") -> None:
         num_tasks = self.num_tasks
-        if not isinstance(jacobian, Tensor) or jacobian.ndim != 2 or jacobian.shape[0] != num_tasks:
-            shape = tuple(jacobian.shape) if isinstance(jacobian, Tensor) else type(jacobian)
+        if (
+            not isinstance(jacobian, torch.Tensor)
+            or jacobian.ndim != 2
+            or jacobian.shape[0] != num_tasks
+        ):
+            shape = tuple(jacobian.shape) if isinstance(jacobian, torch.Tensor) else type(jacobian)
             raise self._error(f"{what} must be a Tensor of shape ({num_tasks}, n), got {shape}")
         if not jacobian.is_floating_point():
             raise self._error(f"{what} must be floating point, got {jacobian.dtype}")
 
     def _check_losses(self, losses: Tensor, present: Tensor | None) -> Tensor:
-        if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
-            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        if not isinstance(losses, torch.Tensor) or losses.shape != (self.num_tasks,):
+            shape = (
+                tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            )
             raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},), got {shape}")
         if present is None:  # a direct call: every task is present
             return torch.ones(self.num_tasks, dtype=torch.bool)
@@ -353,9 +365,9 @@ class GradientAggregator(Method):
         present = self._check_losses(losses, present)
         with torch.no_grad():
             first, second = first.detach(), second.detach()
-            cross = (first @ second.T).to(device="cpu", dtype=_SOLVER_DTYPE)
+            cross = (first @ second.T).to(device="cpu", dtype=torch.float64)
             traces = torch.stack(
-                [(j * j).sum().to(device="cpu", dtype=_SOLVER_DTYPE) for j in (first, second)]
+                [(j * j).sum().to(device="cpu", dtype=torch.float64) for j in (first, second)]
             )
             mean = (first + second) / 2
             if bool(torch.isfinite(cross).all()) and bool(torch.isfinite(traces).all()):
@@ -379,7 +391,7 @@ class GradientAggregator(Method):
         """CR-MOGM's average of the weights (``ema > 0``), the ``update_every`` cache, and the
         result in ``jacobian``'s dtype and on its device."""
         if self.ema > 0 and bool(torch.isfinite(weights).all()):
-            new = weights.detach().to("cpu", _SOLVER_DTYPE)
+            new = weights.detach().to("cpu", torch.float64)
             old = self._ema_weights
             started = present & ~torch.isnan(old)
             averaged = torch.where(started, self.ema * old + (1 - self.ema) * new, new)
@@ -435,8 +447,8 @@ class GradientAggregator(Method):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if "ema_weights" in state:
-            self._ema_weights = state["ema_weights"].to("cpu", _SOLVER_DTYPE).clone()
+            self._ema_weights = state["ema_weights"].to("cpu", torch.float64).clone()
         if "cached_weights" in state:
-            self._cached = state["cached_weights"].to("cpu", _SOLVER_DTYPE).clone()
+            self._cached = state["cached_weights"].to("cpu", torch.float64).clone()
             self._cached_present = state["cached_present"].cpu().clone()
             self._steps_since = int(state["steps_since"])

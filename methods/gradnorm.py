@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import Method, check_number, resolve_present, set_field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def _all_present(values: Tensor, present: Tensor | None) -> Tensor:
@@ -125,12 +130,12 @@ class GradNorm(Method):
         (default ``losses > 0``).
         """
         if (
-            not isinstance(jacobian, Tensor)
+            not isinstance(jacobian, torch.Tensor)
             or jacobian.ndim != 2
             or (jacobian.shape[0] != self.num_tasks)
         ):
             raise self._error(f"jacobian must be a Tensor of shape ({self.num_tasks}, n)")
-        if not isinstance(losses, Tensor) or losses.shape != (self.num_tasks,):
+        if not isinstance(losses, torch.Tensor) or losses.shape != (self.num_tasks,):
             raise self._error(f"losses must be a Tensor of shape ({self.num_tasks},)")
         try:
             present = resolve_present(losses, present)
@@ -175,7 +180,7 @@ class GradNorm(Method):
     def _load_state(self, state: dict[str, Any]) -> None:
         for key in ("task_weights", "initial_losses"):
             value = state.get(key)
-            if not isinstance(value, Tensor) or value.shape != (self.num_tasks,):
+            if not isinstance(value, torch.Tensor) or value.shape != (self.num_tasks,):
                 raise self._error(f"state_dict {key} must be a Tensor[{self.num_tasks}]")
         with torch.no_grad():
             self.task_weights.copy_(state["task_weights"].to(self.task_weights.device))

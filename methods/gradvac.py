@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import HyperparameterError, check_number, set_field
 from methods.gradient import GradientAggregator, combine
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 _SEED_LIMIT = 2**63
 
@@ -166,7 +171,10 @@ class GradVac(GradientAggregator):
     def _load_state(self, state: dict[str, Any]) -> None:
         super()._load_state(state)
         targets = state.get("targets")
-        if not isinstance(targets, Tensor) or targets.shape != (self.num_tasks, self.num_tasks):
+        if not isinstance(targets, torch.Tensor) or targets.shape != (
+            self.num_tasks,
+            self.num_tasks,
+        ):
             raise self._error(
                 f"state_dict targets must be a Tensor[{self.num_tasks}, {self.num_tasks}]"
             )

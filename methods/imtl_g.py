@@ -8,10 +8,17 @@ Reference implementation used for the tests: ``torchjd.aggregation.IMTLG`` (torc
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.gradient import GradientAggregator, combine, trace_normalized
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 #: ``|sum_t v_t|`` below this (on the trace-normalised Gramian) gives zero weights.
 ZERO_SUM = 1e-12

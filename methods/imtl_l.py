@@ -8,10 +8,17 @@ implementation used for the tests: ``torchjd.scalarization.IMTLL`` (torchjd 0.18
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.task_scales import LearnedTaskScales
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def imtl_l_objective(losses: Tensor, log_scale: Tensor, present: Tensor | None = None) -> Tensor:

@@ -9,9 +9,9 @@ tests: ``torchjd.aggregation.MGDA`` (torchjd 0.18.0; Frank-Wolfe, no normalisati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_choice, check_number, set_field
 from methods.gradient import (
@@ -21,6 +21,12 @@ from methods.gradient import (
     nonnegative_qp,
     trace_normalized,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
 

@@ -22,15 +22,19 @@ with ``beta_k = beta / k^beta_sigma`` and ``gamma_k = gamma / k^gamma_sigma``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_choice, check_number, set_field
 from methods.gradient import GradientAggregator, project_onto_simplex
 
-_SOLVER_DTYPE = torch.float64
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
+
 #: added to the gradient norms (``normalization: l2_loss``), as in the reference code
 EPSILON = 1e-8
 #: ``normalization`` choices: ``g_t / ||g_t|| * L_t`` (the authors' code) or the raw gradient
@@ -126,7 +130,7 @@ class MoCo(GradientAggregator):
 
     def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
-        self.lam = torch.full((num_tasks,), torch.nan, dtype=_SOLVER_DTYPE)
+        self.lam = torch.full((num_tasks,), torch.nan, dtype=torch.float64)
         self.tracked: Tensor | None = None  # Y [T, n], created by the first step
         self.steps = 0
 
@@ -146,7 +150,7 @@ class MoCo(GradientAggregator):
         self, jacobian: Tensor, losses: Tensor, gramian: Tensor, present: Tensor
     ) -> tuple[Tensor, Tensor]:
         hp = self.hp
-        weights = torch.zeros(self.num_tasks, dtype=_SOLVER_DTYPE)
+        weights = torch.zeros(self.num_tasks, dtype=torch.float64)
         if not bool(present.any()):
             return torch.zeros_like(jacobian[0]), weights
         tracked = self._tracked(jacobian)
@@ -161,7 +165,7 @@ class MoCo(GradientAggregator):
         tracked[rows] = y
         lam = self.lam[idx]
         lam = torch.where(torch.isnan(lam), 1.0 / len(idx), lam)
-        y_gramian = (y @ y.T).to("cpu", _SOLVER_DTYPE)
+        y_gramian = (y @ y.T).to("cpu", torch.float64)
         lam = moco_lambda_step(
             lam, y_gramian, gamma=hp.gamma / k**hp.gamma_sigma, rho=hp.rho, simplex=hp.simplex
         )
@@ -178,9 +182,9 @@ class MoCo(GradientAggregator):
     def _load_state(self, state: dict[str, Any]) -> None:
         super()._load_state(state)
         lam = state.get("lambda")
-        if not isinstance(lam, Tensor) or lam.shape != (self.num_tasks,):
+        if not isinstance(lam, torch.Tensor) or lam.shape != (self.num_tasks,):
             raise self._error(f"state_dict lambda must be a Tensor[{self.num_tasks}]")
-        self.lam = lam.to("cpu", _SOLVER_DTYPE).clone()
+        self.lam = lam.to("cpu", torch.float64).clone()
         tracked = state.get("tracked")
         if tracked is not None and (tracked.ndim != 2 or tracked.shape[0] != self.num_tasks):
             raise self._error(f"state_dict tracked must be a Tensor[{self.num_tasks}, n]")

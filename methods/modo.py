@@ -15,15 +15,18 @@ and applies the masked-task rule to it (the projection, ``project_onto_simplex``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_number, set_field
 from methods.gradient import GradientAggregator, project_onto_simplex
 
-_F64 = torch.float64
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,16 +86,15 @@ class SimplexPairAggregator(GradientAggregator):
     #: the name of the masses in the checkpointed state
     STATE_KEY: ClassVar[str] = "masses"
 
-    def _resolve(self, given: dict[str, Any]) -> Any:
-        hp = super()._resolve(given)
-        self._masses = torch.ones(self.num_tasks, dtype=_F64)
-        return hp
+    def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
+        super().__init__(num_tasks, task_names, **hyperparameters)
+        self._masses = torch.ones(self.num_tasks, dtype=torch.float64)
 
     def simplex_step(self, cross: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def pair_weights(self, cross: Tensor, present: Tensor) -> Tensor:
-        weights = torch.zeros(self.num_tasks, dtype=_F64)
+        weights = torch.zeros(self.num_tasks, dtype=torch.float64)
         if not bool(present.any()):
             return weights
         idx = present.nonzero().flatten()
@@ -101,7 +103,7 @@ class SimplexPairAggregator(GradientAggregator):
         if not float(total) > 0.0:  # every present task at mass 0: restart them
             masses = torch.ones_like(masses)
             total = masses.sum()
-        state, sub = self.simplex_step(cross[idx][:, idx].to(_F64), masses / total)
+        state, sub = self.simplex_step(cross[idx][:, idx].to(torch.float64), masses / total)
         self._masses[idx] = total * state
         weights[idx] = sub
         return weights
@@ -131,9 +133,9 @@ class SimplexPairAggregator(GradientAggregator):
     def _load_state(self, state: dict[str, Any]) -> None:
         super()._load_state(state)
         masses = state.get(self.STATE_KEY)
-        if not isinstance(masses, Tensor) or masses.shape != (self.num_tasks,):
+        if not isinstance(masses, torch.Tensor) or masses.shape != (self.num_tasks,):
             raise self._error(f"state_dict {self.STATE_KEY} must be a Tensor[{self.num_tasks}]")
-        masses = masses.to("cpu", _F64).clone()
+        masses = masses.to("cpu", torch.float64).clone()
         if not bool((torch.isfinite(masses) & (masses >= 0)).all()):
             raise self._error(f"state_dict {self.STATE_KEY} must be finite and >= 0")
         self._masses = masses

@@ -16,12 +16,18 @@ convex ``f(alpha) = 1/2 alpha^T G alpha - sum_t log alpha_t`` whose stationary p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_number, set_field
 from methods.gradient import GradientAggregator, check_positive_int, combine
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 #: A task whose squared gradient norm is at most this fraction of the largest is treated as zero.
 ZERO_ROW = 1e-24

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import HyperparameterError, check_number, set_field
 from methods.gradient import GradientAggregator, combine
 
-_F64 = torch.float64
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def priority_multipliers(
@@ -170,11 +173,10 @@ class PCD(GradientAggregator):
     )
     Hyperparameters = PCDHyperparameters
 
-    def _resolve(self, given: dict[str, Any]) -> Any:
-        hp = super()._resolve(given)
-        self._sq_norm_ema = torch.zeros(self.num_tasks, dtype=_F64)
+    def __init__(self, num_tasks: int, task_names=None, **hyperparameters: Any) -> None:
+        super().__init__(num_tasks, task_names, **hyperparameters)
+        self._sq_norm_ema = torch.zeros(self.num_tasks, dtype=torch.float64)
         self._updates = torch.zeros(self.num_tasks, dtype=torch.int64)
-        return hp
 
     def _scales(self, sq_norms: Tensor, idx: Tensor) -> Tensor:
         """Update the present tasks' (``idx``) averages with ``sq_norms`` (Tensor[k]) and
@@ -183,7 +185,9 @@ class PCD(GradientAggregator):
         ema = beta * self._sq_norm_ema[idx] + (1.0 - beta) * sq_norms
         self._sq_norm_ema[idx] = ema
         self._updates[idx] += 1
-        correction = torch.tensor([1.0 - beta ** int(n) for n in self._updates[idx]], dtype=_F64)
+        correction = torch.tensor(
+            [1.0 - beta ** int(n) for n in self._updates[idx]], dtype=torch.float64
+        )
         denominators = (ema / correction + self.hp.eps).sqrt()
         return torch.where(denominators > 0.0, 1.0 / denominators, 0.0)
 
@@ -216,5 +220,5 @@ class PCD(GradientAggregator):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         super()._load_state(state)
-        self._sq_norm_ema = state["sq_norm_ema"].to("cpu", _F64).clone()
+        self._sq_norm_ema = state["sq_norm_ema"].to("cpu", torch.float64).clone()
         self._updates = state["updates"].to("cpu", torch.int64).clone()

@@ -7,10 +7,17 @@ tests: ``torchjd.aggregation.PCGrad`` (torchjd 0.18.0).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.gradient import GradientAggregator, combine
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def pcgrad_weights(g: Tensor) -> Tensor:

@@ -8,10 +8,17 @@ both ``softmax(torch.randn(T))`` (sum 1); see the scale convention below.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.base import LossWeighting
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def rlw_weights(num_tasks: int) -> Tensor:

@@ -9,11 +9,18 @@ NeurIPS 2023, arXiv:2306.03792). Not in torchjd: the tests derive the values by 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.base import LossWeighting
 from methods.geometric_mean import active_tasks
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def scale_invariant_objective(losses: Tensor, active: Tensor) -> Tensor:

@@ -16,13 +16,19 @@ w~)``). Masked tasks and the state: ``methods.modo.SimplexPairAggregator``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import HyperparameterError, check_number, set_field
 from methods.gradient import check_positive_int, project_onto_simplex
 from methods.modo import SimplexPairAggregator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 #: Added to the squared scale before dividing ``A`` by it, as the reference code.
 SCALE_EPS = 1e-8

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import LossWeighting, check_number, check_task_values, set_field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,9 @@ class STCH(LossWeighting):
     ) -> None:
         super().__init__(num_tasks, task_names, **hyperparameters)
         self._preference = self._task_values("preference", self.hp.preference)
+
+    def _check_arguments(self) -> None:
+        self._task_value_list("preference", self.hp.preference)
 
     def _preference_for(self, losses: Tensor) -> Tensor:
         return self._preference.to(device=losses.device, dtype=losses.dtype)

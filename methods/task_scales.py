@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import LossWeighting, check_number, set_field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,8 @@ class LearnedTaskScales(LossWeighting):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         s = state.get(self.scale_name)
-        if not isinstance(s, Tensor) or s.shape != (self.num_tasks,):
-            shape = tuple(s.shape) if isinstance(s, Tensor) else repr(s)
+        if not isinstance(s, torch.Tensor) or s.shape != (self.num_tasks,):
+            shape = tuple(s.shape) if isinstance(s, torch.Tensor) else repr(s)
             raise self._error(
                 f"state_dict {self.scale_name} must be a Tensor[{self.num_tasks}], got {shape}"
             )

@@ -7,10 +7,17 @@ the tests: ``torchjd.scalarization.UW`` (torchjd 0.18.0).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 from methods.task_scales import LearnedTaskScales
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def uncertainty_objective(losses: Tensor, log_var: Tensor, present: Tensor | None = None) -> Tensor:

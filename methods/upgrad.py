@@ -9,9 +9,9 @@ are solved by an active-set method in torch, no quadprog needed).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from methods.base import check_number, set_field
 from methods.gradient import (
@@ -21,6 +21,12 @@ from methods.gradient import (
     nonnegative_qp,
     trace_normalized,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 
 def dual_cone_projection_weights(

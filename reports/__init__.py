@@ -1,25 +1,21 @@
 """Reports from harness run directories: the summary table, summary files and a self-contained HTML.
 
-Imports pandas, pyarrow, plotly, scipy, rich, PyYAML and the standard library only (never
-torch, ray or the project's other packages), so a report can be rebuilt anywhere from a run's
-results.
+Imports pandas, pyarrow, plotly, scipy, rich, PyYAML, lazy_loader and the standard library only
+(never torch, ray or the project's other packages), so a report can be rebuilt anywhere from a
+run's results.
+
+The names below load their submodule on first use (``lazy_loader.attach``): ``import
+reports.format`` (the CLI's ``plural``) does not load pandas, plotly or scipy.
 """
 
-from reports.html import ReportOptions, WrittenReport, write_report
-from reports.load import Comparison, ReportError, RunResults, load_run, load_runs
-from reports.summary import summary_table
-from reports.tables import summary_markdown, summary_rich
+import lazy_loader
 
-__all__ = [
-    "Comparison",
-    "ReportError",
-    "ReportOptions",
-    "RunResults",
-    "WrittenReport",
-    "load_run",
-    "load_runs",
-    "summary_markdown",
-    "summary_rich",
-    "summary_table",
-    "write_report",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "html": ["ReportOptions", "WrittenReport", "write_report"],
+        "load": ["Comparison", "ReportError", "RunResults", "load_run", "load_runs"],
+        "summary": ["summary_table"],
+        "tables": ["summary_markdown", "summary_rich"],
+    },
+)

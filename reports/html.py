@@ -330,6 +330,17 @@ def report_notes(results: Comparison) -> list[str]:
     return notes
 
 
+def partial_notes(results: Comparison) -> list[str]:
+    """One sentence per run read before its tables were written (it still runs, or was
+    interrupted): how many trials finished, and which are still missing."""
+    several = len(results.runs) > 1
+    return [
+        f"{name}: {run.partial.sentence}" if several else run.partial.sentence
+        for run, name in zip(results.runs, results.run_names, strict=True)
+        if run.partial is not None
+    ]
+
+
 def verdict_html(ctx: ReportContext) -> str:
     """The answer first: per workload, the sentences of :mod:`reports.verdict` and its rule."""
     if ctx.trials.empty or ctx.completed.empty:
@@ -368,8 +379,14 @@ def section_header(ctx: ReportContext) -> str:
         subtitle += f" · {runs} runs merged"
     notes = report_notes(ctx.results)
     synthetic = "".join(f'<p class="callout info">{esc(n)}</p>' for n in notes[:-1])
+    # first thing on the page: these are not all of the run's trials
+    partial = "".join(
+        f'<p class="callout warn partial">{esc(n)}. The numbers below are of '
+        "the finished trials only; the run's final report replaces this one.</p>"
+        for n in partial_notes(ctx.results)
+    )
     return (
-        f"<header><h1>{esc(ctx.results.name)}</h1>"
+        f"<header>{partial}<h1>{esc(ctx.results.name)}</h1>"
         f'<p class="subtitle">{subtitle} · {total} trials'
         f"{': ' + by_status if by_status else ''}</p>"
         f'<p class="disclaimer">{esc(notes[-1])}</p>{synthetic}{callout}'
@@ -1368,7 +1385,8 @@ def render_context(ctx: ReportContext) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{esc(ctx.results.name)} — benchmark report</title>\n"
+        f"<title>{esc(ctx.results.name)} — benchmark report"
+        f"{' (partial)' if partial_notes(ctx.results) else ''}</title>\n"
         f"<style>{CSS}</style>\n"
         f'<script type="text/javascript">{_plotly_js()}</script>\n'
         "</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
@@ -1470,8 +1488,9 @@ def write_report(
                 raise ReportError(f"{path} exists; pass --overwrite to replace it")
     results = load_runs(dirs)
     ctx = build_context(results, options)
-    title = f"{results.name}: summary"
-    notes = report_notes(results)
+    partial = partial_notes(results)
+    title = f"{results.name}: summary" + (" (partial)" if partial else "")
+    notes = partial + report_notes(results)  # the partial sentence first, right under the title
     verdict = [(v.workload, v.lines) for v in ctx.verdicts] if not ctx.completed.empty else []
     markdown = summary_markdown(
         ctx.summary,

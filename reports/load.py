@@ -2,6 +2,10 @@
 
 Only pandas, pyarrow, PyYAML and the standard library are used here, so that a report can be
 rebuilt on a laptop from a cluster's results without torch or ray installed.
+
+A run whose tables are not written yet (it still runs, or it was interrupted) is read from the
+trial records the driver keeps in ``trials/*.json`` (see ``harness.results``): its finished
+trials, with :class:`Partial` saying which are still missing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 TRIALS_FILE = "results/trials.parquet"
 EPOCHS_FILE = "results/epochs.parquet"
+TRIALS_DIR = "trials"  # the driver's record of each trial while the run goes on
+REPORT_FILE = "report.html"
+# a trial in one of these states has ended in its attempt (a failed one may run again)
+FINISHED = ("completed", "diverged", "failed")
 
 TRIAL_COLUMNS: tuple[str, ...] = (
     "trial_id",
@@ -113,6 +121,11 @@ OPTIONAL_TRIAL_STRING_COLUMNS: tuple[str, ...] = (
 )
 OPTIONAL_TRIAL_COUNT_COLUMNS: tuple[str, ...] = ("attempts", "cpu_threads")
 
+# which run, data set and input size each row is of (added with the Python API): absent in
+# older runs, filled from the manifest's name and the config (a swept ``data.image_size``
+# from its column)
+RUN_COLUMNS: tuple[str, ...] = ("run", "dataset", "image_size")
+
 STRING_COLUMNS: tuple[str, ...] = (
     "trial_id",
     "method",
@@ -121,12 +134,34 @@ STRING_COLUMNS: tuple[str, ...] = (
     "split",
     "task",
     "run",
+    "dataset",
     "workload",
 )
 
 
 class ReportError(Exception):
     """A run directory cannot be read; the message is one line and names the file."""
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A run read from its trial records before its tables were written: ``finished`` of
+    ``total`` trials ended (completed, diverged or failed); ``missing`` are the others'
+    ids (pending, running, or cut off by an interruption)."""
+
+    finished: int
+    total: int
+    missing: tuple[str, ...]
+
+    @property
+    def sentence(self) -> str:
+        """``Partial: 3 of 8 trials finished; still missing: a, b, c, d, e``."""
+        from reports.format import plural
+
+        return (
+            f"Partial: {self.finished} of {plural(self.total, 'trial')} finished; "
+            f"still missing: {', '.join(self.missing)}"
+        )
 
 
 @dataclass
@@ -142,6 +177,14 @@ class RunResults:
     config: dict[str, Any] = field(default_factory=dict)
     tuning_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     tuning_epochs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # set when the tables were not written yet: read from the trial records (load_run)
+    partial: Partial | None = None
+
+    @property
+    def report_path(self) -> Path | None:
+        """The run's own ``report.html``, None while it has not been written."""
+        path = self.run_dir / REPORT_FILE
+        return path if path.is_file() else None
 
     @property
     def name(self) -> str:
@@ -216,6 +259,18 @@ def _read_table(
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises a zoo of types for a damaged file
         raise ReportError(f"corrupt file {path}: {_one_line(exc)}") from exc
+    return _normalise(frame, path, columns, float_columns, optional_float_columns)
+
+
+def _normalise(
+    frame: pd.DataFrame,
+    path: Path,
+    columns: tuple[str, ...],
+    float_columns: tuple[str, ...],
+    optional_float_columns: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Required columns checked, numbers as float64, text as str/None: the same frames
+    whether they come from the Parquet tables or from the trial records."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ReportError(f"corrupt file {path}: missing column(s) {', '.join(missing)}")
@@ -256,19 +311,169 @@ def _placement_columns(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame
 
 
+# ---- a run still going, or interrupted: its trial records ---------------------------------
+
+# parsed records by folder and file name, with the (mtime, size, inode) they were read at: a
+# partial report refreshed after each trial parses only the records that changed since
+_RECORDS: dict[Path, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] = {}
+
+
+def _record_files(root: Path) -> list[Path]:
+    folder = root / TRIALS_DIR
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _reads_records(root: Path, manifest: dict[str, Any], records: list[Path]) -> bool:
+    """Whether the run's tables are missing or older than its trial records: a run that still
+    goes on, was interrupted, or is resumed (a resume keeps the tables of its earlier attempt
+    until it writes new ones). A finished run always reads its tables."""
+    if not records:
+        return False
+    tables = [root / TRIALS_FILE, root / EPOCHS_FILE]
+    if not all(path.is_file() for path in tables):
+        return True
+    if manifest.get("finished_at"):
+        return False
+    try:
+        written = min(path.stat().st_mtime_ns for path in tables)
+        return max(path.stat().st_mtime_ns for path in records) > written
+    except OSError:  # a file replaced under us: the records are being written
+        return True
+
+
+def _read_records(files: list[Path]) -> list[dict[str, Any]]:
+    """Every trial record, each checked to be one; unchanged files come from the cache."""
+    if not files:
+        return []
+    folder = files[0].parent.resolve()
+    cached, fresh, out = _RECORDS.get(folder, {}), {}, []
+    for path in files:
+        try:
+            info = path.stat()
+            stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+            hit = cached.get(path.name)
+            data = hit[1] if hit and hit[0] == stamp else json.loads(path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ReportError(f"corrupt file {path}: {_one_line(exc)}") from exc
+        identity = data.get("identity") if isinstance(data, dict) else None
+        if not (
+            isinstance(identity, dict)
+            and isinstance(identity.get("trial_id"), str)
+            and isinstance(data.get("rows"), dict)
+            and all(isinstance(rows, list) for rows in data["rows"].values())
+        ):
+            raise ReportError(f"corrupt file {path}: not a trial record (identity, rows)")
+        fresh[path.name] = (stamp, data)
+        out.append(data)
+    _RECORDS[folder] = fresh
+    return out
+
+
+def _row_order(key: str) -> tuple[int, int]:
+    """Train and val rows by epoch, then the test rows (``harness.results``' row keys)."""
+    return (1, 0) if key == "test" else (0, int(key.partition(":")[2] or 0))
+
+
+def _record_tables(
+    records: list[dict[str, Any]], folder: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, Partial | None]:
+    """The trials and epochs tables of the trials that finished, as ``harness.results.
+    write_tables`` builds them from the same records, and what is still missing. A single-task
+    reference (``stl``) of a backbone and seed waits until every finding's network finished."""
+    missing = [r["identity"]["trial_id"] for r in records if r.get("status") not in FINISHED]
+    waiting = {
+        (r["identity"].get("backbone"), r["identity"].get("seed"))
+        for r in records
+        if r.get("status") not in FINISHED and r["identity"].get("single_task")
+    }
+    trial_rows: list[dict[str, Any]] = []
+    epoch_rows: list[dict[str, Any]] = []
+    for record in records:
+        identity = {k: v for k, v in record["identity"].items() if k != "tuned_from"}
+        held = identity.get("single_task") and (
+            (identity.get("backbone"), identity.get("seed")) in waiting
+        )
+        if record.get("status") not in FINISHED or held:
+            continue
+        summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
+        attempts = [a for a in record.get("attempts") or [] if isinstance(a, dict)]
+        ran = [a for a in attempts if a.get("hostname")]
+        where = {k: ran[-1].get(k) for k in ("hostname", "node_ip", "node_id")} if ran else {}
+        rows = record["rows"]
+        trial_rows.append(
+            {
+                **where,
+                **summary,
+                "attempts": len(attempts),
+                **identity,
+                "status": record.get("status"),
+                "error": record.get("error"),
+                "epochs_completed": summary.get(
+                    "epochs_completed", len([k for k in rows if k.startswith("epoch:")])
+                ),
+            }
+        )
+        for key in sorted(rows, key=_row_order):
+            epoch_rows += [{**row, **identity} for row in rows[key] if isinstance(row, dict)]
+    trials = pd.DataFrame(trial_rows)
+    epochs = pd.DataFrame(epoch_rows)
+    for frame, columns in ((trials, TRIAL_COLUMNS), (epochs, EPOCH_COLUMNS)):
+        for column in columns:  # none finished yet, or none reported an epoch
+            if column not in frame.columns:
+                frame[column] = pd.Series(dtype="float64" if column != "seed" else "int64")
+    trials = _normalise(
+        trials, folder, TRIAL_COLUMNS, TRIAL_FLOAT_COLUMNS, OPTIONAL_TRIAL_FLOAT_COLUMNS
+    )
+    epochs = _normalise(
+        epochs, folder, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
+    )
+    finished = len(records) - len(missing)
+    partial = Partial(finished, len(records), tuple(missing)) if missing else None
+    return trials, epochs, partial
+
+
+def _run_columns(frame: pd.DataFrame, name: str, config: dict[str, Any]) -> pd.DataFrame:
+    """``run``, ``dataset`` and ``image_size`` in every row: as written, else (an older run, or
+    the trial records) the run's name and the config's data set and size, a swept size from
+    its column."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    size = frame["data.image_size"] if "data.image_size" in frame.columns else None
+    defaults = {"run": name, "dataset": data.get("dataset"), "image_size": data.get("image_size")}
+    for column, default in defaults.items():
+        value = size if column == "image_size" and size is not None else default
+        if column not in frame.columns:
+            frame[column] = value
+        elif frame[column].isna().any():
+            frame[column] = frame[column].where(frame[column].notna(), value)
+    frame["image_size"] = pd.to_numeric(frame["image_size"], errors="coerce")
+    for column in ("run", "dataset"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
-    """Read a run directory; raise :class:`ReportError` naming the file when one is unusable."""
+    """Read a run directory; raise :class:`ReportError` naming the file when one is unusable.
+    A run whose tables are not written yet (:func:`_reads_records`) is read from its trial
+    records: its finished trials, with ``partial`` naming the others."""
     root = Path(run_dir)
     if not root.is_dir():
         raise ReportError(f"run directory not found: {root}")
     manifest = _read_manifest(root / MANIFEST_FILE)
     config = _read_config(root / CONFIG_FILE)
-    trials = _read_table(
-        root / TRIALS_FILE, TRIAL_COLUMNS, TRIAL_FLOAT_COLUMNS, OPTIONAL_TRIAL_FLOAT_COLUMNS
-    )
-    epochs = _read_table(
-        root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
-    )
+    partial = None
+    files = _record_files(root)
+    if _reads_records(root, manifest, files):
+        trials, epochs, partial = _record_tables(_read_records(files), root / TRIALS_DIR)
+    else:
+        trials = _read_table(
+            root / TRIALS_FILE, TRIAL_COLUMNS, TRIAL_FLOAT_COLUMNS, OPTIONAL_TRIAL_FLOAT_COLUMNS
+        )
+        epochs = _read_table(
+            root / EPOCHS_FILE, EPOCH_COLUMNS, EPOCH_FLOAT_COLUMNS, OPTIONAL_EPOCH_FLOAT_COLUMNS
+        )
+    name = str(manifest.get("name") or root.name)
+    trials = _run_columns(trials, name, config)
+    epochs = _run_columns(epochs, name, config)
     trials = _placement_columns(trials, root / TRIALS_FILE)
     trials, epochs = _combine_single_task(trials, epochs)
     swept = _swept_keys(config)
@@ -293,6 +498,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResults:
         config=config,
         tuning_trials=tuning,
         tuning_epochs=tuning_epochs,
+        partial=partial,
     )
 
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import lazy_loader
 
 from deepchest.data.base import LabeledImages
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 __all__ = [
     "READABLE",
@@ -46,9 +51,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "deepchest-harness"
 
 
-def to_model_input(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 ``[B, C, H, W]`` -> normalised float ``[B, C, H, W]`` on the images' device."""
-    return (images.to(dtype) / 255.0 - _MEAN) / _STD
+def to_model_input(images: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """uint8 ``[B, C, H, W]`` -> normalised float ``[B, C, H, W]`` (``dtype``, float32 when
+    None) on the images' device."""
+    return (images.to(torch.float32 if dtype is None else dtype) / 255.0 - _MEAN) / _STD
 
 
 def _select_tasks(splits: dict[str, LabeledImages], tasks: Any) -> dict[str, LabeledImages]:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+import lazy_loader
 
 from deepchest.data.base import LabeledImages
 from deepchest.findings import (
@@ -30,6 +29,12 @@ from deepchest.findings import (
     COPULA_THRESHOLDS,
     FINDINGS,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_loader.load("torch")
 
 __all__ = [
     "DEFAULT_LABEL_NOISE",
@@ -192,7 +197,9 @@ def _field(g: torch.Generator, n: int, res: int, size: int) -> Tensor:
     """A smooth random field, ~N(0, 1) per pixel, correlated over 1 / res of the image (the
     same field at every image size)."""
     coarse = torch.randn(n, 1, res, res, generator=g)
-    fine = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    fine = torch.nn.functional.interpolate(
+        coarse, size=(size, size), mode="bilinear", align_corners=False
+    )
     return fine[:, 0] / 0.72  # bilinear upsampling shrinks the std to ~0.72
 
 
