@@ -1311,6 +1311,7 @@ def _name_overrides(
             named.append(line)
         else:
             given = " ".join(o.text for o in overrides)
-            several = "s" if len(overrides) > 1 else ""
-            named.append(f"with override{several} {given}: {line}")
+            # "override" or "overrides" (plural() would put the count in front)
+            label = plural(len(overrides), "override").split(" ", 1)[1]
+            named.append(f"with {label} {given}: {line}")
     return named

@@ -221,11 +221,56 @@ def test_tracking_section_is_checked_like_any_other(tmp_path, capsys):
     assert "online" in err and "offline" in err and "disabled" in err
 
 
+def test_trial_config_of_variants_single_task_and_tuning_trials_is_plain_scalars(tmp_path):
+    """Every kind of trial gets its own keys only, each a scalar the trackers accept."""
+    from harness.config import parse_config
+    from harness.launch import trial_hparams, trial_identities, trial_spec
+
+    def configs(**sections) -> dict[str, dict]:
+        cfg = parse_config(tiny_config(tmp_path, **sections))
+        return {
+            i["trial_id"]: trial_hparams(i, trial_spec(cfg, i, gpus=0))
+            for i in trial_identities(cfg)
+        }
+
+    def plain(config: dict) -> bool:
+        return all(isinstance(v, bool | int | float | str) for v in config.values())
+
+    variant = configs(
+        grid={"methods": ["mgda", "mgda_ub"], "single_task": True, "seeds": [3]},
+        method_params={"mgda_ub": {"method": "mgda", "level": "representation"}},
+        data={"tasks": ["Atelectasis", "Effusion"]},
+    )
+    ub = variant["mgda_ub-simple_cnn-s3"]
+    assert ub["method"] == "mgda_ub" and ub["seed"] == 3
+    assert ub["method_params.mgda_ub.level"] == "representation"  # the variant's own setting
+    assert ub["method_params.mgda_ub.update_every"] == 1  # and the method's defaults
+    assert "method_params.mgda_ub.method" not in ub
+    assert variant["mgda-simple_cnn-s3"]["method_params.mgda.level"] == "parameters"
+    stl = variant["stl-simple_cnn-s3-task=Effusion"]
+    assert stl["method"] == "stl" and stl["single_task"] == "Effusion"
+    assert not any(k.startswith("method_params.") for k in stl)
+    assert all(plain(c) for c in variant.values())
+
+    tuned = configs(
+        grid={"methods": ["fixed"], "seeds": [0, 1, 2]},
+        tuning={"budget": 2, "method_space": {"fixed": {"weights": {"dirichlet": 1.0}}}},
+        data={"tasks": ["Atelectasis", "Effusion"]},
+    )
+    first = tuned["fixed-simple_cnn-study0-t0"]
+    assert first["phase"] == "tuning" and first["study"] == 0 and first["seed"] == 1000
+    weights = json.loads(first["method_params.fixed.weights"])  # a list, written as JSON
+    assert len(weights) == 2 and sum(weights) == pytest.approx(2)
+    final = tuned["fixed-simple_cnn-study0-s0"]
+    assert final["phase"] == "final" and "tuned_from" not in final
+    assert all(plain(c) for c in tuned.values())
+
+
 def test_no_tracker_by_default(tmp_path):
-    from harness.config import ExperimentConfig
+    from harness.config import parse_config
     from harness.launch import tracking_callbacks
 
-    cfg = ExperimentConfig.model_validate(tiny_config(tmp_path))
+    cfg = parse_config(tiny_config(tmp_path))
     assert cfg.tracking.mlflow is None and cfg.tracking.wandb is None
     assert tracking_callbacks(cfg, tmp_path) == []
 
