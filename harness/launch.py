@@ -442,6 +442,15 @@ def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storag
     trainer.fit()
 
 
+def _pending_cap() -> int:
+    """Tune's cap on pending trials for a grid search (``_get_max_pending_trials``): 200, or
+    1.1 per CPU of the cluster when that is more; at least one per GPU."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    return max(200, int(cluster.get("CPU", 1.0) * 1.1), int(cluster.get("GPU", 0)))
+
+
 def _trial_configs(configs: list[dict[str, Any]]):
     """A Tune searcher that hands out ``configs`` (``trial_hparams``), one trial each, in
     order. Unlike a ``grid_search`` over trial ids, each trial's whole config is its searched
@@ -965,12 +974,14 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     tuner = tune.Tuner(
         trainable,
         # each trial's whole config (trial id, method, backbone, seed, swept values, method
-        # hyperparameters), in grid order. Tune wraps the searcher in a ConcurrencyLimiter and
-        # keeps as many trials pending as it allows: all of them unless capped, as a grid would
+        # hyperparameters), in grid order. Tune wraps the searcher in a ConcurrencyLimiter,
+        # whose cap is also how many trials it keeps pending: without a cap of the run's own,
+        # Tune's rule for a grid (at least 200, or 1.1 per cluster CPU), so that a
+        # paper-scale grid does not request thousands of placement groups at once
         tune_config=tune.TuneConfig(
             search_alg=_trial_configs([trial_hparams(i, specs[i["trial_id"]]) for i in todo]),
             num_samples=len(todo),
-            max_concurrent_trials=concurrency or len(todo),
+            max_concurrent_trials=concurrency or min(len(todo), _pending_cap()),
             reuse_actors=single,
             trial_name_creator=lambda trial: trial.config["trial_id"],
             trial_dirname_creator=lambda trial: trial.config["trial_id"],
