@@ -134,18 +134,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     table = Table(title="Registered task-weighting methods", title_justify="left")
     # one level and one setting a line, never cut: on a narrow screen only the text wraps
-    for col in ("method", "level", "hyperparameters\n(defaults)"):
+    for col in ("method\n(levels)", "hyperparameters\n(defaults)"):
         table.add_column(col, no_wrap=True)
-    table.add_column("cost per step\n(heads)", overflow="fold", max_width=24)
-    table.add_column("summary\nreference", overflow="fold")
+    # one text column, so that an 80-column pipe still reads: summary, cost, heads, source
+    table.add_column("summary / cost per step / heads / reference", overflow="fold")
     for info in methods.describe():
         params = "\n".join(f"{k}={v}" for k, v in info.hyperparameters.items()) or "—"
-        gradient = info.level != "loss"
-        cost = info.cost + (f"\n(heads: {info.default_heads})" if gradient else "")
         about = Text(info.summary)
+        cost = f"cost: {info.cost}"
+        if info.level != "loss":
+            cost += f"; heads: {info.default_heads}"
+        about.append("\n" + cost)
         if info.reference:
             about.append("\n" + info.reference, style="dim")
-        table.add_row(*map(Text, (info.name, "\n".join(info.levels), params, cost)), about)
+        name = Text(info.name)
+        name.append("".join(f"\n {level}" for level in info.levels), style="dim")
+        table.add_row(name, Text(params), about)
     # the terminal's width; piped, $COLUMNS or 80 (rich's default): `| head` fits the screen
     Console().print(table)
     return 0

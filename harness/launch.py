@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,7 +445,8 @@ def _tune_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]], storag
 
 def _pending_cap() -> int:
     """Tune's cap on pending trials for a grid search (``_get_max_pending_trials``): 200, or
-    1.1 per CPU of the cluster when that is more; at least one per GPU."""
+    1.1 per CPU of the cluster when that is more; at least one per GPU. Pending only: the
+    trials already running do not count against it."""
     import ray
 
     cluster = ray.cluster_resources()
@@ -914,9 +916,16 @@ def refresh_partial_report(run_dir: Path, progress: Progress | None = None) -> N
             print(line, file=sys.stderr)
 
 
+#: the partial report runs in Tune's event loop, which waits for it: after a refresh that took
+#: d seconds the next one comes no sooner than REFRESH_GAP * d later (Tune busy <= ~10%)
+REFRESH_GAP = 10.0
+
+
 def _partial_report_callback(run_dir: Path, progress: Progress):
-    """A Tune callback that refreshes the partial report after each trial that ends
-    (completed, diverged or failed), once ``ResultsCollector`` has saved its record."""
+    """A Tune callback that refreshes the partial report when a trial ends (completed,
+    diverged or failed), once ``ResultsCollector`` has saved its record, at most one refresh
+    per ``REFRESH_GAP`` times the last one's duration (a large grid's report takes seconds,
+    during which Tune starts no trial)."""
     from ray import tune
 
     class PartialReport(tune.Callback):
@@ -924,17 +933,22 @@ def _partial_report_callback(run_dir: Path, progress: Progress):
         def __init__(self, run_dir: Path, progress: Progress) -> None:
             self.run_dir: Path | None = run_dir
             self.progress: Progress | None = progress
+            self.next_at = 0.0  # time.monotonic() before which no refresh starts
 
         # Tune pickles its callbacks into its experiment state: this driver's state stays here
         def __getstate__(self):
             return {}
 
         def __setstate__(self, state):
-            self.run_dir, self.progress = None, None
+            self.run_dir, self.progress, self.next_at = None, None, 0.0
 
         def _refresh(self) -> None:
-            if self.run_dir is not None:
-                refresh_partial_report(self.run_dir, self.progress)
+            if self.run_dir is None or time.monotonic() < self.next_at:
+                return
+            started = time.monotonic()
+            refresh_partial_report(self.run_dir, self.progress)
+            done = time.monotonic()
+            self.next_at = done + REFRESH_GAP * (done - started)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._refresh()
@@ -971,17 +985,19 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, specs=specs, storage=storage), resources
     )
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_pending_cap()))
     tuner = tune.Tuner(
         trainable,
         # each trial's whole config (trial id, method, backbone, seed, swept values, method
-        # hyperparameters), in grid order. Tune wraps the searcher in a ConcurrencyLimiter,
-        # whose cap is also how many trials it keeps pending: without a cap of the run's own,
-        # Tune's rule for a grid (at least 200, or 1.1 per cluster CPU), so that a
-        # paper-scale grid does not request thousands of placement groups at once
+        # hyperparameters), in grid order. With a cap of the run's own, Tune wraps the
+        # searcher in a ConcurrencyLimiter (running + pending <= cap); without one it keeps
+        # as many trials pending as TUNE_MAX_PENDING_TRIALS_PG says, which for a searcher
+        # defaults to 1: set there to Tune's rule for a grid (_pending_cap), which caps only
+        # the pending trials, never the running ones
         tune_config=tune.TuneConfig(
             search_alg=_trial_configs([trial_hparams(i, specs[i["trial_id"]]) for i in todo]),
             num_samples=len(todo),
-            max_concurrent_trials=concurrency or min(len(todo), _pending_cap()),
+            max_concurrent_trials=concurrency,
             reuse_actors=single,
             trial_name_creator=lambda trial: trial.config["trial_id"],
             trial_dirname_creator=lambda trial: trial.config["trial_id"],

@@ -166,7 +166,7 @@ class RunDirectory:
         except (OSError, yaml.YAMLError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RunRefused(f"{self.path}: not a readable run directory ({first})") from None
-        changed = _differences(stored, config)
+        changed = _differences(_normalised(stored), config)
         # a run that trained nothing holds nothing to keep consistent with: take the new file
         if changed and trained_anything(self.path):
             raise RunRefused(
@@ -242,3 +242,14 @@ def _lock(path: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _normalised(stored: Any) -> Any:
+    """A stored ``config.yaml`` read through today's schema, so that a section added since
+    (with its default) is not taken for a change; as stored when it no longer validates."""
+    from harness.config import ConfigError, parse_config
+
+    try:
+        return parse_config(stored).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return stored

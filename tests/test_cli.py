@@ -129,7 +129,7 @@ def test_methods_table():
         assert name in result.stdout
     wide = _methods_listing("220")
     # the cost class and default heads of each method, and its reference
-    for text in ("T backward passes", "(heads: own)", "(heads: weighted)", "arXiv:2406.16232"):
+    for text in ("cost: T backward passes", "heads: own", "heads: weighted", "arXiv:2406.16232"):
         assert text in wide
 
 

@@ -349,3 +349,22 @@ def test_a_trial_that_started_keeps_its_experiment_on_resume(tmp_path):
         RunDirectory.claim(
             path, {"name": "r", "train": {"epochs": 9}}, resume=True, overwrite=False
         )
+
+
+def test_resume_of_a_run_written_before_a_new_config_section(tmp_path):
+    """A run directory whose config.yaml predates a section of the schema (here ``tracking``,
+    absent from the stored file, its default in today's) resumes: the stored file is read
+    through today's schema before the comparison."""
+    from harness.config import parse_config
+    from tests.conftest import tiny_config
+
+    today = parse_config(tiny_config(tmp_path)).to_dict()
+    stored = {k: v for k, v in today.items() if k != "tracking"}
+    path = tmp_path / "old"
+    _fake_run(path, trained=True, config=stored)
+    claimed = RunDirectory.claim(path, today, resume=True, overwrite=False)
+    assert claimed.mode == "resume"
+    claimed.release(discard=True)
+    changed = {**today, "train": {**today["train"], "epochs": 7}}
+    with pytest.raises(RunRefused, match=r"differs from .* at train\.epochs"):
+        RunDirectory.claim(path, changed, resume=True, overwrite=False)
