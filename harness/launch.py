@@ -485,6 +485,38 @@ def _trial_configs(configs: list[dict[str, Any]]):
 JSON_RESULTS = ("rows_json", "node_json", "summary_json")
 
 
+class _GuardedTracker:
+    """Mixin for Ray's logger callbacks: an error while logging (a tracking server's 5xx, a
+    locked SQLite store) is one warning line, after which this tracker logs nothing more; the
+    grid goes on (Tune would otherwise re-raise it and end the run)."""
+
+    key = "tracking"
+    broken = False
+
+    def _guarded(self, hook, *args):
+        if self.broken:
+            return None
+        try:
+            return hook(*args)
+        except Exception as exc:
+            self.broken = True
+            print(
+                f"harness: warning: {self.key} stopped logging ({first_line(exc)}); "
+                "the run goes on without it",
+                file=sys.stderr,
+            )
+            return None
+
+    def log_trial_start(self, trial):
+        return self._guarded(super().log_trial_start, trial)
+
+    def log_trial_result(self, iteration, trial, result):
+        return self._guarded(super().log_trial_result, iteration, trial, result)
+
+    def log_trial_end(self, trial, failed=False):
+        return self._guarded(super().log_trial_end, trial, failed)
+
+
 def tracking_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list[Any]:
     """Ray's own MLflow and W&B logger callbacks for the experiment file's ``tracking`` (none
     by default): one run per trial, with the trial's config (``trial_hparams``) as its params
@@ -496,10 +528,17 @@ def tracking_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list[Any]:
     if (mlflow := cfg.tracking.mlflow) is not None:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        class MLflowTracking(MLflowLoggerCallback):
+        class MLflowTracking(_GuardedTracker, MLflowLoggerCallback):
+            key = "tracking.mlflow"
+
             def setup(self, *args, **kwargs):
                 with _tracker_errors("tracking.mlflow"):
                     super().setup(*args, **kwargs)
+
+            def log_trial_result(self, iteration, trial, result):
+                # the trial's config is its params already: not also a metric every epoch
+                metrics = {k: v for k, v in result.items() if k != "config"}
+                super().log_trial_result(iteration, trial, metrics)
 
         out.append(
             MLflowTracking(
@@ -511,7 +550,9 @@ def tracking_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list[Any]:
     if (wandb := cfg.tracking.wandb) is not None:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
-        class WandbTracking(WandbLoggerCallback):
+        class WandbTracking(_GuardedTracker, WandbLoggerCallback):
+            key = "tracking.wandb"
+
             def setup(self, *args, **kwargs):
                 # Ray asks for an API key unless WANDB_MODE says offline or disabled; the
                 # file's mode (passed on to wandb.init) says so only while Ray checks

@@ -290,3 +290,37 @@ def test_wandb_online_without_an_api_key_stops_the_run_in_one_line(
         "harness: error: tracking.wandb: no W&B API key: run `wandb login` or set "
         "WANDB_API_KEY (or use mode: offline)"
     )
+
+
+def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_goes_on(capsys):
+    """An error while logging (a server's 5xx, a locked SQLite store) must not reach Tune,
+    which would end the grid: one warning line, then that tracker is silent."""
+    from harness.launch import _GuardedTracker
+
+    class Flaky:
+        calls = 0
+
+        def log_trial_result(self, iteration, trial, result):
+            Flaky.calls += 1
+            raise RuntimeError("503 Service Unavailable\nbody")
+
+        def log_trial_start(self, trial):
+            Flaky.calls += 1
+
+        def log_trial_end(self, trial, failed=False):
+            Flaky.calls += 1
+
+    class Tracker(_GuardedTracker, Flaky):
+        key = "tracking.mlflow"
+
+    tracker = Tracker()
+    tracker.log_trial_start("t")
+    for _ in range(3):
+        tracker.log_trial_result(1, "t", {"val_mean_auroc": 0.5})
+    tracker.log_trial_end("t")
+    assert Flaky.calls == 2  # the start and the failing result; nothing after the failure
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "harness: warning: tracking.mlflow stopped logging (503 Service Unavailable); "
+        "the run goes on without it"
+    ]
