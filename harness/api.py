@@ -136,7 +136,12 @@ def run(
     before = signal.getsignal(signal.SIGTERM) if main else None
     try:
         outcome = run_experiment(
-            cfg, address=address, resume=resume, overwrite=overwrite, notify=note
+            cfg,
+            address=address,
+            resume=resume,
+            overwrite=overwrite,
+            notify=note,
+            overrides=override_texts(overrides),  # the manifest records them, as the CLI's
         )
     finally:
         if main and before is not None:

@@ -4,6 +4,7 @@ directory, the tables' run columns, the override errors, and a light `import har
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -30,6 +31,8 @@ def test_run_returns_the_results_and_load_reads_them_back(ray_session, tmp_path)
     assert results.run_dir == tmp_path / "runs" / "api"
     assert results.report_path == results.run_dir / "report.html"
     assert results.partial is None
+    manifest = json.loads((results.run_dir / "manifest.json").read_text())
+    assert manifest["overrides"] == ["grid.methods=[equal]", "train.epochs=1", "data.image_size=28"]
     trials = results.trials
     assert list(trials["trial_id"]) == ["equal-simple_cnn-s0"]
     assert list(trials["status"]) == ["completed"] and trials["test_mean_auroc"].notna().all()
