@@ -281,11 +281,17 @@ def tracking_problems(cfg: ExperimentConfig) -> list[str]:
                 f"tracking.mlflow.tracking_uri: a {scheme} store needs sqlalchemy and alembic: "
                 f"{TRACKING_EXTRA.format('mlflow')}"
             )
-        elif "://" not in mlflow.tracking_uri or scheme == "file":
+        elif scheme == "file" or (
+            ":" not in mlflow.tracking_uri and scheme not in _MLFLOW_NAMED_STORES
+        ):  # a plain path or file:// (not "databricks", a store MLflow knows by name)
             lines += _mlflow_file_store(mlflow.tracking_uri)
     if wandb is not None and not _installed("wandb"):
         lines.append(f"tracking.wandb: needs the wandb package: {TRACKING_EXTRA.format('wandb')}")
     return lines
+
+
+#: tracking URIs MLflow resolves by name (Databricks workspaces), not paths
+_MLFLOW_NAMED_STORES = frozenset({"databricks", "databricks-uc", "uc"})
 
 
 def _mlflow_file_store(uri: str) -> list[str]:

@@ -324,3 +324,18 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_goes_on(capsys):
         "harness: warning: tracking.mlflow stopped logging (503 Service Unavailable); "
         "the run goes on without it"
     ]
+
+
+def test_named_mlflow_stores_are_not_taken_for_files(tmp_path, monkeypatch):
+    """``databricks`` (and ``databricks://profile``) name a workspace, not a path; a plain
+    relative path is a file store."""
+    from harness.config import parse_config
+    from harness.preflight import tracking_problems
+
+    monkeypatch.setattr(harness.preflight, "_installed", lambda module: True)
+    seen = []
+    monkeypatch.setattr(harness.preflight, "_mlflow_file_store", lambda uri: seen.append(uri) or [])
+    for uri in ("databricks", "databricks://profile", "sqlite:///x.db", "mlruns", "file:///m"):
+        cfg = parse_config(swept_config(tmp_path, tracking={"mlflow": {"tracking_uri": uri}}))
+        tracking_problems(cfg)
+    assert seen == ["mlruns", "file:///m"]
