@@ -1026,7 +1026,6 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, specs=specs, storage=storage), resources
     )
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_pending_cap()))
     tuner = tune.Tuner(
         trainable,
         # each trial's whole config (trial id, method, backbone, seed, swept values, method
@@ -1061,5 +1060,14 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     # the terminal shows only our progress view.
     log = Path(storage) / "tune_stdout.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as out, contextlib.redirect_stdout(out):
-        tuner.fit()
+    # the pending-trial cap is read from the environment when the fit starts; set only for
+    # it (and only when the user has not set it), so a notebook keeps its environment
+    own_cap = "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    if own_cap:
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_cap())
+    try:
+        with open(log, "a") as out, contextlib.redirect_stdout(out):
+            tuner.fit()
+    finally:
+        if own_cap:
+            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
