@@ -94,7 +94,11 @@ def test_a_swept_run_keeps_every_setting_apart(ray_session, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "tiny"
     trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
     epochs = pd.read_parquet(run_dir / "results" / "epochs.parquet")
-    assert list(trials.columns[:5]) == ["trial_id", "method", "backbone", "seed", "train.lr"]
+    # which run, data set and image size first (tables of several runs concatenate), then the
+    # trial's identity with its swept setting
+    assert list(trials.columns[:8]) == [
+        "run", "dataset", "image_size", "trial_id", "method", "backbone", "seed", "train.lr"
+    ]  # fmt: skip
     assert sorted(trials["train.lr"]) == [1e-3, 1e-3, 1e-2, 1e-2]
     assert set(trials.status) == {"completed"}
     assert set(epochs["train.lr"]) == {1e-3, 1e-2}
