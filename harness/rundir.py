@@ -166,7 +166,7 @@ class RunDirectory:
         except (OSError, yaml.YAMLError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RunRefused(f"{self.path}: not a readable run directory ({first})") from None
-        changed = _differences(_normalised(stored), config)
+        changed = _differences(_normalised(stored), _normalised(config))
         # a run that trained nothing holds nothing to keep consistent with: take the new file
         if changed and trained_anything(self.path):
             raise RunRefused(
@@ -244,12 +244,13 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-def _normalised(stored: Any) -> Any:
-    """A stored ``config.yaml`` read through today's schema, so that a section added since
-    (with its default) is not taken for a change; as stored when it no longer validates."""
+def _normalised(experiment: Any) -> Any:
+    """An experiment (a stored ``config.yaml`` or the new one) read through today's schema,
+    defaults filled in, so that a section added since (absent from an older file) is not taken
+    for a change; as given when it does not validate."""
     from harness.config import ConfigError, parse_config
 
     try:
-        return parse_config(stored).to_dict()
+        return parse_config(experiment).to_dict()
     except (ConfigError, TypeError, ValueError):
-        return stored
+        return experiment
