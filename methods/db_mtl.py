@@ -99,15 +99,7 @@ class DBMTL(GradientAggregator):
         self.steps = 0
 
     def _averages(self, jacobian: Tensor) -> Tensor:
-        dtype = torch.promote_types(jacobian.dtype, torch.float32)
-        if self.averages is None:
-            self.averages = torch.zeros(jacobian.shape, dtype=dtype, device=jacobian.device)
-        elif self.averages.shape != jacobian.shape:
-            raise self._error(
-                f"the Jacobian has {jacobian.shape[1]} columns but the averaged gradients have "
-                f"{self.averages.shape[1]}"
-            )
-        self.averages = self.averages.to(device=jacobian.device, dtype=dtype)
+        self.averages = self.coordinate_state(self.averages, jacobian, "averaged gradients")
         return self.averages
 
     def compute_present(

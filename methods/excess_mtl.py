@@ -115,15 +115,9 @@ class ExcessMTL(GradientAggregator):
         self.steps = 0
 
     def _squared_sum(self, jacobian: Tensor) -> Tensor:
-        dtype = torch.promote_types(jacobian.dtype, torch.float32)
-        if self.squared_sum is None:
-            self.squared_sum = torch.zeros(jacobian.shape, dtype=dtype, device=jacobian.device)
-        elif self.squared_sum.shape != jacobian.shape:
-            raise self._error(
-                f"the Jacobian has {jacobian.shape[1]} columns but the accumulated squared "
-                f"gradients have {self.squared_sum.shape[1]}"
-            )
-        self.squared_sum = self.squared_sum.to(device=jacobian.device, dtype=dtype)
+        self.squared_sum = self.coordinate_state(
+            self.squared_sum, jacobian, "accumulated squared gradients"
+        )
         return self.squared_sum
 
     def compute_present(

@@ -250,6 +250,23 @@ class GradientAggregator(Method):
             "ema": self.ema,
         }
 
+    # ---- per-coordinate state ([T, n], as large as J) ---------------------------------------
+
+    def coordinate_state(self, state: Tensor | None, jacobian: Tensor, what: str) -> Tensor:
+        """``state`` (Tensor[T, n]: ExcessMTL's squared sums, DB-MTL's and MoCo's averaged
+        gradients) on ``J``'s device in ``J``'s dtype, at least float32; zeros at the first
+        step (``state`` None). Raises ``ValueError`` for a ``J`` of another width (``what``
+        names the state in the message)."""
+        dtype = torch.promote_types(jacobian.dtype, torch.float32)
+        if state is None:
+            return torch.zeros(jacobian.shape, dtype=dtype, device=jacobian.device)
+        if state.shape != jacobian.shape:
+            raise self._error(
+                f"the Jacobian has {jacobian.shape[1]} columns but the {what} "
+                f"{'have' if what.endswith('s') else 'has'} {state.shape[1]}"
+            )
+        return state.to(device=jacobian.device, dtype=dtype)
+
     # ---- the shared gradient's norm ---------------------------------------------------------
 
     @property

@@ -135,15 +135,7 @@ class MoCo(GradientAggregator):
         self.steps = 0
 
     def _tracked(self, jacobian: Tensor) -> Tensor:
-        dtype = torch.promote_types(jacobian.dtype, torch.float32)
-        if self.tracked is None:
-            self.tracked = torch.zeros(jacobian.shape, dtype=dtype, device=jacobian.device)
-        elif self.tracked.shape != jacobian.shape:
-            raise self._error(
-                f"the Jacobian has {jacobian.shape[1]} columns but the tracked Jacobian Y has "
-                f"{self.tracked.shape[1]}"
-            )
-        self.tracked = self.tracked.to(device=jacobian.device, dtype=dtype)
+        self.tracked = self.coordinate_state(self.tracked, jacobian, "tracked Jacobian Y")
         return self.tracked
 
     def compute_present(
