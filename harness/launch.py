@@ -960,6 +960,8 @@ def refresh_partial_report(run_dir: Path, progress: Progress | None = None) -> N
 #: the partial report runs in Tune's event loop, which waits for it: after a refresh that took
 #: d seconds the next one comes no sooner than REFRESH_GAP * d later (Tune busy <= ~10%)
 REFRESH_GAP = 10.0
+#: refreshes quicker than this are not throttled
+THROTTLE_ABOVE_S = 2.0
 
 
 def _partial_report_callback(run_dir: Path, progress: Progress):
@@ -989,7 +991,8 @@ def _partial_report_callback(run_dir: Path, progress: Progress):
             started = time.monotonic()
             refresh_partial_report(self.run_dir, self.progress)
             done = time.monotonic()
-            self.next_at = done + REFRESH_GAP * (done - started)
+            if done - started > THROTTLE_ABOVE_S:  # a small grid's report: after every trial
+                self.next_at = done + REFRESH_GAP * (done - started)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._refresh()
