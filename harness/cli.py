@@ -497,11 +497,11 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     import time
 
     from deepchest.data import DatasetError
-    from deepchest.data.packed import load_packed
+    from deepchest.data.packed import inspect_packed
 
     start = time.perf_counter()
     try:
-        _, info = load_packed(args.dir, verify=True)
+        info = inspect_packed(args.dir, verify=True)
     except DatasetError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT

@@ -180,7 +180,7 @@ def stage_prepared(
     fails its checksums after the download, or too little free space; ``OSError`` when the
     store fails mid-copy (nothing is left under the final name)."""
     from deepchest.data import default_cache_dir
-    from deepchest.data.packed import content_id, load_packed
+    from deepchest.data.packed import content_id, inspect_packed
     from deepchest.data.prepare import BAD, IMAGES, INDEX, MANIFEST, exclusive_lock
 
     manifest = read_prepared_manifest(uri)
@@ -218,7 +218,7 @@ def stage_prepared(
                 raise _dataset_error(
                     f"data.prepared: {redact(uri)} changed while it was copied; run again"
                 )
-            load_packed(partial, verify=True, cache_dir=cache)  # every sha256; records the time
+            inspect_packed(partial, verify=True, cache_dir=cache)  # every sha256; records the time
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

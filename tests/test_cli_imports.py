@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import methods
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config, write_config
+from tests.test_preflight import chestmnist, prepared_nih
 from tests.test_reports import make_run
 
 BLOCKED = ("torch", "torchvision", "sklearn", "ray")
@@ -92,6 +93,28 @@ def test_validate_without_torch_or_pandas():
     assert code == 0, err
     assert out.startswith("experiments/quickstart.yaml: ok (") and "data synthetic" in out
     assert attempted == [] and loaded == []
+
+
+@pytest.mark.parametrize("dataset", ["nih", "chestmnist"])
+def test_validate_of_real_data_without_torch(tmp_path: Path, dataset: str):
+    """A prepared folder's manifest and index, and a ChestMNIST file's headers, are checked
+    without torch: the split sizes are those of the files. (pyarrow's ``to_numpy`` of the
+    index's columns loads pandas, hence no check of the heavy packages here.)"""
+    if dataset == "nih":
+        source = {"prepared": str(prepared_nih(tmp_path, ["train"] * 7 + ["val"] * 3 + ["test"] * 2))}
+        sizes = "(train 7, val 3, test 2 images)"
+    else:
+        npz = chestmnist(tmp_path / "chestmnist.npz", {"train": 9, "val": 4, "test": 5})
+        source = {"root": str(npz), "image_size": 28}
+        sizes = "(train 9, val 4, test 5 images)"
+    cfg = tiny_config(tmp_path, data={"dataset": dataset, **source}, train={"batch_size": 2})
+    cfg["data"].pop("num_samples")
+    if dataset == "nih":
+        cfg["data"].pop("image_size")
+    code, out, err, attempted, loaded = run_blocked("validate", str(write_config(tmp_path, cfg)))
+    assert code == 0, err
+    assert f"data {dataset}" in out and sizes in out, out
+    assert attempted == []
 
 
 def test_validate_checks_hyperparameters_without_torch(tmp_path: Path):

@@ -146,11 +146,11 @@ def check_source(data: dict[str, Any]) -> dict[str, int]:
         return counts
     if dataset not in READABLE:
         raise DatasetError(f"data.dataset: {dataset!r} is not readable; readable: {READABLE}")
-    from deepchest.data.packed import load_packed
+    from deepchest.data.packed import inspect_packed
 
     try:
         # cheap: a copy with another modification time is verified by the trials, not here
-        _, info = load_packed(data["prepared"], cache_dir=data.get("cache_dir"), check_copy=False)
+        info = inspect_packed(data["prepared"], cache_dir=data.get("cache_dir"), check_copy=False)
     except DatasetError as exc:
         raise _keyed("data.prepared", exc) from None
     if info.dataset != dataset:

@@ -27,13 +27,19 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import lazy_loader
 import numpy as np
-import torch
 
 from deepchest.data import DatasetError
 from deepchest.data.base import LabeledImages
 from deepchest.findings import FINDINGS
+
+if TYPE_CHECKING:
+    import torch
+else:  # pre-flight (chestmnist_split_sizes) runs without torch
+    torch = lazy_loader.load("torch")
 
 __all__ = ["FILE_NAMES", "SPLITS", "chestmnist_split_sizes", "read_chestmnist"]
 

@@ -45,10 +45,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import lazy_loader
 import numpy as np
-import torch
 
 from deepchest.data import DatasetError, default_cache_dir
 from deepchest.data.base import LabeledImages
@@ -67,7 +67,12 @@ from deepchest.data.prepare import (
     write_json_atomic,
 )
 
-__all__ = ["PackedInfo", "content_id", "load_packed"]
+if TYPE_CHECKING:
+    import torch
+else:  # pre-flight (inspect_packed) runs without torch
+    torch = lazy_loader.load("torch")
+
+__all__ = ["PackedInfo", "content_id", "inspect_packed", "load_packed"]
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +325,41 @@ def load_packed(
     records of verified copies in read-only folders. ``check_copy=False`` leaves a copy
     unverified (pre-flight: the trials verify it). Each problem is a one-line
     ``DatasetError`` naming the file."""
+    images, columns, starts, info = _checked(out, verify, cache_dir, check_copy)
+    everything = torch.from_numpy(images)  # shares the mapping: no copy
+    splits = {}
+    for split in SPLITS:
+        start, chosen = starts[split], info.index_rows[split]
+        splits[split] = LabeledImages(
+            everything[start : start + len(chosen)],
+            torch.from_numpy(columns["labels"][chosen]),
+            torch.from_numpy(columns["mask"][chosen]),
+            info.task_names,
+        )
+    return splits, info
+
+
+def inspect_packed(
+    out: str | os.PathLike,
+    *,
+    verify: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    check_copy: bool = True,
+) -> PackedInfo:
+    """What :func:`load_packed` would load from ``out``, after the same checks (the same
+    one-line ``DatasetError``), without building tensors: numpy only, for a pre-flight that
+    runs without torch."""
+    return _checked(out, verify, cache_dir, check_copy)[3]
+
+
+def _checked(
+    out: str | os.PathLike,
+    verify: bool,
+    cache_dir: str | os.PathLike | None,
+    check_copy: bool,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int], PackedInfo]:
+    """The checks of :func:`load_packed`: the mapped images, the index's columns, each split's
+    first row in the images, and the folder's :class:`PackedInfo`."""
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     out = Path(out)
     manifest_path = out / MANIFEST
@@ -337,8 +377,7 @@ def load_packed(
     except (KeyError, TypeError, IndexError) as exc:
         raise _fail(manifest_path, f"malformed manifest ({type(exc).__name__}: {exc})") from None
 
-    everything = torch.from_numpy(images)  # shares the mapping: no copy
-    splits: dict[str, LabeledImages] = {}
+    starts: dict[str, int] = {}
     index_rows: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     skipped: dict[str, int] = {}
@@ -356,12 +395,7 @@ def load_packed(
         chosen = chosen[np.argsort(columns["row"][chosen], kind="stable")]
         if not np.array_equal(columns["row"][chosen], np.arange(start, start + ok)):
             raise _fail(index_path, f"the rows of split {split!r} disagree with the manifest")
-        splits[split] = LabeledImages(
-            everything[start : start + ok],
-            torch.from_numpy(columns["labels"][chosen]),
-            torch.from_numpy(columns["mask"][chosen]),
-            tasks,
-        )
+        starts[split] = start
         index_rows[split] = chosen
         counts[split] = ok
         skipped[split] = int(block["images"]) - ok
@@ -385,4 +419,4 @@ def load_packed(
         verified=verified,
         restamped=restamped,
     )
-    return splits, info
+    return images, columns, starts, info
