@@ -327,44 +327,63 @@ CODE_PACKAGES = ("harness", "methods", "deepchest", "reports")
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def code_runtime_env() -> dict[str, Any]:
-    """A Ray ``runtime_env`` that uploads the project's packages (``py_modules``) to every
-    node that runs a trial of this job, so nodes need only the dependencies installed. Under
-    ``ray job submit`` whose own runtime_env already sets ``py_modules``, Ray would refuse to
-    merge both: the job's is left alone (empty here)."""
+def code_runtime_env(address: str | None, ship_code: bool) -> dict[str, Any]:
+    """The Ray ``runtime_env`` of the run's job: every worker runs the driver's code.
+
+    Ray puts the driver's working directory first on each worker's ``sys.path`` (once the
+    worker takes its first task), so a ``harness/``, ``methods/`` or ``reports/`` folder there
+    (another checkout, a user's own ``methods`` package) would shadow the project's packages.
+    ``worker_process_setup_hook`` (:func:`import_project`) imports them when the worker
+    starts, before that. Where they come from: joining a cluster by ``address`` with
+    ``ship_code``, the packages uploaded to every node (``py_modules``), so nodes need only
+    the dependencies; by ``address`` without it, each node's installation; a local Ray, the
+    folder the driver imported them from (``PYTHONPATH``). Under ``ray job submit``, a
+    ``py_modules`` or setup hook that the job's own runtime_env sets is left alone (Ray would
+    refuse to merge both)."""
     import importlib
 
-    job = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}")
-    if (job.get("runtime_env") or {}).get("py_modules"):
-        return {}
-    return {"py_modules": [importlib.import_module(name) for name in CODE_PACKAGES]}
+    job = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
+    env: dict[str, Any] = {}
+    if not job.get("worker_process_setup_hook"):
+        env["worker_process_setup_hook"] = f"{__name__}.import_project"
+    if not address:
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env["env_vars"] = {"PYTHONPATH": path}
+    elif ship_code and not job.get("py_modules"):
+        env["py_modules"] = [importlib.import_module(name) for name in CODE_PACKAGES]
+    return env
 
 
-def connect(address: str | None, ship_code: bool = True, fresh_local: bool = False) -> bool:
-    """Start a local Ray, or join the cluster at ``address`` / ``RAY_ADDRESS`` (with
-    :func:`code_runtime_env` when ``ship_code``). ``fresh_local``: without an address, always
-    start a new local instance (``address="local"``), never join one that ``ray start`` left
-    on this machine. Returns True when this call started Ray (and so should shut it down)."""
+def import_project() -> None:
+    """Ray's ``worker_process_setup_hook`` (:func:`code_runtime_env`): import the project's
+    packages while the worker's ``sys.path`` is still its own; later imports of their
+    modules follow the packages' own paths."""
+    import importlib
+
+    for name in CODE_PACKAGES:
+        importlib.import_module(name)
+
+
+def connect(address: str | None, ship_code: bool = True) -> bool:
+    """Join the Ray cluster at ``address`` (``auto``: the one ``ray start`` started on this
+    machine), or start a new local Ray instance: never one that another driver started on
+    this machine (``ray.init()`` would join it, and stop with it). Every worker runs the
+    driver's code (:func:`code_runtime_env`). Returns True when this call started Ray (and so
+    should shut it down); False when this process had already initialised Ray."""
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
-        if address:
-            ray.init(
-                address=address,
-                logging_level="WARNING",
-                log_to_driver=False,
-                runtime_env=code_runtime_env() if ship_code else None,
-            )
-        else:
-            ray.init(
-                address="local" if fresh_local else None,
-                include_dashboard=False,
-                logging_level="WARNING",
-                log_to_driver=False,
-            )
+        ray.init(
+            address=address or "local",
+            logging_level="WARNING",
+            log_to_driver=False,
+            runtime_env=code_runtime_env(address, ship_code),
+            **({} if address else {"include_dashboard": False}),
+        )
     except Exception as exc:  # ConnectionError, AuthenticationError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"

@@ -68,8 +68,19 @@ def end_processes(processes: list[psutil.Process]) -> None:
 class Driver:
     """``harness run`` in a subprocess with its own local Ray (``RAY_TMPDIR``)."""
 
-    def __init__(self, config: Path, *args: str, log: Path, env: dict[str, str] | None = None):
-        self.ray_tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: socket paths
+    def __init__(
+        self,
+        config: Path,
+        *args: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+        ray_tmp: str | None = None,
+    ):
+        """``cwd``: the driver's working directory; it runs with ``python -P``, so a folder
+        there never shadows the installed project for the driver itself. ``ray_tmp``: another
+        driver's, to run beside it on the same machine (as two runs of a user's would)."""
+        self.ray_tmp = ray_tmp or tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: sockets
         env = {
             **os.environ,
             "RAY_TMPDIR": self.ray_tmp,
@@ -80,8 +91,8 @@ class Driver:
         env.pop("RAY_ADDRESS", None)
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "run", str(config), *args],
-            cwd=REPO,
+            [sys.executable, "-P", "-m", "harness.cli", "run", str(config), *args],
+            cwd=cwd,
             env=env,
             stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
             stderr=subprocess.STDOUT,

@@ -206,11 +206,34 @@ def test_killed_while_writing_the_report_resume_writes_it_without_ray(
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
-    """A real driver in a subprocess, SIGTERM once a trial has trained an epoch."""
+    """A real driver in a subprocess, SIGTERM once a trial has trained an epoch. Meanwhile a
+    second run on the same machine, started from a folder that holds a ``methods`` package
+    of the user's, gets a Ray of its own (not the first run's, which it would die with) and
+    its workers run the project's code, not that folder's."""
     cfg = tiny_config(tmp_path, grid={"methods": ["equal"]}, train={"epochs": 200})
     path = write_config(tmp_path, cfg)
     driver = Driver(path, log=tmp_path / "driver.log", env={"RAY_num_cpus": "2"})
     until(lambda: "epoch 1/200" in driver.log.read_text(), driver, "a trained epoch", 240)
+
+    user = tmp_path / "user"
+    (user / "methods").mkdir(parents=True)
+    (user / "methods" / "__init__.py").write_text("raise ImportError('the user package')\n")
+    beside = tiny_config(tmp_path, name="beside", grid={"methods": ["rlw"]}, train={"epochs": 1})
+    second = Driver(
+        write_config(user, beside), log=tmp_path / "second.log", cwd=user, ray_tmp=driver.ray_tmp
+    )
+    try:
+        assert second.proc.wait(timeout=240) == 0, second.log.read_text()[-3000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the second run did not end:\n{second.log.read_text()[-3000:]}")
+    nodes = {}
+    for name in ("tiny", "beside"):
+        manifest = json.loads((tmp_path / "runs" / name / MANIFEST_FILE).read_text())
+        nodes[name] = {node["node_id"] for node in manifest["nodes"]}
+    assert nodes["beside"] and None not in nodes["beside"], nodes
+    assert not nodes["beside"] & nodes["tiny"], nodes  # two Ray instances
+    assert driver.proc.poll() is None  # the first run goes on
+
     driver.proc.send_signal(signal.SIGTERM)
     code = driver.wait(timeout=120)
     stderr = driver.log.read_text()

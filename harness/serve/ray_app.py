@@ -109,7 +109,7 @@ def run_on_ray(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     where = address or os.environ.get("RAY_ADDRESS")
     notify(f"connecting to Ray ({where or 'a new local instance'}) ...")
-    started = connect(address, ship_code=True, fresh_local=True)
+    started = connect(address, ship_code=True)
     deployed = False
     try:
         if APP_NAME in _running_applications():
