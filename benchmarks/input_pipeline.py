@@ -141,9 +141,9 @@ def main() -> None:
             print(f"{name}: {result[name]:,.0f}", flush=True)
 
         if args.train_step:
-            from harness import bench
+            from harness import bench, bench_spec
 
-            settings = bench.BenchSettings(
+            settings = bench_spec.BenchSettings(
                 backbone="resnet18",
                 image_size=args.size,
                 batch_size=BATCH,
@@ -152,7 +152,7 @@ def main() -> None:
                 amp="auto" if device.type == "cuda" else "off",
             )
             step = bench.build_step(
-                bench.MethodSpec.parse("equal", len(FINDINGS)), settings, device
+                bench_spec.MethodSpec.parse("equal", len(FINDINGS)), settings, device
             )
             labels = splits["train"].labels.to(device)
             mask = torch.ones(BATCH, len(FINDINGS), dtype=torch.bool, device=device)

@@ -72,7 +72,7 @@ import methods
 from deepchest.metrics import masked_task_losses
 from deepchest.models import MultiTaskNet
 from harness import bench
-from harness.bench import BASELINE, BenchError, BenchSettings, MethodSpec
+from harness.bench_spec import BASELINE, BenchError, BenchSettings, MethodSpec
 from harness.trainloop import build_optimizer, resolve_amp, seed_everything
 
 DEFAULT_METHODS = ("mgda", "upgrad", "pcgrad")

@@ -208,13 +208,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise RunRefused("--resume and --overwrite exclude each other; give one")
     cfg = None
     try:
-        _note(f"reading {args.config} and loading torch ...")
-        from harness.launch import run_experiment
-
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        cfg = _load(args)
+        cfg = _load(args)  # a bad file or override is refused before torch loads
         for line in cfg.warnings:
             _warn(line)
+        _note(f"{args.config}: loading torch ...")
+        from harness.launch import TUNE_LOG, run_experiment
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         outcome = run_experiment(
             cfg,
             address=args.address,
@@ -250,13 +250,35 @@ def cmd_run(args: argparse.Namespace) -> int:
             if len(failed) < len(outcome.records)
             else f"their records are in {outcome.run_dir}"
         )
-        _err(f"{len(failed)} of {len(outcome.records)} trials failed; {rest}")
+        log = outcome.run_dir / "ray" / TUNE_LOG
+        tracebacks = f" (tracebacks: {log})" if log.is_file() else ""
+        _err(f"{len(failed)} of {len(outcome.records)} trials failed; {rest}{tracebacks}")
         return EXIT_FAILED
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
+
+    from harness.bench_spec import BenchError, BenchSettings, parse_methods
+
+    # the arguments first: a bad one is one line before torch loads
+    settings = BenchSettings(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        tasks=args.tasks,
+        device=args.device,
+        amp=args.amp,
+    )
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        raise BenchError(f"--output {output} is a directory; give a file name")
+    if not args.compare and not args.methods:
+        args.parser.error("the following arguments are required: --methods")
+    specs = None if args.compare else parse_methods(args.methods, settings.tasks)
 
     import torch
     from rich import box
@@ -267,26 +289,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = bench.BenchSettings(
-        backbone=args.backbone,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        warmup=args.warmup,
-        tasks=args.tasks,
-        device=args.device,
-        amp=args.amp,
-    )
     if args.compare:  # harness/bench_compare.py: the routes, their table and JSON
         from harness import bench_compare
 
         return bench_compare.command(args, settings, _wide_console())
-    if not args.methods:
-        args.parser.error("the following arguments are required: --methods")
-    specs = bench.parse_methods(args.methods, settings.tasks)
-    output = Path(args.output) if args.output else None
-    if output is not None and output.is_dir():
-        raise bench.BenchError(f"--output {output} is a directory; give a file name")
     console = Console(stderr=True)
     start = time.perf_counter()
     with console.status("starting") as status:
@@ -999,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
 # errors of the heavier modules, matched only once their module is loaded (it raised them)
 _BAD_INPUT_ERRORS = (
     ("harness.config", "ConfigError"),
-    ("harness.bench", "BenchError"),
+    ("harness.bench_spec", "BenchError"),
     ("reports.load", "ReportError"),
     ("deepchest.inference", "BundleError"),
     ("deepchest.data", "DatasetError"),

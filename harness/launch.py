@@ -500,6 +500,29 @@ def _trial_configs(configs: list[dict[str, Any]]):
     return TrialConfigs(configs)
 
 
+# in the run's Ray storage folder: what Tune prints and logs (failed trials' tracebacks)
+TUNE_LOG = "tune_stdout.log"
+
+
+@contextlib.contextmanager
+def _logged_to(stream, name: str):
+    """Send the records of logger ``name`` (and its children) to ``stream`` only, for the
+    duration: not to the terminal, where Ray's own handler would print them."""
+    import logging
+
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 # result keys that carry the harness's own JSON (the collector's), not metrics to track
 JSON_RESULTS = ("rows_json", "node_json", "summary_json")
 
@@ -1078,9 +1101,10 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
-    # Tune prints its own banner on stdout even when silent; keep it in the run directory so
-    # the terminal shows only our progress view.
-    log = Path(storage) / "tune_stdout.log"
+    # Tune prints its own banner on stdout even when silent, and logs each failed trial's
+    # traceback (some 40 lines) on stderr: keep both in the run directory, so the terminal
+    # shows only our progress view and one line per failed trial
+    log = Path(storage) / TUNE_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     # the pending-trial cap is read from the environment when the fit starts; set only for
     # it (and only when the user has not set it), so a notebook keeps its environment
@@ -1088,7 +1112,7 @@ def _fit(cfg, run_dir, todo, records, progress, gpus, concurrency, checkpoints=N
     if own_cap:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_cap())
     try:
-        with open(log, "a") as out, contextlib.redirect_stdout(out):
+        with open(log, "a") as out, contextlib.redirect_stdout(out), _logged_to(out, "ray.tune"):
             tuner.fit()
     finally:
         if own_cap:

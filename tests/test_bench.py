@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from harness import bench
+from harness import bench, bench_spec
 from harness.cli import main
 
 TINY = ["--backbone", "simple_cnn", "--image-size", "16", "--batch-size", "4", "--tasks", "3"]
@@ -82,15 +82,15 @@ def test_output_that_is_a_directory_is_refused_before_any_work(tmp_path, capsys)
 
 
 def test_run_bench_requires_the_baseline():
-    specs = [bench.MethodSpec.parse("deepchest", 3)]
-    with pytest.raises(bench.BenchError, match="must include 'equal'"):
-        bench.run_bench(specs, bench.BenchSettings(backbone="simple_cnn", tasks=3))
+    specs = [bench_spec.MethodSpec.parse("deepchest", 3)]
+    with pytest.raises(bench_spec.BenchError, match="must include 'equal'"):
+        bench.run_bench(specs, bench_spec.BenchSettings(backbone="simple_cnn", tasks=3))
 
 
 def test_jacobian_size_per_level():
     from deepchest.models import MultiTaskNet
 
-    settings = bench.BenchSettings(backbone="simple_cnn", tasks=3, batch_size=4)
+    settings = bench_spec.BenchSettings(backbone="simple_cnn", tasks=3, batch_size=4)
     net = MultiTaskNet("simple_cnn", 3)
     shared = sum(p.numel() for p in net.shared_parameters())
     assert bench.jacobian_bytes("parameters", net, settings) == 4 * 3 * shared
@@ -102,11 +102,11 @@ def test_two_batch_and_update_every_rows_count_honestly(monkeypatch):
     """SDMGrad's step takes two batches (every image counted, the epoch ratio is per image);
     update_every's time is a whole cycle's mean, not the median's cheap step; its FLOPs too."""
     monkeypatch.setattr(bench, "peak_memory_bytes", lambda *a, **k: 0)  # no child processes
-    settings = bench.BenchSettings(
+    settings = bench_spec.BenchSettings(
         backbone="simple_cnn", tasks=3, batch_size=4, image_size=16, steps=4, warmup=0
     )
     names = ("equal", "sdmgrad", "mgda:update_every=4", "auto_lambda")
-    specs = [bench.MethodSpec.parse(t, 3) for t in names]
+    specs = [bench_spec.MethodSpec.parse(t, 3) for t in names]
     rows = {r["method"]: r for r in bench.run_bench(specs, settings)}
     pair, every, base = rows["sdmgrad"], rows["mgda:update_every=4"], rows["equal"]
     assert pair["batches_per_step"] == 2 and base["batches_per_step"] == 1
@@ -117,11 +117,11 @@ def test_two_batch_and_update_every_rows_count_honestly(monkeypatch):
     assert rows["auto_lambda"]["flop_ratio_vs_equal"] > 2
     # one Jacobian step in four: the FLOPs per step lie between equal's and MGDA's every step
     full = bench.run_bench(
-        [specs[0], bench.MethodSpec.parse("mgda", 3)], dataclass_replace(settings, steps=1)
+        [specs[0], bench_spec.MethodSpec.parse("mgda", 3)], dataclass_replace(settings, steps=1)
     )[1]
     assert 1.0 < every["flop_ratio_vs_equal"] < full["flop_ratio_vs_equal"]
-    with pytest.raises(bench.BenchError, match="at least its update_every"):
-        bench.run_bench([specs[0], bench.MethodSpec.parse("mgda:update_every=9", 3)], settings)
+    with pytest.raises(bench_spec.BenchError, match="at least its update_every"):
+        bench.run_bench([specs[0], bench_spec.MethodSpec.parse("mgda:update_every=9", 3)], settings)
 
 
 def dataclass_replace(settings, **changes):

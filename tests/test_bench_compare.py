@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("torchjd")
 
 from harness import bench_compare  # noqa: E402
-from harness.bench import BenchSettings, MethodSpec  # noqa: E402
+from harness.bench_spec import BenchSettings, MethodSpec  # noqa: E402
 from harness.cli import main  # noqa: E402
 
 TINY = ["--backbone", "simple_cnn", "--image-size", "32", "--batch-size", "4", "--tasks", "3"]

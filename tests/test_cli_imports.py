@@ -101,7 +101,8 @@ def test_validate_of_real_data_without_torch(tmp_path: Path, dataset: str):
     without torch: the split sizes are those of the files. (pyarrow's ``to_numpy`` of the
     index's columns loads pandas, hence no check of the heavy packages here.)"""
     if dataset == "nih":
-        source = {"prepared": str(prepared_nih(tmp_path, ["train"] * 7 + ["val"] * 3 + ["test"] * 2))}
+        splits = ["train"] * 7 + ["val"] * 3 + ["test"] * 2
+        source = {"prepared": str(prepared_nih(tmp_path, splits))}
         sizes = "(train 7, val 3, test 2 images)"
     else:
         npz = chestmnist(tmp_path / "chestmnist.npz", {"train": 9, "val": 4, "test": 5})
@@ -148,6 +149,33 @@ def test_report_without_torch_sklearn_or_ray(tmp_path: Path):
     assert code == 0, err
     assert f"report: {run / 'report.html'}" in out
     assert (run / "report.html").is_file() and (run / "summary.md").is_file()
+    assert attempted == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["bench", "--methods", "equal,mgda:ema=2", "--backbone", "simple_cnn"],
+            "harness: error: method 'mgda': ema must be a finite number >= 0 and <= 1, got 2",
+        ),
+        (
+            ["bench", "--methods", "equal", "--backbone", "resnet7"],
+            "harness: error: unknown backbone 'resnet7'; available: ",
+        ),
+        (
+            ["run", "experiments/quickstart.yaml", "train.epochs=0"],
+            "harness: error: override train.epochs=0: train.epochs: must be greater than or equal to 1",
+        ),
+    ],
+)
+def test_bad_bench_and_run_arguments_are_refused_before_torch(argv, line):
+    """``harness bench`` and ``run`` check their arguments before torch loads (it took some
+    6 s to say one line)."""
+    code, out, err, attempted, _ = run_blocked(*argv)
+    assert code == 2, err
+    assert err.strip().startswith(line), err
+    assert len(err.strip().splitlines()) == 1, err
     assert attempted == []
 
 

@@ -213,9 +213,12 @@ STATELESS = [
 def test_every_stateless_aggregator_is_checked_below():
     for name in methods.available():
         method = methods.create(name, 3)
-        if isinstance(method, GradientAggregator) and not method.state_dict()["state"]:
-            if type(method).compute_present is GradientAggregator.compute_present:
-                assert name in STATELESS, name
+        if (
+            isinstance(method, GradientAggregator)
+            and not method.state_dict()["state"]
+            and type(method).compute_present is GradientAggregator.compute_present
+        ):
+            assert name in STATELESS, name
 
 
 @pytest.mark.parametrize("name", STATELESS)
