@@ -137,7 +137,11 @@ def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, caps
     assert "trial equal-simple_cnn-s0 failed: " in err
     assert "weights.pt: not a readable torch state dict" in err
     run_dir = tmp_path / "runs" / "broken"
-    assert f"2 of 2 trials failed; their records are in {run_dir}" in err
+    log = run_dir / "ray" / "tune_stdout.log"
+    assert f"2 of 2 trials failed; their records are in {run_dir} (tracebacks: {log})" in err
+    # Tune's traceback of each failed trial is there, not on the terminal
+    assert "Traceback" not in err
+    assert log.read_text().count("Traceback (most recent call last)") >= 2
     trials = pd.read_parquet(run_dir / "results" / "trials.parquet")
     assert set(trials.status) == {"failed"}
     assert trials.error.str.contains("not a readable torch state dict").all()
