@@ -11,7 +11,6 @@ here (``Field(description=...)``): :func:`json_schema` is the file's JSON Schema
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import json
 import math
@@ -34,6 +33,7 @@ from pydantic import (
 )
 
 from deepchest.findings import FINDINGS
+from methods.base import did_you_mean
 from reports.format import plural
 
 # Every data set an experiment file may name. nih and chexpert train from a folder that
@@ -314,8 +314,9 @@ class GridConfig(_Strict):
         variants = (info.context or {}).get("variants", set())
         for i, name in enumerate(names):
             if name not in available and name not in variants:
+                hint = did_you_mean(name, [*available, *variants])
                 raise ValueError(
-                    f"[{i}]: unknown method {name!r}; available: {', '.join(available)}"
+                    f"[{i}]: unknown method {name!r}{hint}; available: {', '.join(available)}"
                 )
         return _no_duplicates(names, "method")
 
@@ -327,8 +328,8 @@ class GridConfig(_Strict):
         for i, name in enumerate(names):
             if name not in BACKBONE_NAMES:
                 raise ValueError(
-                    f"[{i}]: unknown backbone {name!r}; available: "
-                    f"{', '.join(sorted(BACKBONE_NAMES))}"
+                    f"[{i}]: unknown backbone {name!r}{did_you_mean(name, BACKBONE_NAMES)}; "
+                    f"available: {', '.join(sorted(BACKBONE_NAMES))}"
                 )
         return _no_duplicates(names, "backbone")
 
@@ -657,14 +658,15 @@ class ExperimentConfig(_Strict):
                 )
             if name not in available and base is None:
                 raise ValueError(
-                    f"method_params.{name}: unknown method {name!r}; available: "
+                    f"method_params.{name}: unknown method {name!r}"
+                    f"{did_you_mean(name, available)}; available: "
                     f"{', '.join(available)} (or define a variant: {name}: {{{VARIANT_KEY}: "
                     "<registered method>, ...})"
                 )
             if base is not None and (not isinstance(base, str) or base not in available):
                 raise ValueError(
-                    f"method_params.{name}.{VARIANT_KEY}: unknown method {base!r}; "
-                    f"available: {', '.join(available)}"
+                    f"method_params.{name}.{VARIANT_KEY}: unknown method {base!r}"
+                    f"{did_you_mean(base, available)}; available: {', '.join(available)}"
                 )
             if not _NAME.match(name):
                 raise ValueError(
@@ -818,7 +820,7 @@ class ExperimentConfig(_Strict):
         if section in ("train", "data") and rest:
             model = TrainConfig if section == "train" else DataConfig
             if rest not in model.model_fields:
-                hint = _did_you_mean(rest, list(model.model_fields))
+                hint = did_you_mean(rest, list(model.model_fields))
                 return f"{section} has no key {rest!r}{hint}"
             if section == "data" and rest in UNSWEPT_DATA_KEYS:
                 return "the data source is one per run (make one run per data set)"
@@ -1057,18 +1059,13 @@ def _known_keys(loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _message(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "extra_forbidden":
         loc = tuple(error["loc"])
         if loc in REMOVED_KEYS:
             return f"unknown key ({REMOVED_KEYS[loc]})"
-        return f"unknown key{_did_you_mean(str(loc[-1]), _known_keys(loc))}"
+        return f"unknown key{did_you_mean(str(loc[-1]), _known_keys(loc))}"
     if error["type"] == "finite_number":
         return f"must be a finite number, not {error['input']!r}"
     if error["type"] == "missing":  # pydantic: "Field required"

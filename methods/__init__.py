@@ -17,7 +17,7 @@ from typing import Any
 from methods import engine
 from methods.aligned_mtl import AlignedMTL
 from methods.auto_lambda import AutoLambda
-from methods.base import LEVELS, EpochStats, LossWeighting, Method
+from methods.base import LEVELS, EpochStats, LossWeighting, Method, did_you_mean
 from methods.cagrad import CAGrad
 from methods.config_aggregator import ConFIG
 from methods.db_mtl import DBMTL
@@ -185,7 +185,10 @@ def _lookup(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}") from None
+        names = available()
+        raise ValueError(
+            f"unknown method {name!r}{did_you_mean(name, names)}; available: {', '.join(names)}"
+        ) from None
 
 
 def create(name: str, num_tasks: int, task_names: Sequence[str] | None = None, **hp: Any) -> Method:

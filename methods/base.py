@@ -26,6 +26,7 @@ Conventions (see docs/methods.md):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,13 @@ if TYPE_CHECKING:
     from torch import Tensor
 else:
     torch = lazy_loader.load("torch")
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelt ``name`` (difflib's
+    ratio >= 0.6), else ``""``: the tail of an "unknown ..." message."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 #: Where a method acts; ``methods.engine.backward`` dispatches on it.
@@ -328,7 +336,8 @@ class Method:
         for key in given:
             if key not in valid:
                 listed = ", ".join(sorted(valid)) if valid else "(none)"
-                raise self._error(f"unknown hyperparameter {key!r}; valid: {listed}")
+                hint = did_you_mean(key, valid)
+                raise self._error(f"unknown hyperparameter {key!r}{hint}; valid: {listed}")
         try:
             return self.Hyperparameters(**given)
         except HyperparameterError as exc:

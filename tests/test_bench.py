@@ -61,7 +61,10 @@ def test_bench_writes_one_object_per_method_and_prints_the_table(tmp_path, capsy
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--methods", "equal,gradnorm2"], "unknown method 'gradnorm2'; available:"),
+        (
+            ["--methods", "equal,gradnorm2"],
+            "unknown method 'gradnorm2' (did you mean 'gradnorm'?); available:",
+        ),
         (["--methods", "mgda:level=weights"], "level must be one of parameters, representation"),
         (["--methods", "mgda:level"], "expected name:key=value"),
         (["--methods", "famo", "famo"], "--methods lists famo more than once"),

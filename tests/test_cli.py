@@ -57,7 +57,8 @@ def test_validate_bad_file_names_each_key(tmp_path):
     )
     lines = assert_one_line_errors(harness("validate", str(write_config(tmp_path, cfg))), 2)
     assert any(
-        "grid.methods[2]: unknown method 'pcgard'; available: " + ", ".join(methods.available())
+        "grid.methods[2]: unknown method 'pcgard' (did you mean 'pcgrad'?); available: "
+        + ", ".join(methods.available())
         in ln
         for ln in lines
     )

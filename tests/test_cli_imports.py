@@ -165,7 +165,8 @@ def test_report_without_torch_sklearn_or_ray(tmp_path: Path):
         ),
         (
             ["run", "experiments/quickstart.yaml", "train.epochs=0"],
-            "harness: error: override train.epochs=0: train.epochs: must be greater than or equal to 1",
+            "harness: error: override train.epochs=0: train.epochs: must be greater than or "
+            "equal to 1",
         ),
     ],
 )

@@ -44,7 +44,7 @@ def errors_of(raw: dict) -> list[str]:
     [
         (
             {"grid": {"methods": ["equal", "deepchest", "pcgard"]}},
-            "grid.methods[2]: unknown method 'pcgard'; available: "
+            "grid.methods[2]: unknown method 'pcgard' (did you mean 'pcgrad'?); available: "
             + ", ".join(methods.available()),
         ),
         ({"grid": {"backbones": ["resnet19"]}}, "grid.backbones[0]: unknown backbone 'resnet19'"),
@@ -98,7 +98,8 @@ def errors_of(raw: dict) -> list[str]:
         ({"method_params": {"gradnorm2": {}}}, "method_params.gradnorm2: unknown method"),
         (
             {"method_params": {"mgda_ub": {"method": "mgdaa"}}},
-            "method_params.mgda_ub.method: unknown method 'mgdaa'; available: ",
+            "method_params.mgda_ub.method: unknown method 'mgdaa' (did you mean 'mgda'?); "
+            "available: ",
         ),
         (
             {"method_params": {"mgda_ub": {"method": "mgda", "level": "weights"}}},
@@ -114,7 +115,7 @@ def errors_of(raw: dict) -> list[str]:
         ),
         (
             {"grid": {"methods": ["equal", "mgda_ub"]}},
-            "grid.methods[1]: unknown method 'mgda_ub'; available: ",
+            "grid.methods[1]: unknown method 'mgda_ub' (did you mean 'mgda'?); available: ",
         ),
     ],
 )

@@ -83,7 +83,14 @@ def test_unknown_method_lists_available():
     with pytest.raises(ValueError) as exc:
         methods.create("gradnorm_v2", num_tasks=3)
     listed = ", ".join(methods.available())
-    assert str(exc.value) == f"unknown method 'gradnorm_v2'; available: {listed}"
+    hint = " (did you mean 'gradnorm'?)"
+    assert str(exc.value) == f"unknown method 'gradnorm_v2'{hint}; available: {listed}"
+    # nothing close: no guess
+    with pytest.raises(ValueError, match=r"^unknown method 'zzz'; available: "):
+        methods.create("zzz", num_tasks=3)
+    guess = r"unknown hyperparameter 'levle' \(did you mean 'level'\?\)"
+    with pytest.raises(ValueError, match=guess):
+        methods.create("mgda", num_tasks=3, levle="representation")
 
 
 def test_unknown_hyperparameter_lists_valid():
