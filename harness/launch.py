@@ -694,10 +694,11 @@ def _manifest(
     notes: list[str],
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
+    now = _now()  # this attempt's start, and the run's unless it is a resume
     manifest = {
         "name": cfg.name,
         "harness_version": harness_version(),
-        "started_at": _now(),
+        "started_at": now,
         "finished_at": None,
         "command": " ".join(sys.argv),
         # this attempt's key=value overrides of the file, as given (config.yaml: the result)
@@ -726,7 +727,7 @@ def _manifest(
     to_run = [i for i in trial_identities(cfg) if TrialRecord(trials, i).status not in ENDED]
     manifest["attempts"] = [
         *past_run_attempts(stored),
-        new_run_attempt(manifest["command"], claimed.mode == "resume", len(to_run)),
+        new_run_attempt(manifest["command"], claimed.mode == "resume", len(to_run), now),
     ]
     return manifest
 

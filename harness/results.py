@@ -331,9 +331,11 @@ def past_run_attempts(stored: dict[str, Any] | None) -> list[dict[str, Any]]:
     return attempts
 
 
-def new_run_attempt(command: str, resumed: bool, trials_to_run: int) -> dict[str, Any]:
+def new_run_attempt(
+    command: str, resumed: bool, trials_to_run: int, started_at: str | None = None
+) -> dict[str, Any]:
     return {
-        "started_at": now_iso(),
+        "started_at": started_at or now_iso(),
         "ended_at": None,
         "command": command,
         "resumed": resumed,
