@@ -85,11 +85,16 @@ def experiment_config(
     per problem, naming the key, and the override when one caused it)."""
     from harness import config as schema
 
-    texts = override_texts(overrides)
+    override_texts(overrides)  # the keys and values checked
+    # the values as given, not their YAML text read back (which turned the string "1e3" into
+    # a float)
+    typed = {
+        k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in (overrides or {}).items()
+    }
     if not isinstance(config, Mapping):
-        return schema.load_config(Path(config), texts)
+        return schema.load_config(Path(config), typed)
     raw = dict(config)
-    parsed = [schema.parse_override(text) for text in texts]
+    parsed = schema.parse_overrides(typed)
     if not parsed:
         return schema.parse_config(raw, "config")
     applied = schema.apply_overrides(raw, parsed)  # its errors name their override already

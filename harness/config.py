@@ -1205,7 +1205,7 @@ def _override_path(key: str, text: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[Override]:
+def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[Override]:
     """Command-line texts, or (from Python) a mapping of dotted keys to values."""
     if isinstance(overrides, Mapping):
         return [
@@ -1258,7 +1258,7 @@ def load_config(
     mapping before validation; ``name`` (``--name``) then replaces ``name``. An error an
     override causes names it: ``override train.epochs=0: train.epochs: must be greater than or
     equal to 1, not 0``."""
-    parsed = _overrides(overrides)
+    parsed = parse_overrides(overrides)
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: no such experiment file"])

@@ -76,6 +76,10 @@ def test_overrides_are_dotted_keys_set_before_validation(tmp_path):
         cfg = experiment_config(config, overrides)
         assert (cfg.train.epochs, cfg.grid.seeds, cfg.train.lr, cfg.name) == (1, [0, 1], 1e-3, "x")
     assert experiment_config(tiny_config(tmp_path)).train.epochs == 2  # the dict is unchanged
+    # a value is taken as given, not as YAML text read back: these strings stay strings
+    for name in ("1e3", "1.5", "null", "007", "yes"):
+        for config in (path, tiny_config(tmp_path)):
+            assert experiment_config(config, {"name": name}).name == name
 
 
 @pytest.mark.parametrize(
