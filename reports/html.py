@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -1413,7 +1414,9 @@ def _write_files(files: dict[Path, str]) -> None:
         for path, text in files.items():
             current = path
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
+            # its own temporary name: two writers at once (`harness report` while the run
+            # refreshes its partial report) never move each other's file
+            tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
             temporary[path] = tmp
             tmp.write_text(text, encoding="utf-8")
         for path, tmp in temporary.items():

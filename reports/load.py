@@ -143,6 +143,11 @@ class ReportError(Exception):
     """A run directory cannot be read; the message is one line and names the file."""
 
 
+# the missing trials a partial report names; it counts the rest (a grid of 1000 trials would
+# otherwise put some 30 KB of ids at the top of the report)
+MISSING_LISTED = 10
+
+
 @dataclass(frozen=True)
 class Partial:
     """A run read from its trial records before its tables were written: ``finished`` of
@@ -155,12 +160,16 @@ class Partial:
 
     @property
     def sentence(self) -> str:
-        """``Partial: 3 of 8 trials finished; still missing: a, b, c, d, e``."""
+        """``Partial: 3 of 8 trials finished; still missing: a, b, c, d, e`` (the first
+        :data:`MISSING_LISTED`, then ``and N more``)."""
         from reports.format import plural
 
+        shown = ", ".join(self.missing[:MISSING_LISTED])
+        if len(self.missing) > MISSING_LISTED:
+            shown += f" and {len(self.missing) - MISSING_LISTED} more"
         return (
             f"Partial: {self.finished} of {plural(self.total, 'trial')} finished; "
-            f"still missing: {', '.join(self.missing)}"
+            f"still missing: {shown}"
         )
 
 
@@ -314,8 +323,10 @@ def _placement_columns(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 # ---- a run still going, or interrupted: its trial records ---------------------------------
 
 # parsed records by folder and file name, with the (mtime, size, inode) they were read at: a
-# partial report refreshed after each trial parses only the records that changed since
+# partial report refreshed after each trial parses only the records that changed since. The
+# folders read last only (a notebook that loads many runs does not keep them all)
 _RECORDS: dict[Path, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] = {}
+_RECORDS_KEPT = 4
 
 
 def _record_files(root: Path) -> list[Path]:
@@ -365,7 +376,10 @@ def _read_records(files: list[Path]) -> list[dict[str, Any]]:
             raise ReportError(f"corrupt file {path}: not a trial record (identity, rows)")
         fresh[path.name] = (stamp, data)
         out.append(data)
+    _RECORDS.pop(folder, None)  # re-inserted last: the most recently read
     _RECORDS[folder] = fresh
+    while len(_RECORDS) > _RECORDS_KEPT:
+        del _RECORDS[next(iter(_RECORDS))]
     return out
 
 

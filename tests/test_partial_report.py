@@ -175,3 +175,56 @@ def test_a_report_that_fails_to_refresh_is_one_warning_and_the_run_goes_on(tmp_p
         ]
         * 2
     )
+
+
+def test_a_long_list_of_missing_trials_names_the_first_ten_and_counts_the_rest():
+    from reports.load import MISSING_LISTED, Partial
+
+    ids = tuple(f"t{i}" for i in range(1000))
+    sentence = Partial(finished=3, total=1003, missing=ids).sentence
+    listed = ", ".join(ids[:MISSING_LISTED])
+    assert sentence == f"Partial: 3 of 1003 trials finished; still missing: {listed} and 990 more"
+    assert Partial(1, 2, ("a",)).sentence == "Partial: 1 of 2 trials finished; still missing: a"
+
+
+def test_the_record_cache_keeps_the_folders_read_last(finished_run, tmp_path):
+    """A notebook that loads many runs does not keep every run's parsed records."""
+    from reports import load as loading
+
+    run_dir, _ = finished_run
+    copies = [_copy(run_dir, tmp_path / f"run{i}") for i in range(loading._RECORDS_KEPT + 2)]
+    for run in copies:
+        loading._read_records(loading._record_files(run))
+    kept = [run.resolve() / "trials" for run in copies[-loading._RECORDS_KEPT :]]
+    assert list(loading._RECORDS) == kept
+    # a folder read again is the most recent, and still parsed from the cache
+    loading._read_records(loading._record_files(copies[-loading._RECORDS_KEPT]))
+    assert list(loading._RECORDS)[-1] == kept[0]
+
+
+def test_two_writers_of_one_report_never_move_each_others_file(tmp_path):
+    """`harness report` while the run refreshes its partial report: each writer has its own
+    temporary file, so neither fails and the report is always one of the two, whole."""
+    import threading
+
+    from reports.html import _write_files
+
+    target = tmp_path / "report.html"
+    texts = ["A" * 200_000, "B" * 200_000]
+    errors: list[Exception] = []
+
+    def write(text: str) -> None:
+        for _ in range(100):
+            try:
+                _write_files({target: text, target.with_name("summary.md"): text[:10]})
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert target.read_text() in texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.md"]
