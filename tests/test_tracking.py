@@ -154,8 +154,12 @@ def test_wandb_offline_run_per_trial_in_the_run_directory(tracked_run):
             ("backbone", "simple_cnn"),
             ("train.lr", 0.002),
             ("seed", 0),
-        ):  # the config items: key, then the value as JSON
-            assert key.encode() in data and json.dumps(value).encode() in data, key
+        ):  # a config item of the run (W&B's protobuf ConfigItem: key, value as JSON), not
+            # just the strings, which the run's name holds too
+            from wandb.proto import wandb_internal_pb2
+
+            item = wandb_internal_pb2.ConfigItem(key=key, value_json=json.dumps(value))
+            assert item.SerializeToString() in data, key
         assert b"val_mean_auroc" in data and b"train_mean_loss" in data  # per-epoch history
         assert b"rows_json" not in data  # the harness's own JSON stays out
     assert seen == set(TRIALS)
