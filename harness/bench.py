@@ -21,6 +21,7 @@ the absolute times. Per method:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing
@@ -28,6 +29,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +113,6 @@ def count_flops(step: TrainStep, batch) -> int:
     return int(counter.get_total_flops()) // every
 
 
-def _cpu_peak_rss_child(spec: MethodSpec, settings: BenchSettings, threads: int, queue) -> None:
-    torch.set_num_threads(threads)
-    device = torch.device("cpu")
-    step = build_step(spec, settings, device)
-    batch = step_batch(step, settings, device)
-    for _ in range(MEMORY_STEPS):
-        step(*batch)
-    queue.put(_peak_rss_bytes())
-
-
 def _peak_rss_bytes() -> int:
     """This process's peak resident set size: ``VmHWM`` on Linux (``ru_maxrss`` would carry the
     parent's peak across the ``exec`` of a spawned child), else ``ru_maxrss``."""
@@ -134,13 +126,27 @@ def _peak_rss_bytes() -> int:
 
 
 def peak_memory_bytes(spec: MethodSpec, settings: BenchSettings, device: torch.device) -> int:
-    """A few steps of this method alone: CUDA allocator peak, or a fresh process's peak RSS."""
+    """A few steps of this method alone (:func:`measure_peak_memory`)."""
+    return measure_peak_memory(functools.partial(_method_step, spec, settings), device, spec.text)
+
+
+def _method_step(spec: MethodSpec, settings: BenchSettings, device: torch.device):
+    step = build_step(spec, settings, device)
+    return step, step_batch(step, settings, device)
+
+
+def measure_peak_memory(
+    build: Callable, device: torch.device, label: str, steps: int = MEMORY_STEPS
+) -> int:
+    """The peak memory of ``steps`` steps of ``build(device) -> (step, batch)`` alone,
+    in bytes: the CUDA allocator's peak, or on CPU the peak RSS of a fresh spawned process
+    (``build`` is pickled to it: a module-level function or a ``functools.partial`` of one).
+    Raises ``RuntimeError`` naming ``label`` when that process fails."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        step = build_step(spec, settings, device)
-        batch = step_batch(step, settings, device)
-        for _ in range(MEMORY_STEPS):
+        step, batch = build(device)
+        for _ in range(steps):
             step(*batch)
         torch.cuda.synchronize(device)
         peak = int(torch.cuda.max_memory_allocated(device))
@@ -149,15 +155,21 @@ def peak_memory_bytes(spec: MethodSpec, settings: BenchSettings, device: torch.d
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(
-        target=_cpu_peak_rss_child, args=(spec, settings, torch.get_num_threads(), queue)
+        target=_cpu_peak_rss_child, args=(build, steps, torch.get_num_threads(), queue)
     )
     child.start()
     child.join()
     if child.exitcode != 0:
-        raise RuntimeError(
-            f"the memory measurement of {spec.text!r} failed (exit {child.exitcode})"
-        )
+        raise RuntimeError(f"the memory measurement of {label} failed (exit {child.exitcode})")
     return int(queue.get(timeout=10))
+
+
+def _cpu_peak_rss_child(build: Callable, steps: int, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    step, batch = build(torch.device("cpu"))
+    for _ in range(steps):
+        step(*batch)
+    queue.put(_peak_rss_bytes())
 
 
 def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -> list[dict]:

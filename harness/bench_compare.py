@@ -55,8 +55,8 @@ route). Hyperparameters without a counterpart (e.g. ``mgda:normalization=l2``) a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -455,42 +455,15 @@ def _flat_parameters(net: torch.nn.Module) -> Tensor:
     return torch.cat([p.detach().double().reshape(-1).cpu() for p in net.parameters()])
 
 
-def _cpu_peak_rss_child(route: Route, settings: BenchSettings, threads: int, queue) -> None:
-    torch.set_num_threads(threads)
-    device = torch.device("cpu")
-    step = build_route(route, settings, device)
-    batch = bench.synthetic_batch(settings, device)
-    for _ in range(MEMORY_STEPS):
-        step(*batch)
-    queue.put(bench._peak_rss_bytes())
-
-
 def peak_memory_bytes(route: Route, settings: BenchSettings, device: torch.device) -> int:
-    """A few steps of this route alone: CUDA allocator peak, or a fresh process's peak RSS."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        step = build_route(route, settings, device)
-        batch = bench.synthetic_batch(settings, device)
-        for _ in range(MEMORY_STEPS):
-            step(*batch)
-        torch.cuda.synchronize(device)
-        peak = int(torch.cuda.max_memory_allocated(device))
-        del step, batch
-        return peak
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(
-        target=_cpu_peak_rss_child, args=(route, settings, torch.get_num_threads(), queue)
-    )
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(
-            f"the memory measurement of {route.label} / {route.spec.text} failed "
-            f"(exit {child.exitcode})"
-        )
-    return int(queue.get(timeout=10))
+    """A few steps of this route alone (``bench.measure_peak_memory``)."""
+    build = functools.partial(_route_step, route, settings)
+    label = f"{route.label} / {route.spec.text}"
+    return bench.measure_peak_memory(build, device, label, steps=MEMORY_STEPS)
+
+
+def _route_step(route: Route, settings: BenchSettings, device: torch.device):
+    return build_route(route, settings, device), bench.synthetic_batch(settings, device)
 
 
 def run_compare(

@@ -4,6 +4,7 @@ this project's step for the same aggregator (so the comparison times the same co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -13,7 +14,7 @@ import torch
 
 pytest.importorskip("torchjd")
 
-from harness import bench_compare  # noqa: E402
+from harness import bench, bench_compare  # noqa: E402
 from harness.bench_spec import BenchSettings, MethodSpec  # noqa: E402
 from harness.cli import main  # noqa: E402
 
@@ -111,7 +112,8 @@ def test_peak_memory_child_runs_the_route_alone():
     settings = BenchSettings(backbone="simple_cnn", image_size=32, batch_size=4, tasks=3)
     route = bench_compare.Route("autogram", MethodSpec.parse("upgrad", 3))
     answer: queue.Queue = queue.Queue()
-    bench_compare._cpu_peak_rss_child(route, settings, torch.get_num_threads(), answer)
+    build = functools.partial(bench_compare._route_step, route, settings)
+    bench._cpu_peak_rss_child(build, 1, torch.get_num_threads(), answer)
     assert 50 * 2**20 < answer.get_nowait() < 64 * 2**30  # a process holding torch
 
 
