@@ -172,6 +172,18 @@ def _cpu_peak_rss_child(build: Callable, steps: int, threads: int, queue) -> Non
     queue.put(_peak_rss_bytes())
 
 
+def bench_device(settings: BenchSettings) -> torch.device:
+    """The device to measure on (the current CUDA device for ``cuda``, with cuDNN's autotuner
+    on, as the training loop has it). Raises ``BenchError`` when ``cuda`` is asked for and
+    torch sees no CUDA device."""
+    if settings.device != "cuda":
+        return torch.device(settings.device)
+    if not torch.cuda.is_available():
+        raise BenchError("--device cuda: no CUDA device is visible to torch")
+    torch.backends.cudnn.benchmark = True
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -> list[dict]:
     """Time every method (round-robin), count its FLOPs and measure its peak memory.
 
@@ -180,10 +192,7 @@ def run_bench(specs: list[MethodSpec], settings: BenchSettings, progress=None) -
     """
     if not any(s.text == BASELINE for s in specs):
         raise BenchError(f"the methods must include {BASELINE!r}, the baseline of the ratios")
-    device = torch.device(settings.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-        torch.backends.cudnn.benchmark = True
+    device = bench_device(settings)
     say = progress or (lambda text: None)
     steps = [build_step(s, settings, device) for s in specs]
     for spec, step in zip(specs, steps, strict=True):

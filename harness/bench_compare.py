@@ -483,10 +483,7 @@ def run_compare(
         torch.bfloat16,
     ):
         raise BenchError("--compare torchjd supports --amp off or bf16 (no loss scaling)")
-    device = torch.device(settings.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-        torch.backends.cudnn.benchmark = True
+    device = bench.bench_device(settings)
     say = progress or (lambda text: None)
     routes = routes_for(specs, settings.tasks)
     say("checking every route's update against ours")

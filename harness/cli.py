@@ -251,7 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             else f"their records are in {outcome.run_dir}"
         )
         log = outcome.run_dir / "ray" / TUNE_LOG
-        tracebacks = f" (tracebacks: {log})" if log.is_file() else ""
+        logged = log.is_file() and "Traceback" in log.read_text(errors="replace")
+        tracebacks = f" (tracebacks: {log})" if logged else ""
         _err(f"{len(failed)} of {len(outcome.records)} trials failed; {rest}{tracebacks}")
         return EXIT_FAILED
     return 0

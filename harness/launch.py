@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import platform
@@ -48,6 +49,7 @@ from harness.results import (
 from harness.rundir import CONFIG_FILE, TRIALS_DIR, RunDirectory
 from harness.storage import first_line, is_remote, local_path, redact
 from harness.tuning import draw_points, study_seed
+from harness.worker_setup import CODE_PACKAGES
 from reports.format import plural
 
 __all__ = ["RunError", "RunRefused", "RunOutcome", "run_experiment"]
@@ -321,8 +323,6 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
-# the project's packages: what a node needs beyond the dependencies to run a trial
-CODE_PACKAGES = ("harness", "methods", "deepchest", "reports")
 # set by Ray's job supervisor for a driver started by `ray job submit` (the job's config)
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -330,52 +330,49 @@ JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 def code_runtime_env(address: str | None, ship_code: bool) -> dict[str, Any]:
     """The Ray ``runtime_env`` of the run's job: every worker runs the driver's code.
 
-    Ray puts the driver's working directory first on each worker's ``sys.path`` (once the
-    worker takes its first task), so a ``harness/``, ``methods/`` or ``reports/`` folder there
-    (another checkout, a user's own ``methods`` package) would shadow the project's packages.
-    ``worker_process_setup_hook`` (:func:`import_project`) imports them when the worker
-    starts, before that. Where they come from: joining a cluster by ``address`` with
-    ``ship_code``, the packages uploaded to every node (``py_modules``), so nodes need only
-    the dependencies; by ``address`` without it, each node's installation; a local Ray, the
-    folder the driver imported them from (``PYTHONPATH``). Under ``ray job submit``, a
-    ``py_modules`` or setup hook that the job's own runtime_env sets is left alone (Ray would
-    refuse to merge both)."""
+    ``worker_process_setup_hook`` (:mod:`harness.worker_setup`) imports the project's
+    packages when a worker starts, before Ray puts the driver's working directory first on
+    its ``sys.path``, where a ``methods/`` folder of the user's would shadow ours. Where they
+    come from: joining a cluster by ``address`` with ``ship_code``, the packages uploaded to
+    every node (``py_modules``), so nodes need only the dependencies; by ``address`` without
+    it, each node's installation; a local Ray, the folder the driver imported them from (put
+    on ``PYTHONPATH`` unless it is a site-packages folder, which is on the path anyway).
+    Under ``ray job submit``, a ``py_modules`` or setup hook that the job's own runtime_env
+    sets is left alone (Ray would refuse to merge both; without our hook the shadowing is
+    possible again)."""
     import importlib
+    import site
 
     job = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
     env: dict[str, Any] = {}
     if not job.get("worker_process_setup_hook"):
-        env["worker_process_setup_hook"] = f"{__name__}.import_project"
+        env["worker_process_setup_hook"] = "harness.worker_setup.import_project"
     if not address:
-        root = str(Path(__file__).resolve().parent.parent)
-        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-        env["env_vars"] = {"PYTHONPATH": path}
+        root = Path(__file__).resolve().parent.parent
+        sites = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+        if root not in sites:
+            path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+            env["env_vars"] = {"PYTHONPATH": path}
     elif ship_code and not job.get("py_modules"):
         env["py_modules"] = [importlib.import_module(name) for name in CODE_PACKAGES]
     return env
 
 
-def import_project() -> None:
-    """Ray's ``worker_process_setup_hook`` (:func:`code_runtime_env`): import the project's
-    packages while the worker's ``sys.path`` is still its own; later imports of their
-    modules follow the packages' own paths."""
-    import importlib
-
-    for name in CODE_PACKAGES:
-        importlib.import_module(name)
-
-
 def connect(address: str | None, ship_code: bool = True) -> bool:
     """Join the Ray cluster at ``address`` (``auto``: the one ``ray start`` started on this
-    machine), or start a new local Ray instance: never one that another driver started on
-    this machine (``ray.init()`` would join it, and stop with it). Every worker runs the
-    driver's code (:func:`code_runtime_env`). Returns True when this call started Ray (and so
-    should shut it down); False when this process had already initialised Ray."""
+    machine), or, without one (or with ``local``), start a new local Ray instance: not the
+    cluster that ``ray start`` last recorded on this machine (``ray_current_cluster``), which
+    ``ray.init()`` would join, or fail on when it is gone. Every worker runs the driver's code
+    (:func:`code_runtime_env`). Returns True when this call started Ray (and so should shut
+    it down); False when this process had already initialised Ray (a notebook's own
+    ``ray.init``: its runtime_env is then the notebook's)."""
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
     try:
         ray.init(
             address=address or "local",
@@ -506,21 +503,37 @@ TUNE_LOG = "tune_stdout.log"
 
 @contextlib.contextmanager
 def _logged_to(stream, name: str):
-    """Send the records of logger ``name`` (and its children) to ``stream`` only, for the
-    duration: not to the terminal, where Ray's own handler would print them."""
-    import logging
-
+    """For the duration, every record of logger ``name`` (and its children) goes to
+    ``stream``; only warnings and notes without a traceback go on to the terminal as before
+    (Tune's "insufficient resources" warning does, a failed trial's traceback does not)."""
     logger = logging.getLogger(name)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_file = logging.StreamHandler(stream)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    onwards = _Onwards(logger.parent)
     propagate = logger.propagate
-    logger.addHandler(handler)
+    logger.addHandler(to_file)
+    logger.addHandler(onwards)
     logger.propagate = False
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        logger.removeHandler(to_file)
+        logger.removeHandler(onwards)
         logger.propagate = propagate
+        to_file.close()
+
+
+class _Onwards(logging.Handler):
+    """Hands a record below ERROR without a traceback on to ``parent`` (whose handlers print
+    it), as propagation would."""
+
+    def __init__(self, parent: logging.Logger | None) -> None:
+        super().__init__()
+        self.parent = parent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.ERROR and not record.exc_info and self.parent is not None:
+            self.parent.handle(record)
 
 
 # result keys that carry the harness's own JSON (the collector's), not metrics to track

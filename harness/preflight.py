@@ -57,8 +57,9 @@ class Preflight:
 
 def cluster_address(cfg: ExperimentConfig, address: str | None = None) -> str | None:
     """The Ray cluster a run joins: ``address`` (``--address``), else ``cluster.address``, else
-    ``RAY_ADDRESS``; None for a local Ray."""
-    return address or cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+    ``RAY_ADDRESS``; None for a local Ray (also for ``local``, Ray's name for one)."""
+    found = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+    return None if found == "local" else found
 
 
 def preflight(cfg: ExperimentConfig, local: bool = True) -> Preflight:

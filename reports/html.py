@@ -1422,9 +1422,11 @@ def _write_files(files: dict[Path, str]) -> None:
         for path, tmp in temporary.items():
             current = path
             os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C or SIGTERM too: no temporary file is left behind
         for tmp in temporary.values():
             tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         reason = exc.strerror or type(exc).__name__
         raise ReportError(f"cannot write {current}: {reason}") from exc
 

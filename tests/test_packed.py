@@ -24,7 +24,7 @@ from PIL import Image
 from deepchest.data import DatasetError
 from deepchest.data import prepare as prep
 from deepchest.data.index import ImageIndex
-from deepchest.data.packed import load_packed
+from deepchest.data.packed import inspect_packed, load_packed
 from deepchest.data.prepare import TooManyBadImages, decode_image, prepare
 from harness.cli import main
 from tests.conftest import REPO
@@ -210,6 +210,22 @@ def test_prepare_layout_manifest_and_round_trip(tmp_path, small):
     pointers = {d.images.untyped_storage().data_ptr() for d in splits.values()}
     assert len(pointers) == 1
     assert list(info.index_rows["train"]) == [i for i, s in enumerate(index.splits) if s == "train"]
+
+
+def test_inspect_packed_makes_the_checks_of_load_packed_without_tensors(tmp_path, small):
+    index, _ = small
+    out = tmp_path / "packed"
+    prepare(index, out, S, workers=1)
+    info = inspect_packed(out)
+    assert info.counts == load_packed(out)[1].counts and info.task_names == TASKS
+    # a split block past the last image (load_packed's tensors would have been short)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["test"]["start"] = manifest["shape"][0] - 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for load in (inspect_packed, load_packed):
+        with pytest.raises(DatasetError) as exc:
+            load(out)
+        assert one_line(exc).startswith(f"{out / 'manifest.json'}: split 'test' is rows ")
 
 
 def shards_done(out: Path) -> int:

@@ -197,9 +197,11 @@ def test_the_record_cache_keeps_the_folders_read_last(finished_run, tmp_path):
         loading._read_records(loading._record_files(run))
     kept = [run.resolve() / "trials" for run in copies[-loading._RECORDS_KEPT :]]
     assert list(loading._RECORDS) == kept
-    # a folder read again is the most recent, and still parsed from the cache
-    loading._read_records(loading._record_files(copies[-loading._RECORDS_KEPT]))
+    # a folder read again is the most recent, and its unchanged records come from the cache
+    before = loading._read_records(loading._record_files(copies[-loading._RECORDS_KEPT]))
+    again = loading._read_records(loading._record_files(copies[-loading._RECORDS_KEPT]))
     assert list(loading._RECORDS)[-1] == kept[0]
+    assert all(a is b for a, b in zip(again, before, strict=True))  # the same parsed objects
 
 
 def test_two_writers_of_one_report_never_move_each_others_file(tmp_path):

@@ -376,6 +376,8 @@ def _checked(
         blocks = manifest["splits"]
     except (KeyError, TypeError, IndexError) as exc:
         raise _fail(manifest_path, f"malformed manifest ({type(exc).__name__}: {exc})") from None
+    if images.ndim != 4:
+        raise _fail(manifest_path, f"images of shape {list(images.shape)}, not [N, C, H, W]")
 
     starts: dict[str, int] = {}
     index_rows: dict[str, np.ndarray] = {}
@@ -385,6 +387,11 @@ def _checked(
     for split in SPLITS:
         block = blocks.get(split, {"start": 0, "images": 0, "ok": 0, "bad": 0})
         start, ok = int(block["start"]), int(block["ok"])
+        if start < 0 or start + ok > images.shape[0]:  # the split's block is images[start:+ok]
+            raise _fail(
+                manifest_path,
+                f"split {split!r} is rows {start}..{start + ok} of {images.shape[0]} images",
+            )
         in_split = columns["split"] == split
         chosen = np.flatnonzero(in_split & columns["ok"])
         if len(chosen) != ok or int(in_split.sum()) != int(block["images"]):
