@@ -61,6 +61,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # about 35 s (three raylets); the growing-cluster test below stays: `-m slow`
 def test_grid_spreads_over_a_three_node_cluster(tmp_path):
     """4 one-CPU trials on 3 one-CPU nodes: the first three start at once, one per node."""
     cfg = tiny_config(tmp_path, name="cluster", grid={"seeds": [0, 1]})

@@ -75,7 +75,12 @@ def _writing_tables(run_dir: Path) -> bool:
 
 @pytest.mark.parametrize(
     "point",
-    [_epoch_reported, _half_done, _writing_tables],
+    [
+        _epoch_reported,
+        # 45-70 s each on 2 cores: `pytest -m slow` (the default suite keeps the first)
+        pytest.param(_half_done, marks=pytest.mark.slow),
+        pytest.param(_writing_tables, marks=pytest.mark.slow),
+    ],
     ids=["after-first-epoch", "half-the-trials-done", "while-tables-are-written"],
 )
 def test_driver_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, point):

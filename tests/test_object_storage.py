@@ -266,6 +266,7 @@ def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trials.sort_values("trial_id").reset_index(drop=True), epochs
 
 
+@pytest.mark.slow  # about 50 s on 2 cores (a driver killed mid-grid): `pytest -m slow`
 def test_a_grid_on_object_storage_survives_a_driver_kill9(ray_session, s3, packed, tmp_path):
     """Data staged from S3, checkpoints only in S3, the driver killed after the first epoch
     report, ``--resume``: the tables equal those of the same grid run from the local folder

@@ -179,6 +179,7 @@ CLUSTER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # about 30 s (two raylets): `pytest -m slow`
 def test_a_two_node_cluster_lists_each_node_and_where_each_trial_ran(tmp_path):
     cfg = tiny_config(tmp_path, name="cluster", grid={"seeds": [0, 1]})
     result = subprocess.run(

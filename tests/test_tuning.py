@@ -312,6 +312,7 @@ def test_dirichlet_is_for_fixed_weights_only(tmp_path):
         parse_config(raw)
 
 
+@pytest.mark.slow  # test_tuning_end_to_end runs the tuning path by default: `pytest -m slow`
 def test_a_static_weight_sweep_end_to_end(ray_session, tmp_path):
     """fixed weighting tuned over Dirichlet weights beside equal tuned over lr: the finals train
     the weights of the study's best tuning trial, and the report names them."""
