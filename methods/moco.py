@@ -43,14 +43,17 @@ NORMALIZATIONS: tuple[str, ...] = ("l2_loss", "none")
 SIMPLEX_MAPS: tuple[str, ...] = ("projection", "softmax")
 
 
-def tracked_gradients(jacobian: Tensor, losses: Tensor, normalization: str) -> Tensor:
+def tracked_gradients(
+    jacobian: Tensor, losses: Tensor, normalization: str, out: Tensor | None = None
+) -> Tensor:
     """``H`` [T, n], the gradients ``Y`` tracks: ``g_t / (||g_t|| + 1e-8) * L_t`` for
-    ``l2_loss`` (LibMTL's and the authors' code), ``g_t`` for ``none`` (the paper).
-    ``losses`` [T] on ``J``'s device."""
+    ``l2_loss`` (LibMTL's and the authors' code), ``g_t`` for ``none`` (the paper; ``J``
+    itself). ``losses`` [T] on ``J``'s device; ``out``: a [T, n] buffer for the result
+    (``GradientAggregator.scratch``)."""
     if normalization == "none":
         return jacobian
     norms = jacobian.norm(dim=1)
-    return jacobian / (norms + EPSILON)[:, None] * losses[:, None]
+    return torch.div(jacobian, (norms + EPSILON)[:, None], out=out).mul_(losses[:, None])
 
 
 def moco_lambda_step(
@@ -149,12 +152,20 @@ class MoCo(GradientAggregator):
         idx = present.nonzero().flatten()
         rows = idx.to(jacobian.device)
         sub_losses = losses[idx.to(losses.device)].to(jacobian.device, tracked.dtype)
-        h = tracked_gradients(jacobian[rows].to(tracked.dtype), sub_losses, hp.normalization)
         self.steps += 1
         k = self.steps
-        y = tracked[rows]
-        y = y - (hp.beta / k**hp.beta_sigma) * (y - h)
-        tracked[rows] = y
+        rate = hp.beta / k**hp.beta_sigma
+        # Y' = Y - beta_k (Y - H)
+        if bool(present.all()):  # the usual step: in place, through kept buffers
+            wide = jacobian.to(tracked.dtype)
+            h = tracked_gradients(wide, sub_losses, hp.normalization, self.scratch("h", wide))
+            gap = torch.sub(tracked, h, out=self.scratch("gap", wide)).mul_(rate)
+            y = tracked.sub_(gap)
+        else:
+            h = tracked_gradients(jacobian[rows].to(tracked.dtype), sub_losses, hp.normalization)
+            y = tracked[rows]
+            y = y - rate * (y - h)
+            tracked[rows] = y
         lam = self.lam[idx]
         lam = torch.where(torch.isnan(lam), 1.0 / len(idx), lam)
         y_gramian = (y @ y.T).to("cpu", torch.float64)
