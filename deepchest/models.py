@@ -154,6 +154,9 @@ def load_pretrained_state(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's first sentence only: what follows suggests weights_only=False, which would
+        # run the pickle's code
+        first = first.split(". ")[0].rstrip(".")
         raise PretrainedWeightsError(f"{path}: not a readable torch state dict ({first})") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

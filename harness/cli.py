@@ -169,7 +169,8 @@ def _print_summary(written) -> None:
     )
     for workload, sentences in written.verdict:
         heading = f"verdict ({workload})" if len(written.verdict) > 1 else "verdict"
-        console.print(f"{heading}:", style="bold", highlight=False)
+        # markup=False: a merged report's workload ends in "[run name]"
+        console.print(f"{heading}:", style="bold", markup=False, highlight=False)
         for sentence in sentences:
             console.print(f"  - {sentence}", markup=False, highlight=False)
     for note in written.notes:
@@ -779,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train the grid of an experiment file on Ray")
     run.add_argument("config", help="experiment YAML file")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    # default=[]: argparse would list a '*' positional without one as required
+    run.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     run.add_argument(
         "--address",
         help="Ray cluster address (default: cluster.address, RAY_ADDRESS, else a local Ray)",
@@ -799,7 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check an experiment file without starting Ray")
     validate.add_argument("config")
-    validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    validate.add_argument(
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help=_OVERRIDES_HELP
+    )
     validate.add_argument(
         "--address",
         help="the Ray cluster the run will join (default: cluster.address, RAY_ADDRESS): its "

@@ -40,6 +40,7 @@ from harness.results import (
     TrialRecord,
     current_run_attempt,
     end_run_attempt,
+    interrupt_open_attempts,
     new_run_attempt,
     past_run_attempts,
     record_run_attempt_end,
@@ -849,9 +850,10 @@ def run_experiment(
         succeeded = True
         return outcome
     except BaseException as exc:  # the manifest's attempts record how this one ended
-        record_run_attempt_end(
-            claimed.path, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        )
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        record_run_attempt_end(claimed.path, "interrupted" if interrupted else "failed")
+        if interrupted:  # and so do the trials' own, for those it stopped
+            interrupt_open_attempts(claimed.path / TRIALS_DIR)
         raise
     finally:
         # a run that stops before any trial started leaves no directory behind

@@ -117,6 +117,25 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def interrupt_open_attempts(trials_dir: Path) -> None:
+    """The run was stopped (Ctrl-C, SIGTERM): every trial attempt still running is
+    ``interrupted``, ending now, in its record (``trials/<id>.json``)."""
+    for path in sorted(trials_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # a record cut short: the next run rewrites it
+            continue
+        open_attempts = [
+            a
+            for a in data.get("attempts") or []
+            if a.get("ended_at") is None and a.get("status") == "running"
+        ]
+        for attempt in open_attempts:
+            attempt.update(status="interrupted", ended_at=now_iso())
+        if open_attempts:
+            _write_json(path, data)
+
+
 # the statuses whose final report ends a trial for good (a failed one may be run again)
 ENDED = ("completed", "diverged")
 

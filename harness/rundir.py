@@ -159,7 +159,8 @@ class RunDirectory:
             state = "a finished run" if is_finished(self.path, manifest) else "an unfinished run"
             raise RunRefused(
                 f"{self.path} already holds {state}; pass --resume to continue it, "
-                "--overwrite to replace it, or --name to start another"
+                "--overwrite to replace it, or --name to start another (from Python: "
+                "resume=True, overwrite=True, or another name)"
             )
         try:
             stored = yaml.safe_load((self.path / CONFIG_FILE).read_text())

@@ -840,6 +840,20 @@ def test_cli_report_merges_and_prints_the_summary(tmp_path: Path) -> None:
     assert "Against deepchest" in document and "Against equal" not in document
 
 
+def test_cli_report_of_two_runs_of_one_workload_names_each_verdict(tmp_path: Path) -> None:
+    """Runs of one data set under other training settings: their workloads differ only by the
+    run's name, in brackets, printed as text, not taken for console markup."""
+    one = make_run(tmp_path / "a", name="first", seeds=(0, 1, 2))
+    two = make_run(tmp_path / "b", name="second", seeds=(0, 1, 2))
+    config = (two / "config.yaml").read_text()
+    (two / "config.yaml").write_text(config.replace("epochs: 2", "epochs: 20"))
+    result = run_cli("report", str(one), str(two), "--out", str(tmp_path / "cmp.html"))
+    assert result.returncode == 0, result.stderr
+    headings = [ln for ln in result.stdout.splitlines() if ln.startswith("verdict (")]
+    assert len(headings) == 2, result.stdout
+    assert "[first]):" in headings[0] and "[second]):" in headings[1], headings
+
+
 def test_cli_report_bad_input_is_one_line(tmp_path: Path) -> None:
     one = make_run(tmp_path / "a", name="r18")
     for args, expected in (

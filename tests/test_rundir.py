@@ -242,7 +242,9 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
     assert "terminated (SIGTERM); finished trials are kept" in stderr
     assert "Traceback" not in stderr and "*** SIGABRT" not in stderr
     run_dir = tmp_path / "runs" / "tiny"
-    assert (run_dir / "trials" / "equal-simple_cnn-s0.json").is_file()
+    record = json.loads((run_dir / "trials" / "equal-simple_cnn-s0.json").read_text())
+    (attempt,) = record["attempts"]  # the README: interrupted when its run stopped under it
+    assert attempt["status"] == "interrupted" and attempt["ended_at"], attempt
     # the run stays resumable: the same file with --resume is accepted (checked without Ray)
     from harness.config import load_config
 
