@@ -880,17 +880,24 @@ class ExperimentConfig(_Strict):
 
     @property
     def warnings(self) -> list[str]:
-        """Settings that are valid but likely not what the user means, one line each: a
-        method that reweights only at epoch ends given too few epochs to ever do so."""
+        """Settings that are valid but likely not what the user means, one line each: settings
+        of a registered method that the grid does not run (an override of the wrong name, a
+        method left out of the grid; a variant's entry is a definition, unused when the grid
+        leaves it out), and a method that reweights only at epoch ends given too few epochs
+        to ever do so."""
         import methods
 
+        lines = [
+            f"method_params.{name}: {name} is not in grid.methods, so these settings are unused"
+            for name, params in self.method_params.items()
+            if name not in self.grid.methods and VARIANT_KEY not in params
+        ]
         info = {m.name: m for m in methods.describe()}
         if self.tuning is not None and "train.epochs" in self.tuning.space:
-            return []  # the tuned epochs are drawn per trial
+            return lines  # the tuned epochs are drawn per trial
         swept = self.grid.sweep.get("train.epochs")
         epochs = min(swept) if swept else self.train.epochs  # each arm on its own
         setting = f"train.epochs: {epochs}" + (" (a swept setting)" if swept else "")
-        lines = []
         for name in self.grid.methods:
             base, params = self.weighting_method(name)
             first = info[base].first_reweighted_epoch if base in info else 1

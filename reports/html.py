@@ -388,7 +388,7 @@ def section_header(ctx: ReportContext) -> str:
     )
     return (
         f"<header>{partial}<h1>{esc(ctx.results.name)}</h1>"
-        f'<p class="subtitle">{subtitle} · {total} trials'
+        f'<p class="subtitle">{subtitle} · {plural(total, "trial")}'
         f"{': ' + by_status if by_status else ''}</p>"
         f'<p class="disclaimer">{esc(notes[-1])}</p>{synthetic}{callout}'
         f"{verdict_html(ctx)}<nav>{nav}</nav></header>"

@@ -92,6 +92,19 @@ def test_validate_warns_when_an_epoch_level_method_never_reweights(tmp_path):
     assert parse_config(swept).warnings == []  # every arm reweights
 
 
+def test_validate_warns_about_settings_of_a_method_the_grid_does_not_run(tmp_path):
+    """An override of the wrong method's settings is valid but does nothing: said, not refused
+    (a variant's entry is a definition, which a narrowed grid may leave out)."""
+    cfg = tiny_config(tmp_path, method_params={"ub": {"method": "mgda", "level": "representation"}})
+    path = write_config(tmp_path, cfg)
+    result = harness("validate", str(path), "method_params.upgrad.update_every=10")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "harness: warning: method_params.upgrad: upgrad is not in grid.methods, so these "
+        "settings are unused"
+    ]
+
+
 def test_run_missing_file_and_missing_prepared_folder(tmp_path):
     assert_one_line_errors(harness("run", str(tmp_path / "nope.yaml")), 2)
     cfg = tiny_config(tmp_path, data={"dataset": "nih", "prepared": str(tmp_path / "no-nih")})

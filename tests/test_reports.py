@@ -1344,6 +1344,14 @@ def test_old_run_without_tuned_threshold_columns_reports_them_empty(run_dir: Pat
     assert "F1 @ val thr" in written.html.read_text(encoding="utf-8")
 
 
+def test_the_header_counts_trials_in_words(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "one", methods=("equal",), seeds=(0,))
+    header = reports.write_report(one).html.read_text(encoding="utf-8").split("</header>")[0]
+    assert "· 1 trial:" in header and "1 trials" not in header
+    four = reports.write_report(make_run(tmp_path / "four")).html.read_text(encoding="utf-8")
+    assert "· 4 trials:" in four.split("</header>")[0]
+
+
 def test_synthetic_data_and_disclaimer_in_the_header(tmp_path: Path) -> None:
     synthetic = reports.write_report(make_run(tmp_path / "s")).html.read_text(encoding="utf-8")
     header = synthetic.split("</header>")[0]
