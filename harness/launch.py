@@ -42,6 +42,7 @@ from harness.results import (
     end_run_attempt,
     interrupt_open_attempts,
     new_run_attempt,
+    now_iso,
     past_run_attempts,
     record_run_attempt_end,
     write_manifest,
@@ -691,10 +692,6 @@ def _hardware() -> dict[str, Any]:
     return hw
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 # ---- the run -----------------------------------------------------------------------------
 
 
@@ -708,7 +705,7 @@ def _manifest(
     notes: list[str],
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    now = _now()  # this attempt's start, and the run's unless it is a resume
+    now = now_iso()  # this attempt's start, and the run's unless it is a resume
     manifest = {
         "name": cfg.name,
         "harness_version": harness_version(),
@@ -790,7 +787,7 @@ def _finish(
             f"the trials ended but the report could not be written ({exc}); after fixing "
             "that, harness run --resume writes it"
         ) from None
-    manifest["finished_at"] = finished_at or _now()
+    manifest["finished_at"] = finished_at or now_iso()
     end_run_attempt(manifest, "finished")
     write_manifest(run_dir, manifest)
     return report

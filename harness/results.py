@@ -117,6 +117,11 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _open_attempts(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The attempts never closed: their driver stopped, or was killed, while they ran."""
+    return [a for a in attempts if a.get("ended_at") is None and a.get("status") == "running"]
+
+
 def interrupt_open_attempts(trials_dir: Path) -> None:
     """The run was stopped (Ctrl-C, SIGTERM): every trial attempt still running is
     ``interrupted``, ending now, in its record (``trials/<id>.json``)."""
@@ -125,11 +130,7 @@ def interrupt_open_attempts(trials_dir: Path) -> None:
             data = json.loads(path.read_text())
         except (OSError, ValueError):  # a record cut short: the next run rewrites it
             continue
-        open_attempts = [
-            a
-            for a in data.get("attempts") or []
-            if a.get("ended_at") is None and a.get("status") == "running"
-        ]
+        open_attempts = _open_attempts(data.get("attempts") or [])
         for attempt in open_attempts:
             attempt.update(status="interrupted", ended_at=now_iso())
         if open_attempts:
@@ -187,9 +188,8 @@ class TrialRecord:
 
     def _close_open(self, status: str) -> None:
         """An attempt never closed: its driver stopped or was killed while it ran."""
-        for attempt in self.data["attempts"]:
-            if attempt["ended_at"] is None and attempt["status"] == "running":
-                attempt["status"] = status
+        for attempt in _open_attempts(self.data["attempts"]):
+            attempt["status"] = status
 
     @property
     def attempts(self) -> list[dict[str, Any]]:
